@@ -1,0 +1,224 @@
+"""Per-layer activation and gradient statistics: pure, jit-able, no host sync."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gradflow_jax import _losses, _mlp
+from gradflow_jax._config import MLPConfig
+
+
+class ActivationStats(NamedTuple):
+  """Per hidden layer, each of shape (depth,).
+
+  Attributes:
+    mean, std, min, max: of the activations a_l over every unit-example pair
+      (finite entries only; std is the sample std, ddof=1, as ``torch.std``).
+      Healthy: std of order 1/3 to 1, not shrinking or growing with depth.
+    saturation_fraction: share of unit-example pairs whose pre-activation is in
+      a flat tail (``Activation.is_saturated``); above ~0.1 gradients suffer.
+    dead_fraction: share of units inactive (zero derivative) on every example.
+    zero_fraction: share of unit-example pairs with an activation of exactly 0.
+    nonfinite: number of NaN/Inf entries in z_l or a_l.
+  """
+  mean: jax.Array
+  std: jax.Array
+  min: jax.Array
+  max: jax.Array
+  saturation_fraction: jax.Array
+  dead_fraction: jax.Array
+  zero_fraction: jax.Array
+  nonfinite: jax.Array
+
+
+class GradientStats(NamedTuple):
+  """Gradient norms (L2/Frobenius) of one loss on one batch.
+
+  Attributes:
+    weight_grad_norm, bias_grad_norm: (n_dense,) ||dL/dW|| and ||dL/db|| per
+      dense layer in ``params["layers"]`` order (depth+1 for a plain MLP).
+    preact_grad_norm: (depth,) ||dL/dz_l|| over the batch, the backward signal
+      arriving at each hidden layer. Shrinking toward layer 0: vanishing.
+    postact_grad_norm: (depth,) ||dL/da_l||.
+    global_norm: sqrt of the sum of squares of all parameter gradients
+      (``optax.global_norm``), what ``clip_by_global_norm`` compares.
+    loss: the loss value.
+    nonfinite: (n_dense,) number of NaN/Inf entries in dL/dW and dL/db.
+  """
+  weight_grad_norm: jax.Array
+  bias_grad_norm: jax.Array
+  preact_grad_norm: jax.Array
+  postact_grad_norm: jax.Array
+  global_norm: jax.Array
+  loss: jax.Array
+  nonfinite: jax.Array
+
+
+class FlowStats(NamedTuple):
+  """Activation and gradient statistics from one forward/backward pass."""
+  activations: ActivationStats
+  gradients: GradientStats
+
+
+def _reduce_axes(x):
+  return tuple(range(1, x.ndim))
+
+
+def _slopes(cfg: MLPConfig, params):
+  if cfg.activation != "prelu":
+    return None
+  return jnp.stack(params["prelu"]).reshape((cfg.depth,) + (1,) * 2)
+
+
+def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStats:
+  """ActivationStats of a trace with (depth, ...) stacked pre/post arrays."""
+  act = cfg.act
+  pre, post = trace.pre, trace.post
+  axes = _reduce_axes(post)
+  finite = jnp.isfinite(post)
+  n = jnp.sum(finite, axis=axes)
+  safe = jnp.where(finite, post, 0).astype(jnp.float32)
+  mean = jnp.sum(safe, axis=axes) / n
+  centred = jnp.where(finite, safe - mean.reshape((-1,) + (1,) * (post.ndim - 1)), 0)
+  std = jnp.sqrt(jnp.sum(centred**2, axis=axes) / (n - 1))
+  big = jnp.asarray(jnp.inf, jnp.float32)
+  vmin = jnp.min(jnp.where(finite, safe, big), axis=axes)
+  vmax = jnp.max(jnp.where(finite, safe, -big), axis=axes)
+  if slope is not None and post.ndim == 2:
+    slope = slope.reshape((-1, 1))
+  inactive = act.is_inactive(pre, slope)
+  batch_axes = tuple(range(1, post.ndim - 1))
+  dead = jnp.all(inactive, axis=batch_axes) if batch_axes else inactive
+  bad = ~(jnp.isfinite(pre) & finite)
+  return ActivationStats(
+      mean=mean, std=std, min=vmin, max=vmax,
+      saturation_fraction=jnp.mean(act.is_saturated(pre), axis=axes),
+      dead_fraction=jnp.mean(dead, axis=-1),
+      zero_fraction=jnp.mean(post == 0, axis=axes),
+      nonfinite=jnp.sum(bad, axis=axes, dtype=jnp.int32))
+
+
+def _norm(x):
+  x = x.astype(jnp.float32)
+  return jnp.sqrt(jnp.sum(x * x))
+
+
+def _nonfinite(x):
+  return jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+
+
+def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
+  """Unjitted body of :func:`flow_stats` (for use inside a caller's jit)."""
+  perturb = _mlp.zero_perturb(cfg, x.shape[:-1])
+
+  def objective(params, perturb):
+    out, trace = _mlp.mlp_apply(cfg, params, x, perturb)
+    return _losses.loss_value(loss, out, y), trace
+
+  (value, trace), (gp, gz) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
+      params, perturb)
+  layers = gp["layers"]
+  grads = GradientStats(
+      weight_grad_norm=jnp.stack([_norm(g["w"]) for g in layers]),
+      bias_grad_norm=jnp.stack([_norm(g["b"]) for g in layers]),
+      preact_grad_norm=jax.vmap(_norm)(gz.pre),
+      postact_grad_norm=jax.vmap(_norm)(gz.post),
+      global_norm=optax.global_norm(gp),
+      loss=value,
+      nonfinite=jnp.stack([_nonfinite(g["w"]) + _nonfinite(g["b"]) for g in layers]))
+  return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _flow_stats_jit(cfg, params, x, y, loss):
+  return flow_stats_fn(cfg, params, x, y, loss)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _activation_stats_jit(cfg, params, x):
+  _, trace = _mlp.mlp_apply(cfg, params, x)
+  return trace_stats(cfg, trace, _slopes(cfg, params))
+
+
+def _check(cfg, params, x, y=None, loss=None):
+  if not isinstance(cfg, MLPConfig):
+    raise TypeError(f"expected an MLPConfig, got {type(cfg).__name__}")
+  _mlp.check_params(cfg, params)
+  _mlp.check_inputs(cfg, x)
+  if loss is not None:
+    batch = x.shape[0] if len(x.shape) == 2 else None
+    if batch is None:
+      raise ValueError(f"expected a batch of inputs (batch, {cfg.in_dim}), got {tuple(x.shape)}")
+    _losses.check_targets(loss, y, batch, cfg.out_dim)
+
+
+def activation_stats(cfg: MLPConfig, params, x: jax.Array) -> ActivationStats:
+  """Per-hidden-layer activation statistics on a batch ``x`` (batch, in_dim).
+
+  Example:
+    >>> cfg = MLPConfig(in_dim=128, width=256, depth=10, out_dim=10, activation="tanh")
+    >>> params = init_mlp(jax.random.key(0), cfg)
+    >>> s = activation_stats(cfg, params, jax.random.normal(jax.random.key(1), (64, 128)))
+    >>> s.std.shape
+    (10,)
+  """
+  x = jnp.asarray(x)
+  _check(cfg, params, x)
+  return _activation_stats_jit(cfg, params, x)
+
+
+def gradient_stats(cfg: MLPConfig, params, x: jax.Array, y: jax.Array,
+                   loss: str = "cross_entropy") -> GradientStats:
+  """Per-layer gradient norms of ``loss`` on the batch (x, y)."""
+  return flow_stats(cfg, params, x, y, loss).gradients
+
+
+def flow_stats(cfg: MLPConfig, params, x: jax.Array, y: jax.Array,
+               loss: str = "cross_entropy") -> FlowStats:
+  """Activation and gradient statistics from one jitted forward/backward pass.
+
+  Args:
+    cfg: the model configuration.
+    params: parameters from :func:`init_mlp` or :func:`load_npz`.
+    x: (batch, in_dim) inputs.
+    y: (batch,) integer labels for ``cross_entropy``; (batch, out_dim) targets
+      for ``mse``.
+    loss: ``"cross_entropy"`` or ``"mse"``.
+
+  Returns:
+    :class:`FlowStats` of arrays; nothing is transferred to the host.
+  """
+  x = jnp.asarray(x)
+  _check(cfg, params, x, y, loss)
+  return _flow_stats_jit(cfg, params, x, jnp.asarray(y), loss)
+
+
+def first_nonfinite_layer(counts: jax.Array) -> jax.Array:
+  """Index of the first layer with a non-zero count, or -1 if there is none."""
+  hit = counts > 0
+  return jnp.where(jnp.any(hit), jnp.argmax(hit), -1)
+
+
+def histograms(cfg: MLPConfig, params, x: jax.Array, bins: int = 50,
+               value_range: tuple[float, float] = (-3.0, 3.0)):
+  """Per-layer histograms of the activations: counts (depth, bins) and edges.
+
+  Values outside ``value_range`` are not counted; NaN is never counted.
+  """
+  x = jnp.asarray(x)
+  _check(cfg, params, x)
+  return _histograms_jit(cfg, params, x, int(bins), tuple(map(float, value_range)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _histograms_jit(cfg, params, x, bins, value_range):
+  _, trace = _mlp.mlp_apply(cfg, params, x)
+  edges = jnp.linspace(value_range[0], value_range[1], bins + 1)
+  flat = trace.post.reshape(cfg.depth, -1)
+  counts = jax.vmap(lambda v: jnp.histogram(v, bins=edges)[0])(flat)
+  return counts, edges

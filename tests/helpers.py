@@ -1,0 +1,78 @@
+"""Shared test helpers: tolerances per dtype (one place) and NumPy references."""
+
+import numpy as np
+
+# float32 arithmetic through a few matmuls of width <= 64: ~1e-6 per op, a few
+# hundred ops deep. float64: exact up to accumulation order.
+TOL = {
+    "float32": dict(rtol=2e-5, atol=2e-6),
+    "float64": dict(rtol=1e-10, atol=1e-12),
+}
+
+
+def tol(dtype="float32"):
+  return TOL[str(np.dtype(dtype))]
+
+
+def np_act(name, z, slope=0.01, alpha=1.0):
+  """Independent NumPy activations (float64)."""
+  from math import erf, sqrt, pi
+  z = np.asarray(z, np.float64)
+  sig = lambda v: 1.0 / (1.0 + np.exp(-v))
+  if name == "identity":
+    return z
+  if name == "sigmoid":
+    return sig(z)
+  if name == "tanh":
+    return np.tanh(z)
+  if name == "relu":
+    return np.maximum(z, 0)
+  if name in ("leaky_relu", "prelu"):
+    return np.where(z >= 0, z, slope * z)
+  if name == "elu":
+    return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0)))
+  if name == "selu":
+    a, s = 1.6732632423543772, 1.0507009873554805
+    return s * np.where(z > 0, z, a * np.expm1(np.minimum(z, 0)))
+  if name == "gelu":
+    return 0.5 * z * (1 + np.vectorize(erf)(z / sqrt(2)))
+  if name == "gelu_tanh":
+    return 0.5 * z * (1 + np.tanh(sqrt(2 / pi) * (z + 0.044715 * z**3)))
+  if name == "silu":
+    return z * sig(z)
+  if name == "softplus":
+    return np.logaddexp(z, 0)
+  raise KeyError(name)
+
+
+def np_mlp(params, x, act, *, residual=False, norm=None, slopes=None, eps=1e-5):
+  """NumPy forward of the built-in MLP: (out, pre list, post list, hidden list)."""
+  layers = [(np.asarray(l["w"], np.float64), np.asarray(l["b"], np.float64))
+            for l in params["layers"]]
+  depth = len(params.get("norm", [])) or None
+  h = np.asarray(x, np.float64)
+  pres, posts, hiddens = [], [], []
+  i = 0
+  l = 0
+  while i < len(layers) - 1:
+    w, b = layers[i]
+    z = h @ w + b
+    if norm is not None:
+      axis = 0 if norm == "batchnorm" else -1
+      m = z.mean(axis=axis, keepdims=True)
+      v = z.var(axis=axis, keepdims=True)
+      n = params["norm"][l]
+      z = (z - m) / np.sqrt(v + eps) * np.asarray(n["scale"]) + np.asarray(n["bias"])
+    a = act(z) if slopes is None else act(z, float(slopes[l]))
+    if residual and l > 0:
+      v_w, v_b = layers[i + 1]
+      h = h + a @ v_w + v_b
+      i += 2
+    else:
+      h = a
+      i += 1
+    pres.append(z); posts.append(a); hiddens.append(h)
+    l += 1
+  del depth
+  w, b = layers[-1]
+  return h @ w + b, pres, posts, hiddens
