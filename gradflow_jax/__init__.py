@@ -18,6 +18,7 @@ from gradflow_jax._mlp import init_mlp
 from gradflow_jax._mlp import load_npz
 from gradflow_jax._mlp import mlp_apply
 from gradflow_jax._mlp import mlp_forward
+from gradflow_jax._mlp import params_to_arrays
 from gradflow_jax._mlp import Perturb
 from gradflow_jax._mlp import Trace
 from gradflow_jax._mlp import zero_perturb
@@ -46,6 +47,7 @@ __all__ = (
     "LOSSES",
     "MLPConfig",
     "Perturb",
+    "params_to_arrays",
     "SATURATION_DERIVATIVE_RATIO",
     "Trace",
     "activation_stats",

@@ -107,12 +107,21 @@ def check_inputs(cfg: MLPConfig, x) -> None:
     raise ValueError(f"expected a batch (batch, {cfg.in_dim}) for batchnorm, got {tuple(shape)}")
 
 
+def _row(v, like):
+  """``v`` (features,) shaped to broadcast against ``like`` without rank promotion."""
+  return v.reshape((1,) * (like.ndim - 1) + v.shape)
+
+
+def _dense(layer, h):
+  return h @ layer["w"] + _row(layer["b"], h[..., :1])
+
+
 def _normalize(cfg, norm_params, z):
   axis = 0 if cfg.norm == "batchnorm" else -1
   mean = jnp.mean(z, axis=axis, keepdims=True)
   var = jnp.var(z, axis=axis, keepdims=True)
   zhat = (z - mean) * jax.lax.rsqrt(var + NORM_EPS)
-  return zhat * norm_params["scale"] + norm_params["bias"]
+  return zhat * _row(norm_params["scale"], z) + _row(norm_params["bias"], z)
 
 
 def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
@@ -130,7 +139,7 @@ def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
   h = x
   for l in range(cfg.depth):
     layer = layers[dense[l]]
-    z = h @ layer["w"] + layer["b"]
+    z = _dense(layer, h)
     if cfg.norm is not None:
       z = _normalize(cfg, params["norm"][l], z)
     if perturb is not None:
@@ -140,13 +149,13 @@ def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
       a = a + perturb.post[l]
     if cfg.residual and l > 0:
       v = layers[dense[l] + 1]
-      h = h + a @ v["w"] + v["b"]
+      h = h + _dense(v, a)
     else:
       h = a
     pres.append(z)
     posts.append(a)
     hiddens.append(h)
-  out = h @ layers[-1]["w"] + layers[-1]["b"]
+  out = _dense(layers[-1], h)
   post = jnp.stack(posts)
   hidden = jnp.stack(hiddens) if cfg.residual else post
   return out, Trace(jnp.stack(pres), post, hidden)

@@ -46,7 +46,7 @@ class GradientStats(NamedTuple):
       arriving at each hidden layer. Shrinking toward layer 0: vanishing.
     postact_grad_norm: (depth,) ||dL/da_l||.
     global_norm: sqrt of the sum of squares of all parameter gradients
-      (``optax.global_norm``), what ``clip_by_global_norm`` compares.
+      (``optax.tree.norm``, formerly ``optax.global_norm``), what ``clip_by_global_norm`` compares.
     loss: the loss value.
     nonfinite: (n_dense,) number of NaN/Inf entries in dL/dW and dL/db.
   """
@@ -82,11 +82,11 @@ def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStat
   axes = _reduce_axes(post)
   finite = jnp.isfinite(post)
   n = jnp.sum(finite, axis=axes)
-  safe = jnp.where(finite, post, 0).astype(jnp.float32)
+  safe = _acc(jnp.where(finite, post, 0))
   mean = jnp.sum(safe, axis=axes) / n
   centred = jnp.where(finite, safe - mean.reshape((-1,) + (1,) * (post.ndim - 1)), 0)
   std = jnp.sqrt(jnp.sum(centred**2, axis=axes) / (n - 1))
-  big = jnp.asarray(jnp.inf, jnp.float32)
+  big = jnp.asarray(jnp.inf, safe.dtype)
   vmin = jnp.min(jnp.where(finite, safe, big), axis=axes)
   vmax = jnp.max(jnp.where(finite, safe, -big), axis=axes)
   if slope is not None and post.ndim == 2:
@@ -103,8 +103,13 @@ def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStat
       nonfinite=jnp.sum(bad, axis=axes, dtype=jnp.int32))
 
 
+def _acc(x):
+  """At least float32, for sums over many entries (bfloat16 inputs)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _norm(x):
-  x = x.astype(jnp.float32)
+  x = _acc(x)
   return jnp.sqrt(jnp.sum(x * x))
 
 
@@ -128,7 +133,7 @@ def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
       bias_grad_norm=jnp.stack([_norm(g["b"]) for g in layers]),
       preact_grad_norm=jax.vmap(_norm)(gz.pre),
       postact_grad_norm=jax.vmap(_norm)(gz.post),
-      global_norm=optax.global_norm(gp),
+      global_norm=optax.tree.norm(gp),
       loss=value,
       nonfinite=jnp.stack([_nonfinite(g["w"]) + _nonfinite(g["b"]) for g in layers]))
   return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads)

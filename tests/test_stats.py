@@ -1,0 +1,191 @@
+"""Statistics against NumPy on the same arrays, a hand-written NumPy backward
+pass, jax.grad and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradflow_jax as gf
+from helpers import np_act, np_mlp
+
+KEY = jax.random.key(0)
+
+
+def _setup(activation="tanh", batch=12, **kw):
+  cfg = gf.MLPConfig(in_dim=6, width=16, depth=4, out_dim=3, activation=activation, **kw)
+  params = gf.init_mlp(KEY, cfg)
+  x = 1.5 * np.asarray(jax.random.normal(jax.random.key(1), (batch, 6)))
+  y = np.arange(batch, dtype=np.int32) % 3
+  return cfg, params, x, y
+
+
+def _np_layer_stats(act, pre, post):
+  sat = (pre < act.saturation_bounds[0]) | (pre > act.saturation_bounds[1])
+  d = np.abs(np.asarray(act.derivative(jnp.asarray(pre), None)))
+  inactive = d <= gf.INACTIVE_DERIVATIVE_RATIO * act.max_derivative
+  return dict(mean=post.mean(), std=post.std(ddof=1), min=post.min(), max=post.max(),
+              saturation_fraction=sat.mean(), dead_fraction=inactive.all(axis=0).mean(),
+              zero_fraction=(post == 0).mean())
+
+
+@pytest.mark.parametrize("activation, kw", [
+    ("tanh", dict(sigma_w=2.5)), ("sigmoid", dict(sigma_w=4.0)),
+    ("relu", dict(sigma_b=1.0)), ("gelu", dict(norm="layernorm"))])
+def test_activation_stats_match_numpy(activation, kw):
+  cfg, params, x, _ = _setup(activation, **kw)
+  stats = gf.activation_stats(cfg, params, x)
+  _, trace = gf.mlp_forward(cfg, params, x)
+  for l in range(cfg.depth):
+    pre, post = np.asarray(trace.pre[l]), np.asarray(trace.post[l])
+    for field, want in _np_layer_stats(cfg.act, pre, post).items():
+      assert float(getattr(stats, field)[l]) == pytest.approx(want, rel=1e-5, abs=1e-6), field
+  assert np.all(np.asarray(stats.nonfinite) == 0)
+
+
+def test_stats_are_not_trivially_zero():
+  # guards the tests above: the chosen settings do saturate and do kill units
+  cfg, params, x, _ = _setup("tanh", sigma_w=2.5)
+  assert float(gf.activation_stats(cfg, params, x).saturation_fraction.max()) > 0.1
+  cfg, params, _, _ = _setup("relu", sigma_b=1.0)
+  x = np.asarray(jax.random.normal(jax.random.key(1), (12, 6)))
+  params["layers"][1]["b"] = params["layers"][1]["b"] - 5.0
+  assert float(gf.activation_stats(cfg, params, x).dead_fraction[1]) > 0.5
+
+
+def _np_backward(cfg, params, x, y):
+  """Hand-written backward pass of a plain MLP with softmax cross-entropy."""
+  act = lambda z: np_act(cfg.activation, z)
+  dact = lambda z: (act(z + 1e-6) - act(z - 1e-6)) / 2e-6
+  out, pres, posts, _ = np_mlp(params, x, act)
+  p = np.exp(out - out.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  loss = -np.mean(np.log(p[np.arange(len(y)), y]))
+  g = (p - np.eye(cfg.out_dim)[y]) / len(y)
+  ws = [np.asarray(l["w"], np.float64) for l in params["layers"]]
+  inputs = [np.asarray(x, np.float64)] + posts
+  gw, gb, gz, ga = [None] * len(ws), [None] * len(ws), [None] * cfg.depth, [None] * cfg.depth
+  gw[-1], gb[-1] = inputs[-1].T @ g, g.sum(0)
+  grad_h = g @ ws[-1].T
+  for l in reversed(range(cfg.depth)):
+    ga[l] = grad_h
+    gz[l] = grad_h * dact(pres[l])
+    gw[l], gb[l] = inputs[l].T @ gz[l], gz[l].sum(0)
+    grad_h = gz[l] @ ws[l].T
+  return loss, gw, gb, gz, ga
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "silu"])
+def test_gradient_stats_match_numpy_backward(activation):
+  cfg, params, x, y = _setup(activation)
+  g = gf.gradient_stats(cfg, params, x, y)
+  loss, gw, gb, gz, ga = _np_backward(cfg, params, x, y)
+  tol = dict(rel=1e-4, abs=1e-7)
+  assert float(g.loss) == pytest.approx(loss, **tol)
+  np.testing.assert_allclose(g.weight_grad_norm, [np.linalg.norm(w) for w in gw], rtol=1e-4)
+  np.testing.assert_allclose(g.bias_grad_norm, [np.linalg.norm(b) for b in gb], rtol=1e-4)
+  np.testing.assert_allclose(g.preact_grad_norm, [np.linalg.norm(v) for v in gz], rtol=1e-4)
+  np.testing.assert_allclose(g.postact_grad_norm, [np.linalg.norm(v) for v in ga], rtol=1e-4)
+  total = np.sqrt(sum(np.sum(w**2) + np.sum(b**2) for w, b in zip(gw, gb)))
+  assert float(g.global_norm) == pytest.approx(total, rel=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(residual=True, norm="layernorm", activation="prelu"),
+                                dict(norm="batchnorm", activation="elu")])
+def test_global_norm_and_layer_norms_equal_jax_grad(kw):
+  cfg, params, x, y = _setup(**kw)
+  g = gf.gradient_stats(cfg, params, x, y)
+  grads = jax.grad(lambda p: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y))(params)
+  assert float(g.global_norm) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-5)
+  np.testing.assert_allclose(g.weight_grad_norm, [jnp.linalg.norm(l["w"]) for l in grads["layers"]],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(residual=True, activation="gelu"),
+                                dict(norm="batchnorm", activation="tanh")])
+def test_preact_gradients_against_finite_differences(kw):
+  """<dL/dz, v> from the perturbation slot equals a float64 central difference."""
+  with jax.enable_x64(True):
+    cfg, params, x, y = _setup(dtype="float64", **kw)
+    base = gf.zero_perturb(cfg, (x.shape[0],))
+    v = jax.random.normal(jax.random.key(5), base.pre.shape, jnp.float64)
+
+    def loss_at(eps):
+      p = base._replace(pre=eps * v)
+      return gf.loss_value("cross_entropy", gf.mlp_apply(cfg, params, x, p)[0], y)
+
+    h = 1e-5
+    fd = (loss_at(h) - loss_at(-h)) / (2 * h)
+    gz = jax.grad(lambda p: gf.loss_value("cross_entropy",
+                                          gf.mlp_apply(cfg, params, x, p)[0], y))(base).pre
+    assert float(jnp.sum(gz * v)) == pytest.approx(float(fd), rel=1e-7)
+    g = gf.gradient_stats(cfg, params, x, y)
+    np.testing.assert_allclose(g.preact_grad_norm, jnp.sqrt(jnp.sum(gz**2, axis=(1, 2))), rtol=1e-10)
+
+
+def test_mse_loss():
+  cfg, params, x, _ = _setup("relu")
+  t = np.ones((x.shape[0], 3), np.float32)
+  g = gf.gradient_stats(cfg, params, x, t, loss="mse")
+  out, _ = gf.mlp_forward(cfg, params, x)
+  assert float(g.loss) == pytest.approx(float(np.mean((np.asarray(out) - 1) ** 2)), rel=1e-6)
+  with pytest.raises(ValueError, match=r"expected targets of shape \(12, 3\)"):
+    gf.gradient_stats(cfg, params, x, t[:, :2], loss="mse")
+
+
+def test_nonfinite_inputs_are_reported_not_crashed():
+  cfg, params, x, y = _setup("relu")
+  x = x.copy()
+  x[3, 2] = np.nan
+  s = gf.flow_stats(cfg, params, x, y)
+  a = s.activations
+  assert int(gf.first_nonfinite_layer(a.nonfinite)) == 0
+  # one bad example poisons one row per layer: 16 units x 4 layers
+  np.testing.assert_array_equal(a.nonfinite, [16] * cfg.depth)
+  assert np.all(np.isfinite(a.mean))  # statistics over the finite entries
+  assert not np.isfinite(float(s.gradients.loss))
+  assert int(s.gradients.nonfinite.sum()) > 0
+
+
+def test_nan_in_weights_first_layer_reported():
+  cfg, params, x, y = _setup("tanh")
+  params["layers"][2]["w"] = params["layers"][2]["w"].at[0, 0].set(jnp.inf)
+  a = gf.activation_stats(cfg, params, x)
+  assert int(gf.first_nonfinite_layer(a.nonfinite)) == 2
+  assert int(gf.first_nonfinite_layer(jnp.zeros(4, jnp.int32))) == -1
+
+
+def test_bad_labels():
+  cfg, params, x, y = _setup()
+  with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):
+    gf.gradient_stats(cfg, params, x, y + 1)
+  with pytest.raises(ValueError, match="integer labels"):
+    gf.gradient_stats(cfg, params, x, y.astype(np.float32))
+  with pytest.raises(ValueError, match="unknown loss"):
+    gf.gradient_stats(cfg, params, x, y, loss="hinge")
+
+
+def test_inside_user_jit_and_vmap_over_seeds():
+  cfg, _, x, y = _setup("relu")
+
+  @jax.jit
+  def per_seed(keys):
+    return jax.vmap(lambda k: gf.flow_stats_fn(cfg, gf.init_mlp(k, cfg), jnp.asarray(x),
+                                               jnp.asarray(y), "cross_entropy"))(keys)
+
+  keys = jax.random.split(KEY, 3)
+  batched = per_seed(keys)
+  assert batched.activations.std.shape == (3, cfg.depth)
+  one = gf.flow_stats(cfg, gf.init_mlp(keys[1], cfg), x, y)
+  np.testing.assert_allclose(batched.gradients.preact_grad_norm[1],
+                             one.gradients.preact_grad_norm, rtol=1e-5)
+
+
+def test_histograms_match_numpy():
+  cfg, params, x, _ = _setup("tanh", sigma_w=2.0)
+  counts, edges = gf.histograms(cfg, params, x, bins=10, value_range=(-1.0, 1.0))
+  _, trace = gf.mlp_forward(cfg, params, x)
+  for l in range(cfg.depth):
+    want, _ = np.histogram(np.asarray(trace.post[l]), bins=np.asarray(edges))
+    np.testing.assert_array_equal(counts[l], want)
