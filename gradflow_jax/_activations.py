@@ -18,10 +18,10 @@ import numpy as np
 # the activation's largest derivative (|tanh| > 0.987, sigmoid outside
 # [0.0126, 0.987]). At 5% a gradient is cut twentyfold by that one unit.
 SATURATION_DERIVATIVE_RATIO = 0.05
-# A pair is *inactive* (passes no gradient) when |phi'(z)| is below a millionth
-# of the largest derivative: exactly zero for ReLU's negative side, and float32
-# underflow territory for saturated sigmoid/tanh tails. A unit inactive on every
-# example of a batch is *dead*.
+# A pair is *inactive* (passes no gradient) when z lies in a tail where |phi'|
+# stays below a millionth of the largest derivative: ReLU's z <= 0, where it is
+# exactly zero, and the float32-underflow tails of sigmoid/tanh (|z| > ~7.6).
+# A unit inactive on every example of a batch is *dead*.
 INACTIVE_DERIVATIVE_RATIO = 1e-6
 
 _SQRT2 = math.sqrt(2.0)
@@ -45,6 +45,8 @@ class Activation:
     saturates: ``"both"`` (sigmoid, tanh), ``"negative"`` (ELU, SELU, GELU,
       SiLU, softplus: flat for very negative z) or ``"none"``.
     saturation_bounds: (lo, hi); z < lo or z > hi is a saturated pair.
+    inactive_bounds: (lo, hi); z <= lo or z > hi passes (numerically) no
+      gradient. PReLU, whose slope is learned, is tested on its derivative.
     gain: the gain ``torch.nn.init.calculate_gain`` gives (ReLU's sqrt(2) for
       activations PyTorch has no gain for).
     recommended_init: initializer name that suits this activation.
@@ -57,6 +59,7 @@ class Activation:
   argmax_derivative: float | None
   saturates: str
   saturation_bounds: tuple[float, float]
+  inactive_bounds: tuple[float, float]
   gain: float
   recommended_init: str
   params: tuple = ()
@@ -72,8 +75,11 @@ class Activation:
 
   def is_inactive(self, z: jax.Array, slope=None) -> jax.Array:
     """Boolean mask: |phi'(z)| is (numerically) zero, so no gradient passes."""
-    d = jnp.abs(self.derivative(z, slope))
-    return d <= INACTIVE_DERIVATIVE_RATIO * self.max_derivative
+    if self.name == "prelu":
+      d = jnp.abs(self.derivative(z, slope))
+      return d <= INACTIVE_DERIVATIVE_RATIO * self.max_derivative
+    lo, hi = self.inactive_bounds
+    return (z <= lo) | (z > hi)
 
 
 def _where_pos(z, pos, neg, inclusive=False):
@@ -127,24 +133,23 @@ def _numeric_max(derivative) -> tuple[float, float]:
   i = int(np.argmax(d))
   second = jax.jit(jax.grad(lambda t: derivative(t, None)))
   lo, hi = float(z[i - 1]), float(z[i + 1])
-  sign_lo = float(second(jnp.float32(lo))) > 0
+  sign_lo = float(second(jnp.float64(lo))) > 0
   for _ in range(60):
     mid = 0.5 * (lo + hi)
-    if (float(second(jnp.float32(mid))) > 0) == sign_lo:
+    if (float(second(jnp.float64(mid))) > 0) == sign_lo:
       lo = mid
     else:
       hi = mid
   at = 0.5 * (lo + hi)
-  return abs(float(derivative(jnp.float32(at), None))), at
+  return abs(float(derivative(jnp.float64(at), None))), at
 
 
-def _saturation_bounds(derivative, max_d, saturates) -> tuple[float, float]:
-  """Points beyond which |phi'| stays under the saturation ratio."""
+def _tail_bounds(derivative, max_d, saturates, ratio) -> tuple[float, float]:
+  """Points beyond which |phi'| stays under ``ratio * max_d`` (flat tails)."""
   if saturates == "none":
     return (-math.inf, math.inf)
   z = np.linspace(-60.0, 60.0, 1_200_001)
-  flat = np.abs(np.asarray(derivative(jnp.asarray(z), None), np.float64)) < (
-      SATURATION_DERIVATIVE_RATIO * max_d)
+  flat = np.abs(np.asarray(derivative(jnp.asarray(z), None), np.float64)) < ratio * max_d
   steep = np.nonzero(~flat)[0]
   lo = float(z[steep[0]])
   hi = float(z[steep[-1]]) if saturates == "both" else math.inf
@@ -215,16 +220,27 @@ def canonical_name(name: str) -> str:
 
 @functools.cache
 def _build(name: str, slope: float, alpha: float) -> Activation:
+  with jax.enable_x64(True):  # locate maxima and tails in float64, once
+    return _build64(name, slope, alpha)
+
+
+def _build64(name: str, slope: float, alpha: float) -> Activation:
   fn, der, max_d, argmax, saturates, gain, init = _spec(name, slope, alpha)
   if max_d is None:
     max_d, argmax = _numeric_max(der)
-  bounds = _saturation_bounds(der, max_d, saturates)
+  bounds = _tail_bounds(der, max_d, saturates, SATURATION_DERIVATIVE_RATIO)
+  if name == "relu":
+    dead = (0.0, math.inf)
+  elif name in ("leaky_relu", "prelu", "identity"):
+    dead = (-math.inf, math.inf)
+  else:
+    dead = _tail_bounds(der, max_d, saturates, INACTIVE_DERIVATIVE_RATIO)
   params = ()
   if name in ("leaky_relu", "prelu"):
     params = (("slope", slope),)
   elif name == "elu":
     params = (("alpha", alpha),)
-  return Activation(name, fn, der, float(max_d), argmax, saturates, bounds,
+  return Activation(name, fn, der, float(max_d), argmax, saturates, bounds, dead,
                     float(gain), init, params)
 
 

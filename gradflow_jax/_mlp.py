@@ -31,15 +31,16 @@ class Trace(NamedTuple):
 
 
 class Perturb(NamedTuple):
-  """Zeros added at the tap points; grad w.r.t. them is dL/dz_l and dL/da_l."""
-  pre: jax.Array
-  post: jax.Array
+  """Zeros added at the tap points, one array per hidden layer (not stacked,
+  so the backward pass writes each layer's cotangent once); the gradient with
+  respect to them is dL/dz_l (``pre``) and dL/da_l (``post``)."""
+  pre: tuple[jax.Array, ...]
+  post: tuple[jax.Array, ...]
 
 
 def zero_perturb(cfg: MLPConfig, batch_shape: tuple[int, ...]) -> Perturb:
-  shape = (cfg.depth,) + tuple(batch_shape) + (cfg.width,)
-  z = jnp.zeros(shape, cfg.jnp_dtype)
-  return Perturb(z, z)
+  z = jnp.zeros(tuple(batch_shape) + (cfg.width,), cfg.jnp_dtype)
+  return Perturb((z,) * cfg.depth, (z,) * cfg.depth)
 
 
 def init_mlp(key: jax.Array, cfg: MLPConfig) -> dict[str, Any]:
@@ -125,11 +126,12 @@ def _normalize(cfg, norm_params, z):
 
 
 def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
-              perturb: Perturb | None = None) -> tuple[jax.Array, Trace]:
+              perturb: Perturb | None = None, stack: bool = True) -> tuple[jax.Array, Trace]:
   """The probed forward function: ``(output, trace)``.
 
   ``perturb`` (see :func:`zero_perturb`) is added to every z_l and a_l, so that
-  the gradient of a loss with respect to it is dL/dz_l and dL/da_l.
+  the gradient of a loss with respect to it is dL/dz_l and dL/da_l. With
+  ``stack=False`` the trace holds tuples of per-layer arrays (no copies).
   """
   act = cfg.act
   x = jnp.asarray(x, cfg.jnp_dtype)
@@ -156,6 +158,8 @@ def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
     posts.append(a)
     hiddens.append(h)
   out = _dense(layers[-1], h)
+  if not stack:
+    return out, Trace(tuple(pres), tuple(posts), tuple(hiddens))
   post = jnp.stack(posts)
   hidden = jnp.stack(hiddens) if cfg.residual else post
   return out, Trace(jnp.stack(pres), post, hidden)

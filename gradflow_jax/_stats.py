@@ -48,7 +48,8 @@ class GradientStats(NamedTuple):
     global_norm: sqrt of the sum of squares of all parameter gradients
       (``optax.tree.norm``, formerly ``optax.global_norm``), what ``clip_by_global_norm`` compares.
     loss: the loss value.
-    nonfinite: (n_dense,) number of NaN/Inf entries in dL/dW and dL/db.
+    nonfinite: (n_dense,) bool, True where dL/dW or dL/db holds a NaN/Inf (or
+      is so large that its norm overflows).
   """
   weight_grad_norm: jax.Array
   bias_grad_norm: jax.Array
@@ -65,42 +66,54 @@ class FlowStats(NamedTuple):
   gradients: GradientStats
 
 
-def _reduce_axes(x):
-  return tuple(range(1, x.ndim))
-
-
 def _slopes(cfg: MLPConfig, params):
-  if cfg.activation != "prelu":
-    return None
-  return jnp.stack(params["prelu"]).reshape((cfg.depth,) + (1,) * 2)
+  return tuple(params["prelu"]) if cfg.activation == "prelu" else None
+
+
+def _moments(post):
+  """mean, std (ddof=1), min, max of one layer over its finite entries, and
+  the number of finite entries, in one pass.
+
+  Sums are shifted by one sample of the layer, so that the variance does not
+  cancel when the mean is large against the spread (a collapsed sigmoid layer).
+  """
+  finite = jnp.isfinite(post)
+  flat = post.reshape(-1)
+  shift = jnp.where(jnp.isfinite(flat[0]), flat[0], 0)
+  d = jnp.where(finite, post - shift, 0)
+  n = jnp.sum(finite, dtype=jnp.int32)
+  s1 = jnp.sum(d)
+  s2 = jnp.sum(d * d)
+  mean_d = s1 / n
+  var = jnp.maximum(s2 - s1 * mean_d, 0) / (n - 1)
+  big = jnp.asarray(jnp.inf, post.dtype)
+  return (mean_d + shift, jnp.sqrt(var), jnp.min(jnp.where(finite, post, big)),
+          jnp.max(jnp.where(finite, post, -big))), n
+
+
+def _layer_stats(act, pre, post, slope):
+  """Statistics of one layer (pre and post of shape (..., width)), as a tuple
+  in ActivationStats order. Reductions only, so XLA fuses them into few loops."""
+  post = _acc(post)
+  (mean, std, vmin, vmax), n_finite = _moments(post)
+  inactive = act.is_inactive(pre, slope)
+  dead = jnp.all(inactive.reshape(-1, inactive.shape[-1]), axis=0)
+  bad_pre = jnp.sum(~jnp.isfinite(pre) & jnp.isfinite(post), dtype=jnp.int32)
+  return (mean, std, vmin, vmax, jnp.mean(act.is_saturated(pre)), jnp.mean(dead),
+          jnp.mean(post == 0), post.size - n_finite + bad_pre)
+
+
+def _layers(trace: _mlp.Trace, slope):
+  """(pre_l, post_l, slope_l) for each layer, from stacked arrays or tuples."""
+  depth = len(trace.pre)
+  slopes = [None] * depth if slope is None else [slope[l] for l in range(depth)]
+  return [(trace.pre[l], trace.post[l], slopes[l]) for l in range(depth)]
 
 
 def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStats:
-  """ActivationStats of a trace with (depth, ...) stacked pre/post arrays."""
-  act = cfg.act
-  pre, post = trace.pre, trace.post
-  axes = _reduce_axes(post)
-  finite = jnp.isfinite(post)
-  n = jnp.sum(finite, axis=axes)
-  safe = _acc(jnp.where(finite, post, 0))
-  mean = jnp.sum(safe, axis=axes) / n
-  centred = jnp.where(finite, safe - mean.reshape((-1,) + (1,) * (post.ndim - 1)), 0)
-  std = jnp.sqrt(jnp.sum(centred**2, axis=axes) / (n - 1))
-  big = jnp.asarray(jnp.inf, safe.dtype)
-  vmin = jnp.min(jnp.where(finite, safe, big), axis=axes)
-  vmax = jnp.max(jnp.where(finite, safe, -big), axis=axes)
-  if slope is not None and post.ndim == 2:
-    slope = slope.reshape((-1, 1))
-  inactive = act.is_inactive(pre, slope)
-  batch_axes = tuple(range(1, post.ndim - 1))
-  dead = jnp.all(inactive, axis=batch_axes) if batch_axes else inactive
-  bad = ~(jnp.isfinite(pre) & finite)
-  return ActivationStats(
-      mean=mean, std=std, min=vmin, max=vmax,
-      saturation_fraction=jnp.mean(act.is_saturated(pre), axis=axes),
-      dead_fraction=jnp.mean(dead, axis=-1),
-      zero_fraction=jnp.mean(post == 0, axis=axes),
-      nonfinite=jnp.sum(bad, axis=axes, dtype=jnp.int32))
+  """ActivationStats of a trace (stacked (depth, ...) arrays or per-layer tuples)."""
+  per_layer = [_layer_stats(cfg.act, pre, post, s) for pre, post, s in _layers(trace, slope)]
+  return ActivationStats(*(jnp.stack(column) for column in zip(*per_layer)))
 
 
 def _acc(x):
@@ -113,29 +126,27 @@ def _norm(x):
   return jnp.sqrt(jnp.sum(x * x))
 
 
-def _nonfinite(x):
-  return jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
-
-
 def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
   """Unjitted body of :func:`flow_stats` (for use inside a caller's jit)."""
   perturb = _mlp.zero_perturb(cfg, x.shape[:-1])
 
   def objective(params, perturb):
-    out, trace = _mlp.mlp_apply(cfg, params, x, perturb)
+    out, trace = _mlp.mlp_apply(cfg, params, x, perturb, stack=False)
     return _losses.loss_value(loss, out, y), trace
 
   (value, trace), (gp, gz) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
       params, perturb)
   layers = gp["layers"]
+  w_norm = jnp.stack([_norm(g["w"]) for g in layers])
+  b_norm = jnp.stack([_norm(g["b"]) for g in layers])
   grads = GradientStats(
-      weight_grad_norm=jnp.stack([_norm(g["w"]) for g in layers]),
-      bias_grad_norm=jnp.stack([_norm(g["b"]) for g in layers]),
-      preact_grad_norm=jax.vmap(_norm)(gz.pre),
-      postact_grad_norm=jax.vmap(_norm)(gz.post),
+      weight_grad_norm=w_norm,
+      bias_grad_norm=b_norm,
+      preact_grad_norm=jnp.stack([_norm(g) for g in gz.pre]),
+      postact_grad_norm=jnp.stack([_norm(g) for g in gz.post]),
       global_norm=optax.tree.norm(gp),
       loss=value,
-      nonfinite=jnp.stack([_nonfinite(g["w"]) + _nonfinite(g["b"]) for g in layers]))
+      nonfinite=~jnp.isfinite(w_norm + b_norm))
   return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads)
 
 
@@ -146,7 +157,7 @@ def _flow_stats_jit(cfg, params, x, y, loss):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _activation_stats_jit(cfg, params, x):
-  _, trace = _mlp.mlp_apply(cfg, params, x)
+  _, trace = _mlp.mlp_apply(cfg, params, x, stack=False)
   return trace_stats(cfg, trace, _slopes(cfg, params))
 
 

@@ -1,0 +1,143 @@
+"""What each CLI subcommand does: call the library, render, write files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
+def _console(args) -> Console:
+  """Stdout console; 110 columns when piped (rich would assume 80)."""
+  console = Console(quiet=args.quiet or args.json, highlight=False)
+  if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 110
+  return console
+
+
+@contextlib.contextmanager
+def progress_bar(args, total: int, what: str):
+  """A rich progress bar (silent with --quiet/--json); yields ``advance(label)``."""
+  console = Console(stderr=True, quiet=args.quiet or args.json)
+  cols = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+  with Progress(*cols, console=console, transient=True) as prog:
+    task = prog.add_task(what, total=total)
+    state = {"n": 0}
+
+    def advance(label: str):
+      if state["n"]:
+        prog.advance(task)
+      state["n"] += 1
+      prog.update(task, description=f"{what}: {label} (compiling + running)")
+    yield advance
+    prog.update(task, completed=total)
+
+
+def load_inputs(path: str) -> np.ndarray:
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"expected a readable .npy inputs file, got {path!r} ({e})") from None
+  if x.ndim != 2 or x.shape[0] < 2:
+    raise ValueError(f"expected inputs of shape (batch >= 2, in_dim), got {x.shape}")
+  if not np.issubdtype(x.dtype, np.number):
+    raise ValueError(f"expected numeric inputs, got dtype {x.dtype}")
+  return x.astype(np.float32)
+
+
+def infer_shapes(path: str, residual: bool) -> dict:
+  """in_dim, width, depth, out_dim from the w0.. w{n-1} entries of an .npz."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      shapes = {k: data[k].shape for k in data.files if k[:1] == "w" and k[1:].isdigit()}
+  except (OSError, ValueError) as e:
+    raise ValueError(f"expected a readable .npz weights file, got {path!r} ({e})") from None
+  n = len(shapes)
+  if n < 2 or any(f"w{i}" not in shapes or len(shapes[f"w{i}"]) != 2 for i in range(n)):
+    raise ValueError(f"expected 2-D weights w0..w{{n-1}} (n >= 2) in {path}, got "
+                     f"{sorted(shapes) or 'none'}")
+  depth = n // 2 if residual else n - 1
+  if residual and n % 2:
+    raise ValueError(f"expected an even number of dense layers for --residual, got {n}")
+  return dict(in_dim=shapes["w0"][0], width=shapes["w0"][1], depth=depth,
+              out_dim=shapes[f"w{n - 1}"][1])
+
+
+def _write_outputs(args, name: str, payload: dict, plots: dict) -> list[str]:
+  from gradflow_jax import _io
+  os.makedirs(args.out, exist_ok=True)
+  written = []
+  if not getattr(args, "no_plots", False):
+    for fname, draw in plots.items():
+      path = os.path.join(args.out, fname)
+      draw(path)
+      written.append(path)
+  path = os.path.join(args.out, "results.json")
+  payload = {"command": name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+             **_versions(), **payload, "files": [os.path.basename(p) for p in written]}
+  _io.write_json(path, payload)
+  return [path] + written
+
+
+def _versions() -> dict:
+  import jax
+  import gradflow_jax
+  return {"gradflow_jax_version": gradflow_jax.__version__, "jax_version": jax.__version__,
+          "backend": jax.default_backend()}
+
+
+def _finish(args, console: Console, written: list[str]) -> None:
+  if args.json:
+    with open(written[0]) as f:
+      print(f.read(), end="")
+  elif args.quiet:
+    print("\n".join(written))
+  else:
+    console.print("wrote " + ", ".join(written))
+
+
+def compare(args) -> int:
+  from gradflow_jax import _compare, _mlp, _plots, _render
+  console = _console(args)
+  x = load_inputs(args.inputs) if args.inputs else None
+  sizes = dict(in_dim=args.in_dim, width=args.width, depth=args.depth, out_dim=args.classes)
+  if args.weights:
+    sizes = infer_shapes(args.weights, args.residual)
+  if x is not None and x.shape[1] != sizes["in_dim"]:
+    raise ValueError(f"expected inputs with {sizes['in_dim']} features, got {x.shape[1]}")
+  settings = _compare.CompareSettings(
+      **sizes, batch=x.shape[0] if x is not None else args.batch_size,
+      activations=tuple(args.activations),
+      shared_init=None if args.init.lower() == "none" else args.init,
+      norm=None if args.norm == "none" else args.norm, residual=args.residual,
+      loss=args.loss, sigma_b=args.sigma_b, seed=args.seed)
+  settings.configs()  # validates every name before anything is compiled
+  params_from = (lambda cfg: _mlp.load_npz(args.weights, cfg)) if args.weights else None
+  n_runs = len(settings.activations) * (1 if params_from or not settings.shared_init else 2)
+  with progress_bar(args, n_runs, "analysing") as advance:
+    result = _compare.run_compare(settings, x, params_from, on_run=advance)
+  runs = result["runs"]
+  if result["input_nonfinite"]:
+    console.print(f"[bold red]inputs contain {result['input_nonfinite']} NaN/Inf values[/]")
+  if not args.quiet and not args.json:
+    for run in runs:
+      console.print(_render.layer_table(run))
+    console.print(_render.summary_table(runs))
+    _render.print_findings(console, runs)
+  payload = {"settings": result["settings"], "weights": args.weights, "inputs": args.inputs,
+             "input_nonfinite": result["input_nonfinite"],
+             "runs": [{**r, "findings": [f._asdict() for f in r["findings"]]} for r in runs]}
+  plots = {"activation_stats.png": lambda p: _plots.plot_activation_stats(runs, p),
+           "grad_norms.png": lambda p: _plots.plot_grad_norms(runs, p),
+           "activation_curves.png": lambda p: _plots.plot_activation_curves(settings.activations, p)}
+  _finish(args, console, _write_outputs(args, "compare", payload, plots))
+  return 0
+
+
+del json

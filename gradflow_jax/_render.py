@@ -1,0 +1,66 @@
+"""Terminal renderers (rich). They format numbers already measured."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def fmt(v, pct=False) -> str:
+  """A number for a table: NaN/Inf spelt out, fractions as percentages."""
+  v = float(v)
+  if not math.isfinite(v):
+    return "[red]nan[/]" if math.isnan(v) else f"[red]{'+' if v > 0 else '-'}inf[/]"
+  if pct:
+    return f"{100 * v:.1f}%"
+  if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4):
+    return f"{v:.2e}"
+  return f"{v:.3g}"
+
+
+def layer_table(run: dict) -> Table:
+  """One run, one row per hidden layer."""
+  t = Table(title=run["label"], title_justify="left", title_style="bold",
+            header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+  for col in ("layer", "mean", "std", "min", "max", "sat", "dead", "zero", "|dL/dz|",
+              "|dL/dW|"):
+    t.add_column(col, justify="right", no_wrap=True)
+  a, g = run["activation_stats"], run["gradient_stats"]
+  for l in range(len(a["std"])):
+    t.add_row(str(l), fmt(a["mean"][l]), fmt(a["std"][l]), fmt(a["min"][l]), fmt(a["max"][l]),
+              fmt(a["saturation_fraction"][l], True), fmt(a["dead_fraction"][l], True),
+              fmt(a["zero_fraction"][l], True), fmt(g["preact_grad_norm"][l]),
+              fmt(g["weight_grad_norm"][l]))
+  return t
+
+
+def summary_table(runs: list[dict]) -> Table:
+  """A row per run: the headline numbers and its verdict."""
+  t = Table(title="Summary", title_justify="left", title_style="bold", header_style="bold",
+            box=box.SIMPLE_HEAD, pad_edge=False)
+  for col in ("run", "last std", "max sat", "max dead", "|dL/dz| 0/last", "loss", "verdict"):
+    t.add_column(col, justify="left" if col in ("run", "verdict") else "right",
+                 no_wrap=col != "verdict")
+  for run in runs:
+    a, g = run["activation_stats"], run["gradient_stats"]
+    pg = np.asarray(g["preact_grad_norm"], float)
+    ratio = pg[0] / pg[-1] if pg[-1] else float("nan")
+    kinds = [f"[{SEVERITY_STYLE[f.severity]}]{f.kind.replace('_', ' ')}[/]" for f in run["findings"]]
+    t.add_row(run["label"], fmt(a["std"][-1]), fmt(np.max(a["saturation_fraction"]), True),
+              fmt(np.max(a["dead_fraction"]), True), fmt(ratio), fmt(g["loss"]),
+              ", ".join(kinds) or "[green]healthy[/]")
+  return t
+
+
+def print_findings(console: Console, runs: list[dict]) -> None:
+  for run in runs:
+    for f in run["findings"]:
+      style = SEVERITY_STYLE[f.severity]
+      console.print(f"[{style}]{f.severity.upper()}[/] {run['label']}: {f.message} "
+                    f"(layers {list(f.layers)}). Fix: {f.fix}")

@@ -1,0 +1,12 @@
+#!/usr/bin/env python
+"""gradflow_jax command line. Intentionally short: all logic lives in the library.
+
+Run ``python scripts/analyze.py --help`` for the subcommands.
+"""
+
+import sys
+
+from gradflow_jax._cli import main
+
+if __name__ == "__main__":
+  sys.exit(main())

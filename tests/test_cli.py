@@ -1,0 +1,112 @@
+"""The command line: the default run, its files, and bad input (exit 2, one line)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gradflow_jax import _cli, _io
+
+SMALL = ["--depth", "3", "--width", "16", "--batch-size", "8", "--in-dim", "6", "--classes", "3"]
+
+
+def _run(args, capsys):
+  code = _cli.main(args)
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_default_run_writes_files_and_schema(tmp_path, capsys):
+  code, out, _ = _run(SMALL + ["--activations", "tanh,relu", "--out", str(tmp_path)], capsys)
+  assert code == 0
+  for name in ("results.json", "activation_stats.png", "grad_norms.png", "activation_curves.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  data = json.loads((tmp_path / "results.json").read_text())
+  assert data["schema_version"] == _io.SCHEMA_VERSION and data["command"] == "compare"
+  assert [r["activation"] for r in data["runs"]] == ["tanh", "tanh", "relu", "relu"]
+  assert [r["role"] for r in data["runs"]] == ["recommended", "shared"] * 2
+  run = data["runs"][0]
+  assert len(run["activation_stats"]["std"]) == 3 and len(run["gradient_stats"]["weight_grad_norm"]) == 4
+  assert "Summary" in out and "tanh · xavier_uniform" in out
+
+
+def test_json_flag_prints_json(tmp_path, capsys):
+  code, out, _ = _run(SMALL + ["--activations", "gelu", "--init", "none", "--no-plots", "--json",
+                               "--out", str(tmp_path)], capsys)
+  assert code == 0
+  data = json.loads(out)
+  assert len(data["runs"]) == 1 and data["files"] == []
+  assert not (tmp_path / "grad_norms.png").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--activations", "relu6"], "unknown activation 'relu6'"),
+    (["--init", "kaiming_magic"], "unknown initializer"),
+    (["--depth", "0"], "expected a positive integer"),
+    (["--norm", "groupnorm"], "invalid choice"),
+    (["--batch-size", "1"], "batch size >= 2"),
+    (["--weights", "/nonexistent.npz"], "readable .npz"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, fragment, tmp_path, capsys):
+  code = None
+  try:
+    code = _cli.main(SMALL + args + ["--out", str(tmp_path), "--quiet"])
+  except SystemExit as e:
+    code = e.code
+  _, err = capsys.readouterr()
+  assert code == 2
+  assert len(err.strip().splitlines()) == 1, err
+  assert fragment in err
+
+
+def test_weights_file_shapes_inferred_and_mismatch_reported(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  shapes = [(6, 16), (16, 16), (16, 3)]
+  arrays = {}
+  for i, s in enumerate(shapes):
+    arrays[f"w{i}"] = rng.normal(0, 0.3, s).astype(np.float32)
+    arrays[f"b{i}"] = np.zeros(s[1], np.float32)
+  np.savez(tmp_path / "w.npz", **arrays)
+  code, _, _ = _run(["--weights", str(tmp_path / "w.npz"), "--activations", "tanh", "--quiet",
+                     "--out", str(tmp_path / "o")], capsys)
+  assert code == 0
+  data = json.loads((tmp_path / "o" / "results.json").read_text())
+  assert data["settings"]["depth"] == 2 and data["runs"][0]["init"] == "weights file"
+  np.save(tmp_path / "x.npy", rng.normal(size=(5, 7)))
+  code, _, err = _run(["--weights", str(tmp_path / "w.npz"), "--inputs", str(tmp_path / "x.npy"),
+                       "--out", str(tmp_path / "o")], capsys)
+  assert code == 2 and "expected inputs with 6 features, got 7" in err
+
+
+def test_nan_inputs_are_reported(tmp_path, capsys):
+  x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+  x[2, 1] = np.nan
+  np.save(tmp_path / "x.npy", x)
+  code, out, _ = _run(SMALL + ["--inputs", str(tmp_path / "x.npy"), "--activations", "relu",
+                               "--init", "none", "--out", str(tmp_path)], capsys)
+  assert code == 0
+  assert "inputs contain 1 NaN/Inf" in out
+  run = json.loads((tmp_path / "results.json").read_text())["runs"][0]
+  assert run["first_nonfinite_layer"] == 0
+  assert run["activation_stats"]["nonfinite"] == [16, 16, 16]
+  assert run["gradient_stats"]["loss"] is None  # NaN written as null
+  assert run["findings"][0]["kind"] == "nonfinite"
+
+
+def test_script_entry_point_bad_flag_one_line():
+  script = os.path.join(os.path.dirname(__file__), "..", "scripts", "analyze.py")
+  proc = subprocess.run([sys.executable, script, "--bogus"], capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and "unrecognized arguments" in proc.stderr
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+  path = tmp_path / "results.json"
+  _io.write_json(path, {"a": 1})
+  with pytest.raises(TypeError):
+    _io.write_json(path, {"a": object()})
+  assert json.loads(path.read_text())["a"] == 1
+  assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
