@@ -220,7 +220,9 @@ def canonical_name(name: str) -> str:
 
 @functools.cache
 def _build(name: str, slope: float, alpha: float) -> Activation:
-  with jax.enable_x64(True):  # locate maxima and tails in float64, once
+  # Locate maxima and tails in float64, once, eagerly even when first asked
+  # for while a caller is being traced by jit.
+  with jax.enable_x64(True), jax.ensure_compile_time_eval():
     return _build64(name, slope, alpha)
 
 

@@ -79,6 +79,57 @@ def _compare_parser(sub) -> None:
   p.set_defaults(run=lambda args: _commands().compare(args))
 
 
+def _floats(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in _csv(text))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _gains(text: str) -> tuple[float | None, ...]:
+  if text.strip().lower() in ("default", "auto", "none"):
+    return (None,)
+  return _floats(text)
+
+
+def _depth_parser(sub) -> None:
+  p = sub.add_parser("depth", help="Jacobian spectra across depth, with mean-field theory")
+  p.add_argument("--activations", type=_csv, default=("tanh", "relu"),
+                 help="comma-separated (default tanh,relu)")
+  p.add_argument("--inits", type=_csv, default=("auto",),
+                 help="comma-separated initializers, 'auto' = recommended (default auto)")
+  p.add_argument("--sigma-w", type=_gains, default=(None,),
+                 help="comma-separated gains / mean-field sigma_w (default: the init's own)")
+  p.add_argument("--sigma-b", type=_floats, default=(0.0,),
+                 help="comma-separated bias stds (default 0)")
+  p.add_argument("--max-depth", type=_positive_int, default=200, help="deepest depth (default 200)")
+  p.add_argument("--width", type=_positive_int, default=64, help="width = input dim (default 64)")
+  p.add_argument("--batch-size", type=_positive_int, default=4, help="inputs per seed (default 4)")
+  p.add_argument("--seeds", type=_positive_int, default=4, help="random networks per point (default 4)")
+  p.add_argument("--spectrum-depths", type=_positive_int, default=16,
+                 help="log-spaced depths at which full spectra are computed (default 16)")
+  p.add_argument("--x64", action="store_true", help="float64 (singular values below float32 resolution)")
+  p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  add_common(p, "gradflow_out/depth")
+  p.set_defaults(run=lambda args: _commands().depth(args))
+
+
+def _rnn_parser(sub) -> None:
+  p = sub.add_parser("rnn", help="vanilla RNN: gradients through time against the scale of W")
+  p.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid"])
+  p.add_argument("--init", default="orthogonal", help="initializer of W (default orthogonal)")
+  p.add_argument("--scales", type=_floats, default=(0.5, 0.8, 1.0, 1.2, 1.5, 2.0),
+                 help="comma-separated scales of W (default 0.5,0.8,1,1.2,1.5,2)")
+  p.add_argument("--scale-kind", default="spectral_norm", choices=["spectral_norm", "spectral_radius"])
+  p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
+  p.add_argument("--in-dim", type=_positive_int, default=4, help="input dimension (default 4)")
+  p.add_argument("--steps", type=_positive_int, default=40, help="sequence length T (default 40)")
+  p.add_argument("--batch-size", type=_positive_int, default=8, help="sequences (default 8)")
+  p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  add_common(p, "gradflow_out/rnn")
+  p.set_defaults(run=lambda args: _commands().rnn(args))
+
+
 def _commands():
   from gradflow_jax import _commands
   return _commands
@@ -90,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
       "gradient norms per layer. Without a subcommand, runs 'compare'."))
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
   _compare_parser(sub)
+  _depth_parser(sub)
+  _rnn_parser(sub)
   return parser
 
 

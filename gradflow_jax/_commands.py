@@ -140,4 +140,55 @@ def compare(args) -> int:
   return 0
 
 
+def depth(args) -> int:
+  import jax
+  from gradflow_jax import _plots, _sweep
+  if args.x64:
+    jax.config.update("jax_enable_x64", True)
+  console = _console(args)
+  settings = _sweep.SweepSettings(
+      activations=tuple(args.activations), inits=tuple(args.inits), sigma_ws=tuple(args.sigma_w),
+      sigma_bs=tuple(args.sigma_b), max_depth=args.max_depth, width=args.width,
+      batch=args.batch_size, seeds=args.seeds, spectrum_depths=args.spectrum_depths,
+      dtype="float64" if args.x64 else "float32", seed=args.seed)
+  groups = settings.groups()  # validates names before anything is compiled
+  with progress_bar(args, 2 * len(groups), "depth sweep") as advance:
+    result = _sweep.run_sweep(settings, on_group=advance)
+    curves = _sweep.layer_curves(settings)
+    advance("per-layer Jacobians")
+  points = result["points"]
+  if not args.quiet and not args.json:
+    from gradflow_jax import _render
+    console.print(_render.depth_table(points))
+  plots = {"depth_sweep.png": lambda p: _plots.plot_depth_sweep(points, p),
+           "layer_jacobians.png": lambda p: _plots.plot_layer_jacobians(curves, p)}
+  payload = {**result, "layer_jacobians": curves}
+  _finish(args, console, _write_outputs(args, "depth", payload, plots))
+  return 0
+
+
+def rnn(args) -> int:
+  from gradflow_jax import _plots, _rnn
+  console = _console(args)
+  cfg = _rnn.RNNConfig(in_dim=args.in_dim, hidden=args.hidden, activation=args.activation,
+                       init=args.init, scale_kind=args.scale_kind)
+  if any(not s > 0 for s in args.scales):
+    raise ValueError(f"expected scales > 0, got {list(args.scales)}")
+  if args.steps < 2:
+    raise ValueError(f"expected --steps >= 2, got {args.steps}")
+  with progress_bar(args, len(args.scales), "rnn") as advance:
+    runs = _rnn.run_rnn_sweep(cfg, args.scales, args.steps, args.batch_size, args.seed,
+                              on_run=advance)
+  if not args.quiet and not args.json:
+    from gradflow_jax import _render
+    console.print(_render.rnn_table(runs))
+  plots = {"rnn_through_time.png": lambda p: _plots.plot_rnn_through_time(runs, p)}
+  payload = {"settings": {"activation": cfg.activation, "init": cfg.init, "hidden": cfg.hidden,
+                          "in_dim": cfg.in_dim, "steps": args.steps, "batch": args.batch_size,
+                          "scale_kind": cfg.scale_kind, "seed": args.seed},
+             "runs": runs}
+  _finish(args, console, _write_outputs(args, "rnn", payload, plots))
+  return 0
+
+
 del json

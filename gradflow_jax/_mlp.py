@@ -125,6 +125,45 @@ def _normalize(cfg, norm_params, z):
   return zhat * _row(norm_params["scale"], z) + _row(norm_params["bias"], z)
 
 
+def layer_params(cfg: MLPConfig, params, l: int) -> dict:
+  """Everything hidden layer ``l`` uses: ``w``, ``b``, and where the config has
+  them ``v``/``c`` (residual second dense layer), ``norm`` and ``slope``."""
+  dense = cfg.hidden_dense_index[l]
+  lp = {"w": params["layers"][dense]["w"], "b": params["layers"][dense]["b"]}
+  if cfg.residual and l > 0:
+    lp["v"] = params["layers"][dense + 1]["w"]
+    lp["c"] = params["layers"][dense + 1]["b"]
+  if cfg.norm is not None:
+    lp["norm"] = params["norm"][l]
+  if cfg.activation == "prelu":
+    lp["slope"] = params["prelu"][l]
+  return lp
+
+
+def stacked_layer_params(cfg: MLPConfig, params, start: int = 1) -> dict:
+  """``layer_params`` of layers ``start..depth-1`` stacked on a leading axis
+  (all width x width), ready for ``lax.scan``."""
+  per_layer = [layer_params(cfg, params, l) for l in range(start, cfg.depth)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+
+
+def hidden_step(cfg: MLPConfig, lp: dict, h: jax.Array, pz=None, pa=None):
+  """One hidden layer: ``(z, a, h_next)`` from the previous output ``h``.
+
+  ``pz``/``pa`` are perturbations added to z and a (the probe slots).
+  """
+  z = _dense(lp, h)
+  if cfg.norm is not None:
+    z = _normalize(cfg, lp["norm"], z)
+  if pz is not None:
+    z = z + pz
+  a = cfg.act(z, lp.get("slope"))
+  if pa is not None:
+    a = a + pa
+  h_next = h + _dense({"w": lp["v"], "b": lp["c"]}, a) if "v" in lp else a
+  return z, a, h_next
+
+
 def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
               perturb: Perturb | None = None, stack: bool = True) -> tuple[jax.Array, Trace]:
   """The probed forward function: ``(output, trace)``.
@@ -133,31 +172,16 @@ def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
   the gradient of a loss with respect to it is dL/dz_l and dL/da_l. With
   ``stack=False`` the trace holds tuples of per-layer arrays (no copies).
   """
-  act = cfg.act
-  x = jnp.asarray(x, cfg.jnp_dtype)
-  layers = params["layers"]
-  dense = cfg.hidden_dense_index
+  h = jnp.asarray(x, cfg.jnp_dtype)
   pres, posts, hiddens = [], [], []
-  h = x
   for l in range(cfg.depth):
-    layer = layers[dense[l]]
-    z = _dense(layer, h)
-    if cfg.norm is not None:
-      z = _normalize(cfg, params["norm"][l], z)
-    if perturb is not None:
-      z = z + perturb.pre[l]
-    a = act(z, params["prelu"][l] if cfg.activation == "prelu" else None)
-    if perturb is not None:
-      a = a + perturb.post[l]
-    if cfg.residual and l > 0:
-      v = layers[dense[l] + 1]
-      h = h + _dense(v, a)
-    else:
-      h = a
+    pz = perturb.pre[l] if perturb is not None else None
+    pa = perturb.post[l] if perturb is not None else None
+    z, a, h = hidden_step(cfg, layer_params(cfg, params, l), h, pz, pa)
     pres.append(z)
     posts.append(a)
     hiddens.append(h)
-  out = _dense(layers[-1], h)
+  out = _dense(params["layers"][-1], h)
   if not stack:
     return out, Trace(tuple(pres), tuple(posts), tuple(hiddens))
   post = jnp.stack(posts)

@@ -129,3 +129,95 @@ def plot_activation_curves(names, path, zmax: float = 6.0) -> None:
   fig.suptitle("Activations and their derivatives (red: |phi'| < 5% of its maximum)")
   fig.tight_layout()
   _io.save_figure(fig, path)
+
+
+def _band(ax, x, samples, colour, label, log=True):
+  """Median line and 10-90% band of ``samples`` (..., len(x)) over leading axes."""
+  flat = np.asarray(samples, float).reshape(-1, len(x))
+  flat = np.where(np.isfinite(flat), flat, np.nan)
+  if log:
+    flat = np.where(flat > 0, flat, np.nan)
+  with np.errstate(all="ignore"):
+    lo, med, hi = np.nanpercentile(flat, [10, 50, 90], axis=0)
+  ax.plot(x, med, color=colour, label=label)
+  ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
+
+
+def plot_depth_sweep(points: list[dict], path) -> None:
+  """Spectral norm and mean squared singular value of dh_l/dx against depth l:
+  median over seeds and examples, 10-90% band, mean-field theory dashed."""
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5.2))
+  cmap = plt.get_cmap("tab10")
+  for i, p in enumerate(points):
+    c = cmap(i % 10)
+    _band(axes[0], p["spectrum_depths"], p["spectral_norm"], c, p["label"])
+    _band(axes[1], p["depths"], p["mean_sq_singular_value"], c, p["label"])
+    theory_line = np.asarray(p["theory_mean_sq_singular_value"], float)
+    if np.isfinite(theory_line).any():
+      axes[1].plot(p["depths"], theory_line, "--", color=c, lw=1.2)
+  axes[1].plot([], [], "k--", label="mean-field theory (mean)")
+  for ax, title in zip(axes, ["spectral norm of dh_l/dx", "mean squared singular value of dh_l/dx"]):
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("depth l")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+  handles, labels = axes[1].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8,
+             bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(labels) // 3)), frameon=False)
+  fig.suptitle("Input-output Jacobians across depth: flat at 1 = dynamical isometry; "
+               "growing = exploding, falling = vanishing")
+  _io.save_figure(fig, path)
+
+
+def plot_layer_jacobians(curves: list[dict], path) -> None:
+  """||dh_l/dh_(l-1)|| per layer (median over examples, 10-90% band)."""
+  fig, ax = plt.subplots(figsize=(9, 4.8))
+  cmap = plt.get_cmap("tab10")
+  for i, c in enumerate(curves):
+    norms = np.asarray(c["norms"], float)
+    _band(ax, np.arange(norms.shape[-1]), norms, cmap(i % 10), c["label"])
+  ax.axhline(1.0, color="grey", lw=0.8)
+  ax.set_yscale("log")
+  ax.set_xlabel("layer l")
+  ax.set_ylabel("||dh_l / dh_(l-1)||_2")
+  ax.set_title("Per-layer Jacobian spectral norms (power iteration): above 1 amplifies, "
+               "below 1 attenuates", fontsize=10)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  _io.save_figure(fig, path)
+
+
+def plot_rnn_through_time(runs: list[dict], path) -> None:
+  """Left: ||dh_T/dh_t|| against T - t per scale of W, Pascanu bound dashed.
+  Right: the norm over the whole sequence against the scale of W."""
+  fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+  cmap = plt.get_cmap("viridis")
+  for i, r in enumerate(runs):
+    c = cmap(i / max(len(runs) - 1, 1))
+    norms = np.asarray(r["jacobian_norm"], float)[..., ::-1]  # index = T - t - 0
+    lag = np.arange(norms.shape[-1])
+    _band(axes[0], lag, norms, c, f"{r['scale_kind']} {r['scale']:.3g}")
+    bound = np.asarray(r["pascanu_bound"], float)[::-1]
+    axes[0].plot(lag, np.where(bound > 0, bound, np.nan), "--", color=c, lw=0.9)
+  axes[0].plot([], [], "k--", label="Pascanu bound (gamma ||W||)^(T-t)")
+  axes[0].set_yscale("log")
+  axes[0].set_xlabel("T - t (steps back in time)")
+  axes[0].set_title("||dh_T / dh_t||_2 (median over sequences)")
+  axes[0].legend(fontsize=7, ncol=2)
+  scales = [r["scale"] for r in runs]
+  for key, label, marker in (("jacobian_norm", "||dh_T/dh_0||", "o"),
+                             ("state_grad_norm", "||dL/dh_0||", "s")):
+    vals = [np.nanmedian(np.asarray(r[key], float)[:, 0]) for r in runs]
+    axes[1].plot(scales, np.where(np.asarray(vals) > 0, vals, np.nan), marker=marker, label=label)
+  axes[1].axvline(1.0 / runs[0]["gamma"], color="grey", ls=":", lw=1,
+                  label="||W|| = 1/gamma (bound = 1)")
+  axes[1].set_yscale("log")
+  axes[1].set_xlabel(f"{runs[0]['scale_kind']} of W")
+  axes[1].set_title("Over the whole sequence: vanishing below, exploding above")
+  axes[1].legend(fontsize=8)
+  for ax in axes:
+    ax.grid(alpha=0.3, which="both")
+  fig.suptitle(f"Vanilla {runs[0]['activation']} RNN: gradients through time")
+  _io.save_figure(fig, path)

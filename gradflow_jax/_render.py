@@ -64,3 +64,34 @@ def print_findings(console: Console, runs: list[dict]) -> None:
       style = SEVERITY_STYLE[f.severity]
       console.print(f"[{style}]{f.severity.upper()}[/] {run['label']}: {f.message} "
                     f"(layers {list(f.layers)}). Fix: {f.fix}")
+
+
+def depth_table(points: list[dict]) -> Table:
+  """A row per grid point: theory (chi_1) beside the median measurements."""
+  t = Table(title="Depth sweep (median over seeds and inputs)", title_justify="left",
+            title_style="bold", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+  for col in ("point", "chi1", "depth", "||J||_2", "mean s^2", "theory s^2", "first NaN/Inf"):
+    t.add_column(col, justify="left" if col == "point" else "right", no_wrap=True)
+  for p in points:
+    deepest = len(p["depths"]) - 1
+    sd = list(p["spectrum_depths"])
+    with np.errstate(all="ignore"):
+      top = np.nanmedian(np.asarray(p["spectral_norm"], float)[..., -1])
+      msq = np.nanmedian(np.asarray(p["mean_sq_singular_value"], float)[..., deepest])
+    t.add_row(p["label"], fmt(p["chi1"]) if p["chi1"] is not None else "-", str(sd[-1]),
+              fmt(top), fmt(msq), fmt(p["theory_mean_sq_singular_value"][deepest]),
+              str(p["first_nonfinite_depth"]) if p["first_nonfinite_depth"] else "-")
+  return t
+
+
+def rnn_table(runs: list[dict]) -> Table:
+  """A row per scale of W: the whole-sequence norms and the Pascanu bound."""
+  t = Table(title="RNN through time (median over sequences)", title_justify="left",
+            title_style="bold", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+  for col in ("scale", "||W||_2", "||dh_T/dh_0||", "Pascanu bound", "||dL/dh_0||", "||dL/dh_T||"):
+    t.add_column(col, justify="right", no_wrap=True)
+  for r in runs:
+    t.add_row(f"{r['scale_kind']} {r['scale']:.3g}", fmt(r["weight_norm"]),
+              fmt(np.median(r["jacobian_norm"][:, 0])), fmt(r["pascanu_bound"][0]),
+              fmt(np.median(r["state_grad_norm"][:, 0])), fmt(np.median(r["state_grad_norm"][:, -1])))
+  return t

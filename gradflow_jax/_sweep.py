@@ -1,0 +1,200 @@
+"""Depth sweeps: activation x initializer x (sigma_w, sigma_b) x depth x seed.
+
+One network of the largest depth per grid point gives the input-to-depth
+Jacobians of every shallower depth (its prefixes) in one compiled scan. Seeds
+and gain/bias values are vmapped; that flat axis is sharded over every visible
+device (and every host under ``jax.distributed``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gradflow_jax import _initializers, _jacobians, theory
+from gradflow_jax._config import MLPConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+  """The grid. ``inits`` may hold ``"auto"``; ``sigma_ws`` are gains (``None``:
+  the initializer's default for the activation)."""
+  activations: tuple[str, ...] = ("tanh", "relu")
+  inits: tuple[str, ...] = ("auto",)
+  sigma_ws: tuple[float | None, ...] = (None,)
+  sigma_bs: tuple[float, ...] = (0.0,)
+  max_depth: int = 200
+  width: int = 64
+  batch: int = 4
+  seeds: int = 4
+  spectrum_depths: int = 16
+  dtype: str = "float32"
+  seed: int = 0
+
+  def __post_init__(self):
+    for label in ("max_depth", "width", "batch", "seeds", "spectrum_depths"):
+      v = getattr(self, label)
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f"expected {label} >= 1, got {v!r}")
+    for s in self.sigma_ws:
+      if s is not None and not s > 0:
+        raise ValueError(f"expected sigma_w values > 0, got {s}")
+    for s in self.sigma_bs:
+      if not s >= 0:
+        raise ValueError(f"expected sigma_b values >= 0, got {s}")
+    for init in self.inits:
+      if init != "auto":
+        _initializers.canonical_init(init)
+
+  def groups(self) -> list[tuple[MLPConfig, list[tuple[float, float]]]]:
+    """(config, [(gain, sigma_b), ...]): one compiled program per config."""
+    out = []
+    for act in self.activations:
+      for init in self.inits:
+        cfg = MLPConfig(self.width, self.width, self.max_depth, 1, activation=act, init=init,
+                        dtype=self.dtype)
+        if init == "auto":
+          cfg = cfg.replace(init=cfg.init_spec.name)
+          default = MLPConfig(self.width, self.width, 1, 1, activation=act).init_spec.gain
+        else:
+          default = cfg.init_spec.gain
+        points = [(default if s is None else float(s), float(b))
+                  for s in self.sigma_ws for b in self.sigma_bs]
+        out.append((cfg.replace(sigma_w=None), points))
+    return out
+
+
+def effective_sigma_w(cfg: MLPConfig, gain: float) -> float:
+  """sqrt(fan_in x weight variance) of a width x width layer: the mean-field sigma_w."""
+  return float(np.sqrt(cfg.width * _initializers.weight_variance(cfg.init, gain, cfg.width,
+                                                                 cfg.width)))
+
+
+def _init_scaled(cfg: MLPConfig, key, gain, sigma_b, count: int):
+  """``count`` stacked width x width layers: weights gain x (a gain-1 draw),
+  biases ~ N(0, sigma_b^2). Every initializer is linear in its gain, so gains
+  can be traced and vmapped; one vmapped draw keeps the program small."""
+  unit = _initializers.initializer(cfg.init, 1.0)
+  kw, kb = jax.random.split(key)
+  w = jax.vmap(lambda k: unit(k, (cfg.width, cfg.width), jnp.float32))(
+      jax.random.split(kw, count))
+  b = jax.random.normal(kb, (count, cfg.width), jnp.float32)
+  return {"w": (gain * w).astype(cfg.jnp_dtype), "b": (sigma_b * b).astype(cfg.jnp_dtype)}
+
+
+def _sample_fn(cfg: MLPConfig, batch: int, wanted: tuple[bool, ...], base_seed: int):
+  def sample(gain, sigma_b, seed):
+    key = jax.random.fold_in(jax.random.key(base_seed), seed)
+    kp, kx = jax.random.split(key)
+    stacked = _init_scaled(cfg, kp, gain, sigma_b, cfg.depth)
+    lp0 = jax.tree.map(lambda a: a[0], stacked)
+    rest = jax.tree.map(lambda a: a[1:], stacked) if cfg.depth > 1 else None
+    x = jax.random.normal(kx, (batch, cfg.in_dim), cfg.jnp_dtype)
+    sv, fro = jax.vmap(lambda xi: _jacobians._exact_one(cfg, lp0, rest, xi, wanted))(x)
+    idx = np.nonzero(np.asarray(wanted))[0]
+    return fro / sv.shape[-1], sv[:, idx, 0], sv[:, idx, -1]
+  return sample
+
+
+def layer_curves(settings: SweepSettings, method: str = "power") -> list[dict]:
+  """Per-layer Jacobian norms ||dh_l/dh_(l-1)|| for the first seed of every grid
+  point (one compiled program per config, vmapped over its points)."""
+  curves = []
+  for cfg, points in settings.groups():
+    def one(gain, sigma_b, cfg=cfg):
+      key = jax.random.fold_in(jax.random.key(settings.seed), 0)
+      kp, kx = jax.random.split(key)
+      stacked = _init_scaled(cfg, kp, gain, sigma_b, cfg.depth)
+      lp0 = jax.tree.map(lambda a: a[0], stacked)
+      rest = jax.tree.map(lambda a: a[1:], stacked) if cfg.depth > 1 else None
+      x = jax.random.normal(kx, (settings.batch, cfg.in_dim), cfg.jnp_dtype)
+      return _jacobians.layer_norms_stacked(cfg, lp0, rest, x, method, 1e-5, 1000)
+    norms, conv = jax.jit(jax.vmap(one))(jnp.asarray([p[0] for p in points], jnp.float32),
+                                         jnp.asarray([p[1] for p in points], jnp.float32))
+    for i, (gain, sb) in enumerate(points):
+      curves.append({"label": f"{cfg.activation} · {cfg.init} · σw "
+                              f"{effective_sigma_w(cfg, gain):.3g} · σb {sb:.3g}",
+                     "norms": np.asarray(norms[i]), "converged": np.asarray(conv[i])})
+  return curves
+
+
+def _grid_sharding():
+  mesh = Mesh(np.asarray(jax.devices()), ("grid",))
+  return NamedSharding(mesh, PartitionSpec("grid"))
+
+
+def _to_global(arr: np.ndarray, sharding) -> jax.Array:
+  return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+
+def _to_host(arr: jax.Array) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(arr, tiled=True))
+  return np.asarray(arr)
+
+
+def run_group(cfg: MLPConfig, points: list[tuple[float, float]], settings: SweepSettings):
+  """One config's points x seeds, sharded over all devices. Returns host arrays
+  (points, seeds, batch, ...)."""
+  depths = _jacobians.log_spaced_depths(cfg.depth, settings.spectrum_depths)
+  wanted = tuple(d in depths for d in range(1, cfg.depth + 1))
+  n_pts, n_seeds = len(points), settings.seeds
+  gains = np.repeat([p[0] for p in points], n_seeds).astype(np.float32)
+  sbs = np.repeat([p[1] for p in points], n_seeds).astype(np.float32)
+  seeds = np.tile(np.arange(n_seeds, dtype=np.int32), n_pts)
+  n = len(gains)
+  n_dev = len(jax.devices())
+  pad = (-n) % n_dev
+  gains, sbs, seeds = (np.concatenate([a, a[:1].repeat(pad)]) for a in (gains, sbs, seeds))
+  sharding = _grid_sharding()
+  fn = jax.jit(jax.vmap(_sample_fn(cfg, settings.batch, wanted, settings.seed)),
+               out_shardings=sharding)
+  msq, top, low = fn(*(_to_global(a, sharding) for a in (gains, sbs, seeds)))
+  shape = lambda a: _to_host(a)[:n].reshape((n_pts, n_seeds) + a.shape[1:])
+  return {"depths_all": np.arange(1, cfg.depth + 1), "spectrum_depths": np.asarray(depths),
+          "mean_sq_singular_value": shape(msq), "spectral_norm": shape(top),
+          "min_singular_value": shape(low)}
+
+
+def _first_nonfinite(values: np.ndarray, depths: np.ndarray) -> int | None:
+  bad = ~np.isfinite(values)
+  if not bad.any():
+    return None
+  return int(depths[np.argmax(bad.reshape(-1, bad.shape[-1]).any(0))])
+
+
+def run_sweep(settings: SweepSettings, on_group: Callable[[str], None] | None = None) -> dict:
+  """Runs the grid; returns ``{"settings", "devices", "points": [...]}`` with, per
+  grid point, per-seed/example measurements and the mean-field prediction."""
+  results = []
+  for cfg, points in settings.groups():
+    label = f"{cfg.activation} · {cfg.init}"
+    if on_group is not None:
+      on_group(label)
+    out = run_group(cfg, points, settings)
+    for i, (gain, sb) in enumerate(points):
+      sw = effective_sigma_w(cfg, gain)
+      try:
+        predicted = theory.mean_sq_singular_value_by_depth(
+            cfg.activation, sw, sb, cfg.depth, q0=sw**2 + sb**2)
+      except (ValueError, FloatingPointError):
+        predicted = np.full(cfg.depth, np.nan)
+      msq, top = out["mean_sq_singular_value"][i], out["spectral_norm"][i]
+      results.append({
+          "label": f"{cfg.activation} · {cfg.init} · σw {sw:.3g} · σb {sb:.3g}",
+          "activation": cfg.activation, "init": cfg.init, "gain": gain, "sigma_w": sw,
+          "sigma_b": sb, "depths": out["depths_all"], "spectrum_depths": out["spectrum_depths"],
+          "mean_sq_singular_value": msq, "spectral_norm": top,
+          "min_singular_value": out["min_singular_value"][i],
+          "theory_mean_sq_singular_value": predicted,
+          "chi1": theory.chi1(cfg.activation, sw, sb) if np.isfinite(predicted).all() else None,
+          "first_nonfinite_depth": _first_nonfinite(msq, out["depths_all"]),
+      })
+  return {"settings": dataclasses.asdict(settings), "devices": len(jax.devices()),
+          "processes": jax.process_count(), "points": results}
