@@ -11,6 +11,14 @@ from gradflow_jax._initializers import InitSpec
 from gradflow_jax._initializers import initializer
 from gradflow_jax._initializers import recommended_init
 from gradflow_jax._initializers import weight_variance
+from gradflow_jax import theory
+from gradflow_jax._jacobians import jacobian_spectra
+from gradflow_jax._jacobians import JacobianSpectra
+from gradflow_jax._jacobians import layer_jacobian_norms
+from gradflow_jax._jacobians import log_spaced_depths
+from gradflow_jax._jacobians import power_top_singular_value
+from gradflow_jax._jacobians import product_bound
+from gradflow_jax._jacobians import weight_spectral_norms
 from gradflow_jax._losses import LOSSES
 from gradflow_jax._losses import loss_value
 from gradflow_jax._mlp import check_params
@@ -22,6 +30,11 @@ from gradflow_jax._mlp import params_to_arrays
 from gradflow_jax._mlp import Perturb
 from gradflow_jax._mlp import Trace
 from gradflow_jax._mlp import zero_perturb
+from gradflow_jax._rnn import init_rnn
+from gradflow_jax._rnn import rnn_apply
+from gradflow_jax._rnn import rnn_through_time
+from gradflow_jax._rnn import RNNConfig
+from gradflow_jax._rnn import run_rnn_sweep
 from gradflow_jax._stats import activation_stats
 from gradflow_jax._stats import ActivationStats
 from gradflow_jax._stats import first_nonfinite_layer
@@ -33,39 +46,57 @@ from gradflow_jax._stats import GradientStats
 from gradflow_jax._stats import histograms
 from gradflow_jax._stats import trace_stats
 
+from gradflow_jax._sweep import run_sweep
+from gradflow_jax._sweep import SweepSettings
+
 __version__ = "0.1.0"
 
 __all__ = (
-    "ACTIVATIONS",
     "Activation",
-    "ActivationStats",
-    "FlowStats",
-    "GradientStats",
-    "INACTIVE_DERIVATIVE_RATIO",
-    "INITIALIZERS",
-    "InitSpec",
-    "LOSSES",
-    "MLPConfig",
-    "Perturb",
-    "params_to_arrays",
-    "SATURATION_DERIVATIVE_RATIO",
-    "Trace",
     "activation_stats",
+    "ACTIVATIONS",
+    "ActivationStats",
     "check_params",
     "first_nonfinite_layer",
     "flow_stats",
     "flow_stats_fn",
+    "FlowStats",
     "get_activation",
     "gradient_stats",
+    "GradientStats",
     "histograms",
+    "INACTIVE_DERIVATIVE_RATIO",
     "init_mlp",
+    "init_rnn",
     "initializer",
+    "INITIALIZERS",
+    "InitSpec",
+    "jacobian_spectra",
+    "JacobianSpectra",
+    "layer_jacobian_norms",
     "load_npz",
+    "log_spaced_depths",
     "loss_value",
+    "LOSSES",
     "mlp_apply",
     "mlp_forward",
+    "MLPConfig",
+    "params_to_arrays",
+    "Perturb",
+    "power_top_singular_value",
+    "product_bound",
     "recommended_init",
+    "rnn_apply",
+    "rnn_through_time",
+    "RNNConfig",
+    "run_rnn_sweep",
+    "run_sweep",
+    "SATURATION_DERIVATIVE_RATIO",
+    "SweepSettings",
+    "theory",
+    "Trace",
     "trace_stats",
+    "weight_spectral_norms",
     "weight_variance",
     "zero_perturb",
 )

@@ -83,7 +83,17 @@ def log_spaced_depths(max_depth: int, n: int = 16) -> tuple[int, ...]:
   return tuple(sorted({int(round(d)) for d in np.geomspace(1, max_depth, n)}))
 
 
-def _exact_one(cfg: MLPConfig, lp0, stacked, x, wanted: tuple[bool, ...]):
+def singular_values(j: jax.Array, gram: bool = False) -> jax.Array:
+  """Singular values of ``j``, descending: LAPACK's SVD, or with ``gram`` the
+  square roots of the eigenvalues of the smaller Gram matrix (accurate for
+  the large ones; the smallest lose precision below sqrt(eps) * sigma_max)."""
+  if not gram:
+    return jnp.linalg.svd(j, compute_uv=False)
+  g = j.T @ j if j.shape[-1] <= j.shape[-2] else j @ j.T
+  return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g), 0))[::-1]
+
+
+def _exact_one(cfg: MLPConfig, lp0, stacked, x, wanted: tuple[bool, ...], gram: bool = False):
   """All depths for one example: a scan carrying J_l = (dh_l/dh_(l-1)) J_(l-1).
 
   ``lp0`` are layer 0's parameters, ``stacked`` those of layers 1..depth-1
@@ -94,7 +104,7 @@ def _exact_one(cfg: MLPConfig, lp0, stacked, x, wanted: tuple[bool, ...]):
   h0, j0 = _push(cfg, lp0, x, jnp.eye(cfg.in_dim, dtype=x.dtype))
 
   def svals(j, want):
-    return jax.lax.cond(want, lambda: jnp.linalg.svd(j, compute_uv=False)[:k],
+    return jax.lax.cond(want, lambda: singular_values(j, gram)[:k],
                         lambda: jnp.zeros((k,), j.dtype))
 
   sv0 = svals(j0, wanted[0])

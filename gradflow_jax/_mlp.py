@@ -59,16 +59,17 @@ def init_mlp(key: jax.Array, cfg: MLPConfig) -> dict[str, Any]:
   spec = cfg.init_spec
   winit = _initializers.initializer(spec.name, spec.gain)
   dtype = cfg.jnp_dtype
+  draw = jnp.float64 if cfg.dtype == "float64" else jnp.float32  # low precision: draw in f32
   layers = []
   for k, (fan_in, fan_out) in zip(jax.random.split(key, len(cfg.dense_shapes)),
                                   cfg.dense_shapes):
     kw, kb = jax.random.split(k)
-    w = winit(kw, (fan_in, fan_out), jnp.float32).astype(dtype)
+    w = winit(kw, (fan_in, fan_out), draw).astype(dtype)
     if spec.name == "torch_default" and cfg.sigma_b == 0:
       bound = 1.0 / np.sqrt(fan_in)
-      b = jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)
+      b = jax.random.uniform(kb, (fan_out,), draw, -bound, bound)
     else:
-      b = cfg.sigma_b * jax.random.normal(kb, (fan_out,), jnp.float32)
+      b = cfg.sigma_b * jax.random.normal(kb, (fan_out,), draw)
     layers.append({"w": w, "b": b.astype(dtype)})
   params: dict[str, Any] = {"layers": layers}
   if cfg.norm is not None:

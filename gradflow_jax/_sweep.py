@@ -87,7 +87,16 @@ def _init_scaled(cfg: MLPConfig, key, gain, sigma_b, count: int):
   return {"w": (gain * w).astype(cfg.jnp_dtype), "b": (sigma_b * b).astype(cfg.jnp_dtype)}
 
 
+def _use_gram() -> bool:
+  """On several host (CPU) devices, XLA's LAPACK SVD wedges when devices run it
+  concurrently (seen with jax 0.10 and --xla_force_host_platform_device_count);
+  eigvalsh of the Gram matrix does not, so the sweep uses it there."""
+  return jax.default_backend() == "cpu" and len(jax.devices()) > 1
+
+
 def _sample_fn(cfg: MLPConfig, batch: int, wanted: tuple[bool, ...], base_seed: int):
+  gram = _use_gram()
+
   def sample(gain, sigma_b, seed):
     key = jax.random.fold_in(jax.random.key(base_seed), seed)
     kp, kx = jax.random.split(key)
@@ -95,7 +104,7 @@ def _sample_fn(cfg: MLPConfig, batch: int, wanted: tuple[bool, ...], base_seed: 
     lp0 = jax.tree.map(lambda a: a[0], stacked)
     rest = jax.tree.map(lambda a: a[1:], stacked) if cfg.depth > 1 else None
     x = jax.random.normal(kx, (batch, cfg.in_dim), cfg.jnp_dtype)
-    sv, fro = jax.vmap(lambda xi: _jacobians._exact_one(cfg, lp0, rest, xi, wanted))(x)
+    sv, fro = jax.vmap(lambda xi: _jacobians._exact_one(cfg, lp0, rest, xi, wanted, gram))(x)
     idx = np.nonzero(np.asarray(wanted))[0]
     return fro / sv.shape[-1], sv[:, idx, 0], sv[:, idx, -1]
   return sample
@@ -153,8 +162,11 @@ def run_group(cfg: MLPConfig, points: list[tuple[float, float]], settings: Sweep
   pad = (-n) % n_dev
   gains, sbs, seeds = (np.concatenate([a, a[:1].repeat(pad)]) for a in (gains, sbs, seeds))
   sharding = _grid_sharding()
-  fn = jax.jit(jax.vmap(_sample_fn(cfg, settings.batch, wanted, settings.seed)),
-               out_shardings=sharding)
+  # shard_map: every device runs the vmapped sample function on its own slice
+  # of the grid; nothing is communicated until the results are gathered.
+  fn = jax.jit(jax.shard_map(jax.vmap(_sample_fn(cfg, settings.batch, wanted, settings.seed)),
+                             mesh=sharding.mesh, in_specs=PartitionSpec("grid"),
+                             out_specs=PartitionSpec("grid"), check_vma=False))
   msq, top, low = fn(*(_to_global(a, sharding) for a in (gains, sbs, seeds)))
   shape = lambda a: _to_host(a)[:n].reshape((n_pts, n_seeds) + a.shape[1:])
   return {"depths_all": np.arange(1, cfg.depth + 1), "spectrum_depths": np.asarray(depths),

@@ -110,3 +110,33 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     _io.write_json(path, {"a": object()})
   assert json.loads(path.read_text())["a"] == 1
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_depth_and_rnn_subcommands(tmp_path, capsys):
+  code, out, _ = _run(["depth", "--activations", "tanh", "--max-depth", "6", "--width", "8",
+                       "--batch-size", "2", "--seeds", "2", "--spectrum-depths", "3",
+                       "--out", str(tmp_path / "d")], capsys)
+  assert code == 0 and "Depth sweep" in out
+  data = json.loads((tmp_path / "d" / "results.json").read_text())
+  assert data["command"] == "depth" and len(data["points"]) == 1
+  assert (tmp_path / "d" / "depth_sweep.png").exists()
+  assert (tmp_path / "d" / "layer_jacobians.png").exists()
+  code, out, _ = _run(["rnn", "--hidden", "6", "--steps", "5", "--batch-size", "2",
+                       "--scales", "0.5,2", "--out", str(tmp_path / "r")], capsys)
+  assert code == 0 and "RNN through time" in out
+  assert (tmp_path / "r" / "rnn_through_time.png").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["depth", "--sigma-b", "-1"], "sigma_b values >= 0"),
+    (["depth", "--activations", "nope"], "unknown activation"),
+    (["rnn", "--scales", "0,1"], "scales > 0"),
+    (["rnn", "--steps", "1"], "--steps >= 2"),
+])
+def test_subcommand_bad_input(args, fragment, tmp_path, capsys):
+  try:
+    code = _cli.main(args + ["--out", str(tmp_path), "--quiet"])
+  except SystemExit as e:
+    code = e.code
+  _, err = capsys.readouterr()
+  assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err

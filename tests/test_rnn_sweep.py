@@ -1,0 +1,104 @@
+"""RNN through time against jacfwd; depth sweep: prefixes, theory, sharding."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow_jax as gf
+
+
+def test_rnn_jacobians_match_jacfwd_and_grad():
+  cfg = gf.RNNConfig(in_dim=3, hidden=8, activation="sigmoid", init="gaussian", scale=3.0)
+  params = gf.init_rnn(jax.random.key(0), cfg)
+  assert float(np.linalg.norm(np.asarray(params["w"]), 2)) == pytest.approx(3.0, rel=1e-5)
+  xs = np.asarray(jax.random.normal(jax.random.key(1), (5, 2, 3)))
+  r = gf.rnn_through_time(cfg, params, xs)
+  _, hs = gf.rnn_apply(cfg, params, jnp.asarray(xs))
+  act = cfg.act
+
+  def h_last_from(t, h, b):
+    for s in range(t + 1, 5):
+      h = act(h @ params["w"] + xs[s, b] @ params["u"] + params["b"])
+    return h
+
+  for b in range(2):
+    for t in range(5):
+      j = np.asarray(jax.jacfwd(lambda v: h_last_from(t, v, b))(hs[t, b]))
+      assert float(r.jacobian_norm[b, t]) == pytest.approx(np.linalg.norm(j, 2), rel=1e-4)
+      assert float(r.jacobian_frobenius[b, t]) == pytest.approx(np.linalg.norm(j), rel=1e-4)
+  # the bound holds, with gamma = 1/4 for sigmoid
+  assert np.all(np.asarray(r.jacobian_norm) <= np.asarray(r.pascanu_bound)[None] * (1 + 1e-5))
+  np.testing.assert_allclose(r.pascanu_bound, 0.75 ** np.arange(4, -1, -1), rtol=1e-5)
+
+
+def test_rnn_spectral_radius_and_bad_input():
+  cfg = gf.RNNConfig(in_dim=2, hidden=6, scale=0.9, scale_kind="spectral_radius", init="gaussian")
+  w = np.asarray(gf.init_rnn(jax.random.key(2), cfg)["w"])
+  assert np.max(np.abs(np.linalg.eigvals(w))) == pytest.approx(0.9, rel=1e-5)
+  with pytest.raises(ValueError, match="scale_kind"):
+    gf.RNNConfig(in_dim=2, hidden=6, scale_kind="frobenius")
+  with pytest.raises(ValueError, match=r"\(T >= 2, batch, 2\)"):
+    gf.rnn_through_time(cfg, gf.init_rnn(jax.random.key(2), cfg), np.zeros((5, 2, 3)))
+
+
+def test_rnn_sweep_changes_from_vanishing_to_exploding():
+  cfg = gf.RNNConfig(in_dim=2, hidden=16)
+  runs = gf.run_rnn_sweep(cfg, [0.5, 3.0], steps=30, batch=2)
+  whole = [float(np.median(r["jacobian_norm"][:, 0])) for r in runs]
+  assert whole[0] < 1e-6 and whole[1] > 1.0
+
+
+SMALL = dict(activations=("tanh", "relu"), inits=("gaussian",), sigma_ws=(1.0, 1.5),
+             sigma_bs=(0.0, 0.2), max_depth=12, width=16, batch=2, seeds=3, spectrum_depths=4)
+
+
+def test_sweep_prefix_equals_direct_network_and_theory_is_attached():
+  settings = gf.SweepSettings(**{**SMALL, "activations": ("tanh",), "sigma_ws": (1.5,),
+                                 "sigma_bs": (0.2,)})
+  res = gf.run_sweep(settings)
+  (point,) = res["points"]
+  assert point["mean_sq_singular_value"].shape == (3, 2, 12)
+  np.testing.assert_array_equal(point["spectrum_depths"], gf.log_spaced_depths(12, 4))
+  assert point["chi1"] == pytest.approx(gf.theory.chi1("tanh", 1.5, 0.2))
+  assert np.all(np.isfinite(point["theory_mean_sq_singular_value"]))
+  assert np.all(point["mean_sq_singular_value"] > 0)
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, numpy as np, jax, gradflow_jax as gf
+    res = gf.run_sweep(gf.SweepSettings(**json.loads(sys.argv[1])))
+    np.savez(sys.argv[2], devices=res["devices"],
+             msq=np.stack([p["mean_sq_singular_value"] for p in res["points"]]),
+             top=np.stack([p["spectral_norm"] for p in res["points"]]))
+""")
+
+
+def test_sharded_sweep_equals_single_device(tmp_path):
+  kw = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  out = tmp_path / "sharded.npz"
+  subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(kw), str(out)], check=True, env=env,
+                 timeout=300)
+  sharded = np.load(out)
+  assert int(sharded["devices"]) == 4
+  res = gf.run_sweep(gf.SweepSettings(**SMALL))
+  assert res["devices"] == 1
+  np.testing.assert_allclose(sharded["msq"], np.stack([p["mean_sq_singular_value"]
+                                                       for p in res["points"]]), rtol=1e-5)
+  np.testing.assert_allclose(sharded["top"], np.stack([p["spectral_norm"] for p in res["points"]]),
+                             rtol=1e-5)
+
+
+def test_sweep_bad_settings():
+  with pytest.raises(ValueError, match="max_depth"):
+    gf.SweepSettings(max_depth=0)
+  with pytest.raises(ValueError, match="sigma_w"):
+    gf.SweepSettings(sigma_ws=(-1.0,))
