@@ -182,7 +182,7 @@ def plot_layer_jacobians(curves: list[dict], path) -> None:
   ax.set_yscale("log")
   ax.set_xlabel("layer l")
   ax.set_ylabel("||dh_l / dh_(l-1)||_2")
-  ax.set_title("Per-layer Jacobian spectral norms (power iteration): above 1 amplifies, "
+  ax.set_title("Per-layer Jacobian spectral norms (Lanczos): above 1 amplifies, "
                "below 1 attenuates", fontsize=10)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)

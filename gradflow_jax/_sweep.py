@@ -110,7 +110,7 @@ def _sample_fn(cfg: MLPConfig, batch: int, wanted: tuple[bool, ...], base_seed: 
   return sample
 
 
-def layer_curves(settings: SweepSettings, method: str = "power") -> list[dict]:
+def layer_curves(settings: SweepSettings, method: str = "lanczos") -> list[dict]:
   """Per-layer Jacobian norms ||dh_l/dh_(l-1)|| for the first seed of every grid
   point (one compiled program per config, vmapped over its points)."""
   curves = []

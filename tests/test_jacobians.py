@@ -73,9 +73,12 @@ def test_power_agrees_with_exact():
   assert power.singular_values is None and bool(jnp.all(power.converged))
   np.testing.assert_allclose(power.spectral_norm, exact.spectral_norm, rtol=1e-3)
   le = gf.layer_jacobian_norms(cfg, params, x, method="exact")
-  lp, conv = gf.layer_jacobian_norms(cfg, params, x, method="power", return_converged=True)
-  assert le.shape == (3, cfg.depth) and bool(jnp.all(conv))
-  np.testing.assert_allclose(lp, le, rtol=1e-3)
+  for method in ("power", "lanczos"):
+    lp, conv = gf.layer_jacobian_norms(cfg, params, x, method=method, return_converged=True)
+    assert le.shape == (3, cfg.depth) and bool(jnp.all(conv))
+    np.testing.assert_allclose(lp, le, rtol=1e-3)
+  lanczos = gf.jacobian_spectra(cfg, params, x, method="lanczos")
+  np.testing.assert_allclose(lanczos.spectral_norm, exact.spectral_norm, rtol=1e-4)
 
 
 def test_layer_norms_closed_form():
@@ -117,7 +120,7 @@ def test_depth_one_and_linear_orthogonal_in_float64():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(method="lanczos"), "unknown method"), (dict(tol=0.0), "tolerance > 0"),
+    (dict(method="arnoldi"), "unknown method"), (dict(tol=0.0), "tolerance > 0"),
     (dict(depths=[0, 3]), "depths in 1..5"), (dict(max_iter=0), "max_iter")])
 def test_bad_arguments(kwargs, match):
   cfg, params, x = _setup()
