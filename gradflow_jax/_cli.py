@@ -130,6 +130,38 @@ def _rnn_parser(sub) -> None:
   p.set_defaults(run=lambda args: _commands().rnn(args))
 
 
+def _positive_float(text: str) -> float:
+  try:
+    v = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not (v > 0 and v != float("inf")):
+    raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+  return v
+
+
+def _train_parser(sub) -> None:
+  from gradflow_jax import _experiments, _train
+  p = sub.add_parser("train", help="train with gradient-flow logging on every step")
+  p.add_argument("--experiment", default="residual", choices=_experiments.EXPERIMENTS,
+                 help="which comparison to run (default residual)")
+  p.add_argument("--data", default="digits",
+                 help="digits (default), teacher, or a .npz with x_train,y_train,x_test,y_test")
+  p.add_argument("--lr", type=_positive_float, help="learning rate (experiment default)")
+  p.add_argument("--steps", type=_positive_int, help="training steps (experiment default)")
+  p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default 64)")
+  p.add_argument("--optimizer", choices=_train.OPTIMIZERS, help="experiment default")
+  p.add_argument("--clip", type=_positive_float, help="clip_by_global_norm max_norm")
+  p.add_argument("--depth", type=_positive_int, help="hidden layers (experiment default)")
+  p.add_argument("--width", type=_positive_int, help="hidden units (default 64)")
+  p.add_argument("--activation", help="activation (experiment default)")
+  p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations (default 25)")
+  p.add_argument("--on-nonfinite", default="stop", choices=_train.ON_NONFINITE,
+                 help="NaN/Inf loss or gradients: stop (default) or skip the update")
+  add_common(p, "gradflow_out/train")
+  p.set_defaults(run=lambda args: _commands().train(args))
+
+
 def _commands():
   from gradflow_jax import _commands
   return _commands
@@ -143,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
   _compare_parser(sub)
   _depth_parser(sub)
   _rnn_parser(sub)
+  _train_parser(sub)
   return parser
 
 

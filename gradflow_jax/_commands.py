@@ -191,4 +191,93 @@ def rnn(args) -> int:
   return 0
 
 
+def _load_data(spec: str, seed: int):
+  from gradflow_jax import _data
+  if spec == "digits":
+    return _data.load_digits(seed)
+  if spec == "teacher":
+    return _data.teacher_task(seed=seed)
+  if spec.endswith(".npz"):
+    return _data.load_npz_dataset(spec)
+  raise ValueError(f"expected --data digits, teacher or a .npz file, got {spec!r}")
+
+
+def _run_record(label, cfg, tc, result) -> dict:
+  return {"label": label, "activation": cfg.activation, "depth": cfg.depth, "width": cfg.width,
+          "residual": cfg.residual, "norm": cfg.norm, "init": cfg.init_spec.name,
+          "optimizer": tc.optimizer, "lr": tc.lr, "clip": tc.clip, "steps_run": len(result.logs["loss"]),
+          "final_loss": result.logs["loss"][-1], "final_accuracy": result.eval_accuracy[-1],
+          "stopped_at": result.stopped_at, "first_bad_layer": result.first_bad_layer,
+          "first_bad_dense_layer": result.first_bad_dense_layer,
+          "eval_steps": result.eval_steps, "eval_accuracy": result.eval_accuracy,
+          "logs": result.logs}
+
+
+def train(args) -> int:
+  from gradflow_jax import _experiments, _io, _plots, _render, _train
+  console = _console(args)
+  data = _load_data(args.data, args.seed)
+  overrides = dict(depth=args.depth, width=args.width, activation=args.activation,
+                   optimizer=args.optimizer, lr=args.lr, steps=args.steps, clip=args.clip,
+                   batch_size=args.batch_size, eval_every=args.eval_every, seed=args.seed)
+  runs = _experiments.experiment_runs(args.experiment, data.x_train.shape[1], data.classes,
+                                      overrides)
+  runs = [(label, cfg, _train.TrainConfig(**{**tc.__dict__, "on_nonfinite": args.on_nonfinite}))
+          for label, cfg, tc in runs]
+  for _, cfg, tc in runs:  # every bad setting is reported before anything compiles
+    _train.check_data(cfg, tc, data)
+  os.makedirs(args.out, exist_ok=True)
+  records = []
+  meta = {"experiment": args.experiment, "data": data.name, "n_train": len(data.x_train),
+          "n_test": len(data.x_test)}
+
+  def save(partial: bool):
+    payload = {**meta, "complete": not partial,
+               "runs": [{k: v for k, v in r.items() if k != "logs"} for r in records]}
+    _io.write_json(os.path.join(args.out, "results.json"), {"command": "train", **_versions(),
+                                                            **payload})
+    for i, r in enumerate(records):
+      _io.save_npz(os.path.join(args.out, f"steps_{i}_{_slug(r['label'])}.npz"), r["logs"])
+
+  total = sum(tc.steps for _, _, tc in runs)
+  pconsole = Console(stderr=True, quiet=args.quiet or args.json)
+  with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
+                console=pconsole, transient=True) as prog:
+    task = prog.add_task(f"train {args.experiment}", total=total)
+    offset = 0
+    for label, cfg, tc in runs:
+      prog.update(task, description=f"train {args.experiment}: {label}")
+      records.append(None)
+
+      def on_chunk(done, result, label=label, cfg=cfg, tc=tc, offset=offset):
+        records[-1] = _run_record(label, cfg, tc, result)
+        prog.update(task, completed=offset + done)
+        save(partial=True)
+
+      _train.train(cfg, tc, data, on_chunk=on_chunk)
+      offset += tc.steps
+  if not args.quiet and not args.json:
+    console.print(_render.train_table(records))
+    for r in records:
+      if r["stopped_at"] is not None:
+        console.print(f"[bold red]{r['label']}: loss or gradients NaN/Inf at step "
+                      f"{r['stopped_at']}[/] (first hidden layer with NaN/Inf activations: "
+                      f"{r['first_bad_layer']}, first dense layer with NaN/Inf gradients: "
+                      f"{r['first_bad_dense_layer']}); the last finite parameters were kept")
+  save(partial=False)
+  written = [os.path.join(args.out, "results.json")]
+  for fname, draw in {"training_curves.png": _plots.plot_training,
+                      "grad_heatmap.png": _plots.plot_grad_heatmap,
+                      "activation_fractions.png": _plots.plot_fractions}.items():
+    draw(records, os.path.join(args.out, fname))
+    written.append(os.path.join(args.out, fname))
+  _finish(args, console, written)
+  return 0
+
+
+def _slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")[:40]
+
+
 del json

@@ -221,3 +221,78 @@ def plot_rnn_through_time(runs: list[dict], path) -> None:
     ax.grid(alpha=0.3, which="both")
   fig.suptitle(f"Vanilla {runs[0]['activation']} RNN: gradients through time")
   _io.save_figure(fig, path)
+
+
+def plot_training(runs: list[dict], path) -> None:
+  """Loss, test accuracy, the first hidden layer's ||dL/dz|| and the global
+  gradient norm over training, a line per run."""
+  fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+  for i, r in enumerate(runs):
+    c = plt.get_cmap("tab10")(i % 10)
+    logs = r["logs"]
+    steps = np.arange(len(logs["loss"]))
+    axes[0, 0].plot(steps, _positive(logs["loss"]), color=c, label=r["label"])
+    axes[0, 1].plot(r["eval_steps"], r["eval_accuracy"], "o-", color=c, ms=3)
+    axes[1, 0].plot(steps, _positive(np.asarray(logs["preact_grad_norm"])[:, 0]), color=c)
+    axes[1, 1].plot(steps, _positive(logs["grad_norm"]), color=c)
+    clipped = np.nonzero(np.asarray(logs["clipped"]))[0]
+    if clipped.size:
+      axes[1, 1].plot(clipped, _positive(np.asarray(logs["grad_norm"])[clipped]), "x", color=c,
+                      ms=4, label=f"{r['label']}: clipped")
+    if r.get("stopped_at") is not None:
+      axes[0, 0].axvline(r["stopped_at"], color=c, ls=":", lw=1)
+  titles = [("loss (dotted: NaN/Inf guard stopped the run)", True),
+            ("test accuracy", False), ("||dL/dz|| at the first hidden layer", True),
+            ("global gradient norm before clipping (x: clipping fired)", True)]
+  for ax, (title, log) in zip(axes.flat, titles):
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3, which="both")
+    if log:
+      ax.set_yscale("log")
+  axes[0, 1].set_ylim(0, 1)
+  axes[0, 0].legend(fontsize=8)
+  if axes[1, 1].get_legend_handles_labels()[0]:
+    axes[1, 1].legend(fontsize=7)
+  fig.tight_layout()
+  _io.save_figure(fig, path)
+
+
+def plot_grad_heatmap(runs: list[dict], path) -> None:
+  """Layer x step heat maps of ||dL/dz_l|| (log colour scale), one per run,
+  on a shared colour scale."""
+  from matplotlib.colors import LogNorm
+  maps = [np.asarray(r["logs"]["preact_grad_norm"], float).T for r in runs]
+  vals = np.concatenate([m[np.isfinite(m) & (m > 0)] for m in maps] or [np.ones(1)])
+  vals = vals if vals.size else np.ones(1)
+  norm = LogNorm(vmin=max(np.percentile(vals, 1), 1e-30), vmax=np.percentile(vals, 99.5))
+  fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.2 * len(runs) + 0.6), squeeze=False)
+  for ax, r, m in zip(axes[:, 0], runs, maps):
+    m = np.where(np.isfinite(m) & (m > 0), m, np.nan)
+    im = ax.imshow(m, aspect="auto", origin="lower", norm=norm, cmap="magma",
+                   interpolation="nearest")
+    ax.set_ylabel("layer")
+    ax.set_title(r["label"], fontsize=10, loc="left")
+  axes[-1, 0].set_xlabel("step")
+  fig.colorbar(im, ax=axes[:, 0].tolist(), label="||dL/dz_l||", shrink=0.9)
+  fig.suptitle("Backward signal per layer over training (dark: vanishing)")
+  _io.save_figure(fig, path)
+
+
+def plot_fractions(runs: list[dict], path) -> None:
+  """Dead-unit and saturated fractions over training, mean over layers (solid)
+  and the worst layer (dashed)."""
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+  for i, r in enumerate(runs):
+    c = plt.get_cmap("tab10")(i % 10)
+    for ax, field in zip(axes, ("dead_fraction", "saturation_fraction")):
+      v = np.asarray(r["logs"][field], float)
+      ax.plot(v.mean(1), color=c, label=r["label"])
+      ax.plot(v.max(1), "--", color=c, lw=0.9)
+  for ax, title in zip(axes, ("dead-unit fraction", "saturated fraction")):
+    ax.set_title(f"{title} (solid: mean over layers, dashed: worst layer)", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  _io.save_figure(fig, path)

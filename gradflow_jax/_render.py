@@ -95,3 +95,20 @@ def rnn_table(runs: list[dict]) -> Table:
               fmt(np.median(r["jacobian_norm"][:, 0])), fmt(r["pascanu_bound"][0]),
               fmt(np.median(r["state_grad_norm"][:, 0])), fmt(np.median(r["state_grad_norm"][:, -1])))
   return t
+
+
+def train_table(records: list[dict]) -> Table:
+  """A row per training run: final loss and accuracy, first-layer gradient, clipping."""
+  t = Table(title="Training runs", title_justify="left", title_style="bold", header_style="bold",
+            box=box.SIMPLE_HEAD, pad_edge=False)
+  for col in ("run", "steps", "final loss", "test acc", "|dL/dz_0| start", "|dL/dz_0| end",
+              "clipped", "max dead", "NaN/Inf at"):
+    t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
+  for r in records:
+    logs = r["logs"]
+    g0 = np.asarray(logs["preact_grad_norm"])[:, 0]
+    t.add_row(r["label"], str(r["steps_run"]), fmt(r["final_loss"]), fmt(r["final_accuracy"], True),
+              fmt(g0[0]), fmt(g0[-1]), f"{int(np.sum(logs['clipped']))}",
+              fmt(np.max(logs["dead_fraction"]), True),
+              "-" if r["stopped_at"] is None else str(r["stopped_at"]))
+  return t

@@ -128,6 +128,12 @@ def _norm(x):
 
 def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
   """Unjitted body of :func:`flow_stats` (for use inside a caller's jit)."""
+  return probe(cfg, params, x, y, loss)[0]
+
+
+def probe(cfg: MLPConfig, params, x, y, loss: str):
+  """(FlowStats, parameter gradients) from one forward/backward pass: what a
+  training step needs to both log and update."""
   perturb = _mlp.zero_perturb(cfg, x.shape[:-1])
 
   def objective(params, perturb):
@@ -147,7 +153,7 @@ def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
       global_norm=optax.tree.norm(gp),
       loss=value,
       nonfinite=~jnp.isfinite(w_norm + b_norm))
-  return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads)
+  return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads), gp
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
