@@ -30,6 +30,19 @@ from gradflow_jax._mlp import params_to_arrays
 from gradflow_jax._mlp import Perturb
 from gradflow_jax._mlp import Trace
 from gradflow_jax._mlp import zero_perturb
+from gradflow_jax._data import Dataset
+from gradflow_jax._data import load_digits
+from gradflow_jax._data import load_npz_dataset
+from gradflow_jax._data import teacher_task
+from gradflow_jax._monitor import find_monitor_state
+from gradflow_jax._monitor import gradient_flow_monitor
+from gradflow_jax._monitor import MonitorState
+from gradflow_jax._train import make_optimizer
+from gradflow_jax._train import make_step
+from gradflow_jax._train import StepLog
+from gradflow_jax._train import train
+from gradflow_jax._train import TrainConfig
+from gradflow_jax._train import TrainResult
 from gradflow_jax._rnn import init_rnn
 from gradflow_jax._rnn import rnn_apply
 from gradflow_jax._rnn import rnn_through_time
@@ -44,6 +57,7 @@ from gradflow_jax._stats import FlowStats
 from gradflow_jax._stats import gradient_stats
 from gradflow_jax._stats import GradientStats
 from gradflow_jax._stats import histograms
+from gradflow_jax._stats import probe
 from gradflow_jax._stats import trace_stats
 
 from gradflow_jax._sweep import run_sweep
@@ -57,11 +71,14 @@ __all__ = (
     "ACTIVATIONS",
     "ActivationStats",
     "check_params",
+    "Dataset",
+    "find_monitor_state",
     "first_nonfinite_layer",
     "flow_stats",
     "flow_stats_fn",
     "FlowStats",
     "get_activation",
+    "gradient_flow_monitor",
     "gradient_stats",
     "GradientStats",
     "histograms",
@@ -74,16 +91,22 @@ __all__ = (
     "jacobian_spectra",
     "JacobianSpectra",
     "layer_jacobian_norms",
+    "load_digits",
     "load_npz",
+    "load_npz_dataset",
     "log_spaced_depths",
     "loss_value",
     "LOSSES",
+    "make_optimizer",
+    "make_step",
     "mlp_apply",
     "mlp_forward",
     "MLPConfig",
+    "MonitorState",
     "params_to_arrays",
     "Perturb",
     "power_top_singular_value",
+    "probe",
     "product_bound",
     "recommended_init",
     "rnn_apply",
@@ -92,10 +115,15 @@ __all__ = (
     "run_rnn_sweep",
     "run_sweep",
     "SATURATION_DERIVATIVE_RATIO",
+    "StepLog",
     "SweepSettings",
+    "teacher_task",
     "theory",
     "Trace",
     "trace_stats",
+    "train",
+    "TrainConfig",
+    "TrainResult",
     "weight_spectral_norms",
     "weight_variance",
     "zero_perturb",

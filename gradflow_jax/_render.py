@@ -98,11 +98,13 @@ def rnn_table(runs: list[dict]) -> Table:
 
 
 def train_table(records: list[dict]) -> Table:
-  """A row per training run: final loss and accuracy, first-layer gradient, clipping."""
+  """A row per training run: final loss and test accuracy, ||dL/dz|| at the first
+  hidden layer (g_0) at the start and end, clipping events, the largest dead
+  fraction and the step where the NaN/Inf guard fired."""
   t = Table(title="Training runs", title_justify="left", title_style="bold", header_style="bold",
             box=box.SIMPLE_HEAD, pad_edge=False)
-  for col in ("run", "steps", "final loss", "test acc", "|dL/dz_0| start", "|dL/dz_0| end",
-              "clipped", "max dead", "NaN/Inf at"):
+  for col in ("run", "steps", "loss", "acc", "|g_0| start", "|g_0| end", "clips", "dead",
+              "NaN at"):
     t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
   for r in records:
     logs = r["logs"]

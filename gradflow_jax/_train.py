@@ -94,11 +94,13 @@ def _norm(x):
   return jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))))
 
 
-def make_step(cfg: MLPConfig, tc: TrainConfig, tx: optax.GradientTransformation):
+def make_step(cfg: MLPConfig, tc: TrainConfig, tx: optax.GradientTransformation,
+              guard: bool = True):
   """``step(params, opt_state, x, y) -> (params, opt_state, StepLog)``, pure.
 
-  A step whose loss or gradients are not finite leaves params and optimizer
-  state unchanged (its log says so).
+  With ``guard``, a step whose loss or gradients are not finite leaves params
+  and optimizer state unchanged (its log says so); the training loop guards
+  itself instead, to select once per step.
   """
   def step(params, opt_state, x, y):
     stats, grads = _stats.probe(cfg, params, x, y, tc.loss)
@@ -114,12 +116,14 @@ def make_step(cfg: MLPConfig, tc: TrainConfig, tx: optax.GradientTransformation)
     log = StepLog(g.loss, g.global_norm, jnp.minimum(g.global_norm, clip), g.global_norm > clip,
                   ~finite, g.weight_grad_norm, g.preact_grad_norm, a.std, a.saturation_fraction,
                   a.dead_fraction, a.nonfinite, ratio)
+    if not guard:
+      return new_params, new_opt, log
     return keep(new_params, params), keep(new_opt, opt_state), log
   return step
 
 
 def _chunk_fn(cfg, tc, tx, n_steps):
-  step = make_step(cfg, tc, tx)
+  step = make_step(cfg, tc, tx, guard=False)
 
   @jax.jit
   def run(params, opt_state, stopped, key, xs, ys):
@@ -127,11 +131,11 @@ def _chunk_fn(cfg, tc, tx, n_steps):
       params, opt_state, stopped = carry
       idx = jax.random.permutation(k, xs.shape[0])[:tc.batch_size]
       new_p, new_o, log = step(params, opt_state, xs[idx], ys[idx])
-      if tc.on_nonfinite == "stop":  # after the first bad step, nothing changes
-        halt = stopped | log.nonfinite
-        new_p = jax.tree.map(lambda n, o: jnp.where(halt, o, n), new_p, params)
-        new_o = jax.tree.map(lambda n, o: jnp.where(halt, o, n), new_o, opt_state)
-        stopped = halt
+      # skip: a bad step changes nothing; stop: neither does any step after it
+      halt = (stopped | log.nonfinite) if tc.on_nonfinite == "stop" else log.nonfinite
+      new_p = jax.tree.map(lambda n, o: jnp.where(halt, o, n), new_p, params)
+      new_o = jax.tree.map(lambda n, o: jnp.where(halt, o, n), new_o, opt_state)
+      stopped = halt if tc.on_nonfinite == "stop" else stopped
       return (new_p, new_o, stopped), log
     (params, opt_state, stopped), logs = jax.lax.scan(body, (params, opt_state, stopped),
                                                       jax.random.split(key, n_steps))

@@ -140,3 +140,32 @@ def test_subcommand_bad_input(args, fragment, tmp_path, capsys):
     code = e.code
   _, err = capsys.readouterr()
   assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
+def test_train_subcommand_writes_logs(tmp_path, capsys):
+  code, out, _ = _run(["train", "--experiment", "clipping", "--data", "teacher", "--steps", "6",
+                       "--eval-every", "3", "--depth", "3", "--width", "8", "--out", str(tmp_path)],
+                      capsys)
+  assert code == 0 and "Training runs" in out
+  data = json.loads((tmp_path / "results.json").read_text())
+  assert data["complete"] and [r["label"] for r in data["runs"]] == ["no clipping",
+                                                                     "clip_by_global_norm(1)"]
+  steps = np.load(tmp_path / "steps_1_clip_by_global_norm_1.npz")
+  assert steps["loss"].shape == (6,) and steps["preact_grad_norm"].shape == (6, 3)
+  for name in ("training_curves.png", "grad_heatmap.png", "activation_fractions.png"):
+    assert (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--lr", "0"], "finite number > 0"),
+    (["train", "--data", "teacher", "--batch-size", "100000"], "batch size <="),
+    (["train", "--experiment", "nope"], "invalid choice"),
+    (["train", "--data", "/nonexistent.npz"], "readable .npz"),
+])
+def test_train_bad_input(args, fragment, tmp_path, capsys):
+  try:
+    code = _cli.main(args + ["--out", str(tmp_path), "--quiet"])
+  except SystemExit as e:
+    code = e.code
+  _, err = capsys.readouterr()
+  assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err

@@ -1,0 +1,122 @@
+"""Training: each logged number against an independent computation, the NaN
+guard on a run made to diverge, and the optax monitor inside a user's step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradflow_jax as gf
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def data():
+  return gf.teacher_task(in_dim=8, classes=3, n=240, seed=0)
+
+
+def _cfg(**kw):
+  return gf.MLPConfig(**{**dict(in_dim=8, width=16, depth=4, out_dim=3, activation="tanh"), **kw})
+
+
+def test_step_logs_match_gradient_stats_and_numpy_update(data):
+  cfg = _cfg()
+  tc = gf.TrainConfig(optimizer="sgd", lr=0.1, clip=0.05)
+  params = gf.init_mlp(KEY, cfg)
+  tx = gf.make_optimizer(tc)
+  x, y = data.x_train[:32], data.y_train[:32]
+  new, _, log = jax.jit(gf.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
+  ref = gf.flow_stats(cfg, params, x, y)
+  np.testing.assert_allclose(log.weight_grad_norm, ref.gradients.weight_grad_norm, rtol=1e-5)
+  np.testing.assert_allclose(log.preact_grad_norm, ref.gradients.preact_grad_norm, rtol=1e-5)
+  np.testing.assert_allclose(log.act_std, ref.activations.std, rtol=1e-5)
+  norm = float(ref.gradients.global_norm)
+  assert norm > 0.05 and bool(log.clipped)
+  assert float(log.clipped_grad_norm) == pytest.approx(0.05)
+  grads = jax.grad(lambda p: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y))(params)
+  for i, (g, p, q) in enumerate(zip(grads["layers"], params["layers"], new["layers"])):
+    want = np.asarray(p["w"]) - 0.1 * np.asarray(g["w"]) * 0.05 / norm  # clipped SGD by hand
+    np.testing.assert_allclose(q["w"], want, rtol=1e-4, atol=1e-7)
+    ratio = np.linalg.norm(want - np.asarray(p["w"])) / np.linalg.norm(np.asarray(p["w"]))
+    assert float(log.update_ratio[i]) == pytest.approx(ratio, rel=1e-3)
+
+
+def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
+  cfg = _cfg(activation="relu")
+  params = gf.init_mlp(KEY, cfg)
+  x, y = data.x_train[:32], data.y_train[:32]
+  user_tx = optax.chain(gf.gradient_flow_monitor(), optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+
+  @jax.jit
+  def user_step(params, state):
+    grads = jax.grad(lambda p: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y))(params)
+    updates, state = user_tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  new_user, state = user_step(params, user_tx.init(params))
+  mon = gf.find_monitor_state(state)
+  tc = gf.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0)
+  tx = gf.make_optimizer(tc)
+  new_loop, _, log = jax.jit(gf.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
+  np.testing.assert_allclose([l["w"] for l in mon.grad_norms["layers"]], log.weight_grad_norm,
+                             rtol=1e-5)
+  assert float(mon.global_norm) == pytest.approx(float(log.grad_norm), rel=1e-5)
+  assert int(mon.count) == 1 and not bool(mon.nonfinite)
+  for a, b in zip(jax.tree.leaves(new_user), jax.tree.leaves(new_loop)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(LookupError):
+    gf.find_monitor_state(optax.adam(1e-3).init(params))
+
+
+def test_guard_stops_a_diverging_run_and_keeps_finite_params(data):
+  cfg = _cfg(activation="relu", depth=6)
+  tc = gf.TrainConfig(optimizer="sgd", lr=50.0, steps=40, eval_every=10)
+  res = gf.train(cfg, tc, data)
+  assert res.stopped_at is not None and res.stopped_at < 40
+  assert len(res.logs["loss"]) == res.stopped_at + 1
+  assert bool(res.logs["nonfinite"][-1]) and not res.logs["nonfinite"][:-1].any()
+  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(res.params))
+  # the kept parameters are those before the bad step: replaying that many steps gives them
+  replay = gf.train(cfg, gf.TrainConfig(**{**tc.__dict__, "steps": res.stopped_at,
+                                             "eval_every": 40}), data)
+  for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(replay.params)):
+    np.testing.assert_array_equal(a, b)
+  skip = gf.train(cfg, gf.TrainConfig(**{**tc.__dict__, "on_nonfinite": "skip"}), data)
+  assert len(skip.logs["loss"]) == 40
+
+
+def test_residual_keeps_early_layer_gradients(data):
+  """The seed's last exercise, measured: a deep sigmoid MLP's first layer gets a
+  vanishing gradient; the residual one does not."""
+  tc = gf.TrainConfig(steps=20, eval_every=20)
+  plain = gf.train(_cfg(activation="sigmoid", depth=12), tc, data)
+  res = gf.train(_cfg(activation="sigmoid", depth=12, residual=True), tc, data)
+  g_plain = np.median(plain.logs["preact_grad_norm"][:, 0])
+  g_res = np.median(res.logs["preact_grad_norm"][:, 0])
+  assert g_res > 100 * g_plain
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=0.0), "learning rate > 0"), (dict(clip=-1.0), "clip"),
+    (dict(optimizer="lbfgs"), "unknown optimizer"), (dict(steps=0), "steps >= 1")])
+def test_bad_train_config(kw, match):
+  with pytest.raises(ValueError, match=match):
+    gf.TrainConfig(**kw)
+
+
+def test_bad_data_caught_before_compiling(data):
+  with pytest.raises(ValueError, match="batch size <= 192"):
+    gf.train(_cfg(), gf.TrainConfig(batch_size=1000), data)
+  with pytest.raises(ValueError, match="expected inputs with 5 features"):
+    gf.train(_cfg(in_dim=5), gf.TrainConfig(), data)
+  with pytest.raises(ValueError, match=r"labels in \[0, 2\)"):
+    gf.train(_cfg(out_dim=2), gf.TrainConfig(), data)
+
+
+def test_digits_is_standardized_and_split():
+  d = gf.load_digits(seed=1)
+  assert d.x_train.shape[1] == 64 and d.classes == 10
+  assert len(d.x_train) + len(d.x_test) == 1797
+  np.testing.assert_allclose(d.x_train.mean(0), 0, atol=1e-5)
