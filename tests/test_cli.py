@@ -62,6 +62,15 @@ def test_bad_arguments_exit_2_with_one_line(args, fragment, tmp_path, capsys):
   assert fragment in err
 
 
+def _expect_one_line_exit_2(args, fragment, capsys):
+  try:
+    code = _cli.main(args)
+  except SystemExit as e:
+    code = e.code
+  _, err = capsys.readouterr()
+  assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+
+
 def test_weights_file_shapes_inferred_and_mismatch_reported(tmp_path, capsys):
   rng = np.random.default_rng(0)
   shapes = [(6, 16), (16, 16), (16, 3)]
@@ -134,12 +143,7 @@ def test_depth_and_rnn_subcommands(tmp_path, capsys):
     (["rnn", "--steps", "1"], "--steps >= 2"),
 ])
 def test_subcommand_bad_input(args, fragment, tmp_path, capsys):
-  try:
-    code = _cli.main(args + ["--out", str(tmp_path), "--quiet"])
-  except SystemExit as e:
-    code = e.code
-  _, err = capsys.readouterr()
-  assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+  _expect_one_line_exit_2(args + ["--out", str(tmp_path), "--quiet"], fragment, capsys)
 
 
 def test_train_subcommand_writes_logs(tmp_path, capsys):
@@ -163,9 +167,4 @@ def test_train_subcommand_writes_logs(tmp_path, capsys):
     (["train", "--data", "/nonexistent.npz"], "readable .npz"),
 ])
 def test_train_bad_input(args, fragment, tmp_path, capsys):
-  try:
-    code = _cli.main(args + ["--out", str(tmp_path), "--quiet"])
-  except SystemExit as e:
-    code = e.code
-  _, err = capsys.readouterr()
-  assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+  _expect_one_line_exit_2(args + ["--out", str(tmp_path), "--quiet"], fragment, capsys)
