@@ -13,9 +13,11 @@ import numpy as np
 # sit in a flat tail: each such pair passes < 5% of the gradient, so a tenth of
 # the layer's backward signal is lost there, and it compounds with depth.
 SATURATION_WARN_FRACTION = 0.10
-# More than 10% of a layer's units inactive on the whole batch wastes a tenth of
-# its capacity and blocks that share of the gradient for every example.
-DEAD_WARN_FRACTION = 0.10
+# More than a quarter of a layer's units inactive on the whole batch. Healthy
+# He-initialized deep ReLU networks already show 10-20% on a batch of 64 at
+# init (deep representations correlate across examples, so a unit's sign is
+# shared by all of them); a quarter and more is the dying-ReLU pathology.
+DEAD_WARN_FRACTION = 0.25
 # ||dL/dz|| at the first hidden layer against the last: a ratio below 1/100
 # means early layers learn 100x slower than late ones (vanishing); above 100,
 # early updates dominate and blow up (exploding).
@@ -119,3 +121,126 @@ def diagnose_stats(acts: dict, grads: dict | None = None) -> list[Finding]:
     grads = grads._asdict()
   found = _nonfinite(acts, grads) + _saturation_and_dead(acts) + _flow(acts, grads)
   return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
+
+
+# The input-output Jacobian's mean squared singular value (chi_1^L in
+# mean-field theory) beyond 100 or below 1/100: signals and gradients change
+# by that factor between input and output.
+JACOBIAN_EXPLODING = 1e2
+JACOBIAN_VANISHING = 1e-2
+# Measured sigma_w^2 = Var(W) x fan_in more than 25% away from the
+# activation's recommended initializer (e.g. Xavier's 1 against He's 2 for
+# ReLU): a mismatch compounds per layer, 0.8^30 = 1e-3 at depth 30.
+INIT_MISMATCH_FACTOR = 1.25
+# From this many hidden layers on, measured trouble suggests normalization or
+# residual connections (the seed's checklist, last item).
+DEEP_NETWORK = 10
+# gamma ||W|| of a recurrent matrix above 1 lets ||dh_T/dh_t|| grow like
+# (gamma ||W||)^(T-t) (Pascanu et al. 2013); measured through-time norms above
+# 100 (below 1/100) over the sequence are exploding (vanishing).
+RNN_BOUND = 1.0
+
+
+def _jacobian_findings(m1: float | None) -> list[Finding]:
+  if m1 is None or not np.isfinite(m1):
+    return []
+  ev = {"mean_sq_singular_value": float(m1)}
+  if m1 > JACOBIAN_EXPLODING:
+    return [Finding("warning", "exploding_jacobian", (), f"input-output Jacobian amplifies: "
+                    f"mean squared singular value {m1:.2e}", ev,
+                    "reduce the weight scale toward the critical sigma_w (gf.theory."
+                    "critical_sigma_w), add normalization, clip gradients")]
+  if m1 < JACOBIAN_VANISHING:
+    return [Finding("warning", "vanishing_jacobian", (), f"input-output Jacobian attenuates: "
+                    f"mean squared singular value {m1:.2e}", ev,
+                    "increase the weight scale toward criticality (He for ReLU), or add "
+                    "residual connections")]
+  return []
+
+
+def init_findings(cfg, params) -> list[Finding]:
+  """Measured Var(W) x fan_in of the hidden layers against the activation's
+  recommended initializer (skipped with normalization, which removes scale)."""
+  from gradflow_jax import _initializers
+  if cfg.norm is not None or cfg.depth < 2:
+    return []
+  rec = _initializers.recommended_init(cfg.activation)
+  dense = cfg.hidden_dense_index[1:]
+  fi, fo = cfg.width, cfg.width
+  target = _initializers.weight_variance(rec.name, rec.gain, fi, fo) * fi
+  measured = float(np.mean([np.var(np.asarray(params["layers"][i]["w"])) * fi for i in dense]))
+  ratio = measured / target
+  if 1 / INIT_MISMATCH_FACTOR <= ratio <= INIT_MISMATCH_FACTOR:
+    return []
+  return [Finding("warning", "init_mismatch", tuple(range(1, cfg.depth)),
+                  f"initialization does not match {cfg.activation}: Var(W) x fan_in = "
+                  f"{measured:.3g}, {rec.name} (gain {rec.gain:.3g}) gives {target:.3g}",
+                  {"measured_sigma_w2": measured, "target_sigma_w2": target},
+                  f"use {rec.name} with gain {rec.gain:.3g} (gf.recommended_init)")]
+
+
+def architecture_findings(cfg, found: list[Finding]) -> list[Finding]:
+  trouble = {"vanishing_gradients", "exploding_gradients", "saturation", "vanishing_jacobian",
+             "exploding_jacobian", "signal_collapse"}
+  if cfg.depth < DEEP_NETWORK or cfg.norm is not None or cfg.residual:
+    return []
+  if not any(f.kind in trouble for f in found):
+    return []
+  return [Finding("info", "deep_without_normalization", (),
+                  f"{cfg.depth} hidden layers without normalization or residual connections",
+                  {"depth": cfg.depth},
+                  "add LayerNorm/BatchNorm or residual connections (MLPConfig(norm=..., "
+                  "residual=True))")]
+
+
+def diagnose(cfg, params, x, y, loss: str = "cross_entropy") -> list[Finding]:
+  """The seed's debugging checklist on a built-in MLP: statistics, gradients,
+  the input-output Jacobian (exact, a few examples), initialization and
+  architecture. Returns findings, most severe first."""
+  import jax
+  from gradflow_jax import _jacobians, _stats
+  stats = jax.device_get(_stats.flow_stats(cfg, params, x, y, loss))
+  found = diagnose_stats(stats.activations, stats.gradients)
+  if cfg.norm != "batchnorm" and cfg.width <= 512:
+    spec = _jacobians.jacobian_spectra(cfg, params, np.asarray(x)[:4], depths=[cfg.depth])
+    found += _jacobian_findings(float(np.median(np.asarray(spec.mean_sq_singular_value))))
+  found += init_findings(cfg, params)
+  found += architecture_findings(cfg, found)
+  return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def diagnose_model(forward, params, x, y, loss="cross_entropy", activations=None) -> list[Finding]:
+  """The checklist on any probed model (Flax linen, NNX, plain JAX with taps)."""
+  import jax
+  from gradflow_jax import _model_stats
+  s = jax.device_get(_model_stats.model_flow_stats(forward, params, x, y, loss, activations))
+  acts = s.activations._asdict()
+  grads = {"loss": s.loss, "preact_grad_norm": s.tap_grad_norm,
+           "nonfinite": np.asarray([not np.isfinite(s.global_norm)])}
+  acts["saturation_fraction"] = np.nan_to_num(np.asarray(acts["saturation_fraction"]))
+  found = diagnose_stats(acts, grads)
+  return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def diagnose_rnn(cfg, params, xs) -> list[Finding]:
+  """Findings for a vanilla RNN: the Pascanu bound and measured norms through time."""
+  import jax
+  from gradflow_jax import _rnn
+  r = jax.device_get(_rnn.rnn_through_time(cfg, params, xs))
+  found = []
+  gamma_w = cfg.act.max_derivative * float(r.weight_norm)
+  whole = float(np.median(np.asarray(r.jacobian_norm)[:, 0]))
+  ev = {"gamma_times_weight_norm": gamma_w, "median_dhT_dh0": whole, "steps": int(xs.shape[0])}
+  if whole > EXPLODING_RATIO or gamma_w > RNN_BOUND:
+    found.append(Finding("warning", "exploding_gradients_rnn", (),
+                         f"recurrent gradients can explode: gamma ||W|| = {gamma_w:.3g} > 1 "
+                         f"(||dh_T/dh_0|| = {whole:.2e} over {xs.shape[0]} steps)", ev,
+                         "rescale W to spectral norm <= 1/gamma (orthogonal init), clip "
+                         "gradients with optax.clip_by_global_norm"))
+  if whole < VANISHING_RATIO:
+    found.append(Finding("warning", "vanishing_gradients_rnn", (),
+                         f"gradients vanish through time: ||dh_T/dh_0|| = {whole:.2e} over "
+                         f"{xs.shape[0]} steps", ev,
+                         "orthogonal recurrent init with spectral norm near 1, gated units "
+                         "(LSTM/GRU), or shorter truncation"))
+  return found
