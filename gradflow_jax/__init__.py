@@ -30,6 +30,18 @@ from gradflow_jax._mlp import params_to_arrays
 from gradflow_jax._mlp import Perturb
 from gradflow_jax._mlp import Trace
 from gradflow_jax._mlp import zero_perturb
+from gradflow_jax._diagnose import diagnose
+from gradflow_jax._diagnose import diagnose_model
+from gradflow_jax._diagnose import diagnose_rnn
+from gradflow_jax._diagnose import diagnose_stats
+from gradflow_jax._diagnose import Finding
+from gradflow_jax._model_stats import model_flow_stats
+from gradflow_jax._model_stats import ModelFlowStats
+from gradflow_jax._model_stats import tap_jacobian_norms
+from gradflow_jax._probe import from_linen
+from gradflow_jax._probe import from_nnx
+from gradflow_jax._probe import probed
+from gradflow_jax._probe import tap
 from gradflow_jax._data import Dataset
 from gradflow_jax._data import load_digits
 from gradflow_jax._data import load_npz_dataset
@@ -72,11 +84,18 @@ __all__ = (
     "ActivationStats",
     "check_params",
     "Dataset",
+    "diagnose",
+    "diagnose_model",
+    "diagnose_rnn",
+    "diagnose_stats",
     "find_monitor_state",
+    "Finding",
     "first_nonfinite_layer",
     "flow_stats",
     "flow_stats_fn",
     "FlowStats",
+    "from_linen",
+    "from_nnx",
     "get_activation",
     "gradient_flow_monitor",
     "gradient_stats",
@@ -102,11 +121,14 @@ __all__ = (
     "mlp_apply",
     "mlp_forward",
     "MLPConfig",
+    "model_flow_stats",
+    "ModelFlowStats",
     "MonitorState",
     "params_to_arrays",
     "Perturb",
     "power_top_singular_value",
     "probe",
+    "probed",
     "product_bound",
     "recommended_init",
     "rnn_apply",
@@ -117,6 +139,8 @@ __all__ = (
     "SATURATION_DERIVATIVE_RATIO",
     "StepLog",
     "SweepSettings",
+    "tap",
+    "tap_jacobian_norms",
     "teacher_task",
     "theory",
     "Trace",

@@ -75,8 +75,28 @@ def _compare_parser(sub) -> None:
   p.add_argument("--weights", help=".npz of weights w0,b0,w1,b1,... (fan_in, fan_out)")
   p.add_argument("--inputs", help=".npy of inputs (batch, in_dim)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  p.add_argument("--report", action="store_true",
+                 help="also diagnose every run and write report.html")
   add_common(p, "gradflow_out")
   p.set_defaults(run=lambda args: _commands().compare(args))
+
+
+def _report_parser(sub) -> None:
+  p = sub.add_parser("report", help="the default analysis with a diagnosis, as report.html")
+  for action in sub.choices["compare"]._actions:  # noqa: SLF001 - same options as compare
+    if action.dest not in ("help", "report"):
+      p._add_action(action)  # noqa: SLF001
+  p.set_defaults(run=lambda args: _commands().compare(args, force_report=True))
+
+
+def _diagnose_parser(sub) -> None:
+  p = sub.add_parser("diagnose", help="diagnose your own model: --model file.py:factory")
+  p.add_argument("--model", required=True,
+                 help="path/to/file.py:factory, a function returning (model, params, (x, y)); "
+                      "model: a Flax linen or NNX module or a function f(params, x)")
+  p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+  add_common(p, "gradflow_out/diagnose")
+  p.set_defaults(run=lambda args: _commands().diagnose(args))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -176,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
   _depth_parser(sub)
   _rnn_parser(sub)
   _train_parser(sub)
+  _report_parser(sub)
+  _diagnose_parser(sub)
   return parser
 
 

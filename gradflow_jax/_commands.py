@@ -102,7 +102,7 @@ def _finish(args, console: Console, written: list[str]) -> None:
     console.print("wrote " + ", ".join(written))
 
 
-def compare(args) -> int:
+def compare(args, force_report: bool = False) -> int:
   from gradflow_jax import _compare, _mlp, _plots, _render
   console = _console(args)
   x = load_inputs(args.inputs) if args.inputs else None
@@ -136,8 +136,37 @@ def compare(args) -> int:
   plots = {"activation_stats.png": lambda p: _plots.plot_activation_stats(runs, p),
            "grad_norms.png": lambda p: _plots.plot_grad_norms(runs, p),
            "activation_curves.png": lambda p: _plots.plot_activation_curves(settings.activations, p)}
-  _finish(args, console, _write_outputs(args, "compare", payload, plots))
+  written = _write_outputs(args, "compare", payload, plots)
+  if force_report or args.report:
+    written.append(_compare_report(args, settings, runs, x, params_from, written))
+  _finish(args, console, written)
   return 0
+
+
+def _compare_report(args, settings, runs, x, params_from, written) -> str:
+  """Diagnoses every run of the comparison (the full checklist) into report.html."""
+  import jax
+  from gradflow_jax import _compare, _diagnose, _mlp, _report
+  xb, yb = _compare.make_batch(settings, x)
+  configs = [c for c in settings.configs() if not params_from or c[0] == "recommended"]
+  findings = []
+  for (role, cfg), run in zip(configs, runs):
+    params = params_from(cfg) if params_from else _mlp.init_mlp(jax.random.key(settings.seed), cfg)
+    findings.append((run["label"], _diagnose.diagnose(cfg, params, xb, yb, settings.loss)))
+  rows = []
+  for run in runs:
+    a, g = run["activation_stats"], run["gradient_stats"]
+    pg = np.asarray(g["preact_grad_norm"], float)
+    rows.append([run["label"], f"{a['std'][-1]:.3g}", f"{np.max(a['saturation_fraction']):.1%}",
+                 f"{np.max(a['dead_fraction']):.1%}", f"{pg[0] / pg[-1]:.3g}", f"{g['loss']:.3g}"])
+  table = _report.table_html(["run", "last std", "max saturated", "max dead",
+                              "|dL/dz| layer 0 / last", "loss"], rows)
+  path = os.path.join(args.out, "report.html")
+  _report.write_report(path, "gradflow_jax report", findings, [("Summary", table)],
+                       [p for p in written if p.endswith(".png")],
+                       notes=f"{settings.depth} hidden layers of width {settings.width}, batch "
+                             f"{settings.batch}, loss {settings.loss}, seed {settings.seed}.")
+  return path
 
 
 def depth(args) -> int:
@@ -273,6 +302,87 @@ def train(args) -> int:
     draw(records, os.path.join(args.out, fname))
     written.append(os.path.join(args.out, fname))
   _finish(args, console, written)
+  return 0
+
+
+def load_factory(spec: str):
+  """Imports ``path/to/file.py:factory`` and returns the factory function."""
+  import importlib.util
+  if ":" not in spec:
+    raise ValueError(f"expected --model path/to/file.py:factory, got {spec!r}")
+  path, name = spec.rsplit(":", 1)
+  if not os.path.isfile(path):
+    raise ValueError(f"expected an existing Python file, got {path!r}")
+  module_spec = importlib.util.spec_from_file_location("_gradflow_user_model", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # the user's code: any error, reported in one line
+    raise ValueError(f"expected an importable module, got {type(e).__name__} from {path}: {e}") from None
+  factory = getattr(module, name, None)
+  if not callable(factory):
+    raise ValueError(f"expected a function {name!r} in {path}, found "
+                     f"{'nothing' if factory is None else type(factory).__name__}")
+  return factory
+
+
+def as_probed(model, params):
+  """(forward, params) for a linen module, an NNX module or a plain function."""
+  from flax import linen as nn
+  from flax import nnx
+  from gradflow_jax import _probe
+  if isinstance(model, nn.Module):
+    return _probe.from_linen(model), params
+  if isinstance(model, nnx.Module):
+    return _probe.from_nnx(model)
+  if callable(model):
+    return _probe.probed(model), params
+  raise ValueError(f"expected a Flax linen/NNX module or a function f(params, x), got "
+                   f"{type(model).__name__}")
+
+
+def diagnose(args) -> int:
+  import jax
+  from gradflow_jax import _diagnose, _model_stats, _plots, _render, _report
+  console = _console(args)
+  factory = load_factory(args.model)
+  try:
+    made = factory()
+  except Exception as e:  # the user's code: any error, reported in one line
+    raise ValueError(f"expected the factory to run, got {type(e).__name__}: {e}") from None
+  try:
+    model, params, (x, y) = made
+  except (TypeError, ValueError):
+    raise ValueError(f"expected the factory to return (model, params, (x, y)), got "
+                     f"{type(made).__name__}") from None
+  forward, params = as_probed(model, params)
+  try:
+    stats = jax.device_get(_model_stats.model_flow_stats(forward, params, x, y, args.loss))
+    norms = np.asarray(_model_stats.tap_jacobian_norms(forward, params, x))
+  except (TypeError, AttributeError, IndexError) as e:
+    raise ValueError(f"expected the model to run on the factory's batch, got "
+                     f"{type(e).__name__}: {e}") from None
+  findings = _diagnose.diagnose_model(forward, params, x, y, args.loss)
+  if not args.quiet and not args.json:
+    console.print(_render.taps_table(stats, norms))
+    _render.print_findings(console, [{"label": args.model, "findings": findings}])
+    if not findings:
+      console.print("[green]no warnings[/]")
+  os.makedirs(args.out, exist_ok=True)
+  png = os.path.join(args.out, "model_taps.png")
+  _plots.plot_taps(stats, norms, png)
+  rows = [[n, f"{stats.activations.std[i]:.3g}", f"{stats.activations.dead_fraction[i]:.1%}",
+           f"{stats.tap_grad_norm[i]:.3g}", f"{norms[i]:.3g}"] for i, n in enumerate(stats.names)]
+  report = os.path.join(args.out, "report.html")
+  _report.write_report(report, f"gradflow_jax: {args.model}", [(args.model, findings)],
+                       [("Taps", _report.table_html(["tap", "std", "dead", "|dL/dtap|",
+                                                     "|J| from previous"], rows))], [png])
+  payload = {"model": args.model, "taps": list(stats.names),
+             "activation_stats": stats.activations, "tap_grad_norm": stats.tap_grad_norm,
+             "tap_jacobian_norm": norms, "global_norm": stats.global_norm, "loss": stats.loss,
+             "findings": [f._asdict() for f in findings]}
+  _io_write = _write_outputs(args, "diagnose", payload, {})
+  _finish(args, console, _io_write + [png, report])
   return 0
 
 

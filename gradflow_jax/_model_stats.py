@@ -68,7 +68,7 @@ def _model_stats_jit(forward, params, x, y, loss_fn, acts):
 
   (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
       params, perturb)
-  names = list(taps)
+  names = list(shapes)  # execution order (the aux dict came back sorted)
   acts = dict(acts)
   rows = [_tap_stats(taps[n], acts.get(n)) for n in names]
   stats = ActivationStats(*(jnp.stack(c) for c in zip(*rows)))

@@ -296,3 +296,21 @@ def plot_fractions(runs: list[dict], path) -> None:
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   _io.save_figure(fig, path)
+
+
+def plot_taps(stats, jac_norms, path) -> None:
+  """Per tap of a user's model: activation std, ||dL/dtap|| and the Jacobian
+  norm from the previous tap (log scale)."""
+  fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(stats.names)), 4.8))
+  idx = np.arange(len(stats.names))
+  ax.plot(idx, _positive(stats.activations.std), "o-", label="activation std")
+  ax.plot(idx, _positive(stats.tap_grad_norm), "s-", label="||dL/d tap||")
+  ax.plot(idx, _positive(jac_norms), "^-", label="||d tap / d previous||")
+  ax.set_yscale("log")
+  ax.set_xticks(idx, stats.names, rotation=45, ha="right", fontsize=8)
+  ax.axhline(1.0, color="grey", lw=0.8)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  ax.set_title("Per tapped layer, in the order the model runs them")
+  fig.tight_layout()
+  _io.save_figure(fig, path)

@@ -146,9 +146,17 @@ def from_nnx(model, auto: bool = True):
 
 
 def discover_taps(forward, params, x) -> dict[str, jax.ShapeDtypeStruct]:
-  """Names and shapes of the taps of ``forward`` on ``x`` (traced, not run)."""
-  _, taps = jax.eval_shape(lambda p, x: forward(p, x, None), params, x)
-  return taps
+  """Names and shapes of the taps of ``forward`` on ``x`` (traced, not run), in
+  the order the model records them (pytrees would sort the names)."""
+  order: list[str] = []
+
+  def run(p, x):
+    out, taps = forward(p, x, None)
+    order.extend(taps)
+    return out, taps
+
+  _, taps = jax.eval_shape(run, params, x)
+  return {name: taps[name] for name in order}
 
 
 def zero_perturbations(shapes: dict) -> dict[str, jax.Array]:

@@ -114,3 +114,17 @@ def train_table(records: list[dict]) -> Table:
               fmt(np.max(logs["dead_fraction"]), True),
               "-" if r["stopped_at"] is None else str(r["stopped_at"]))
   return t
+
+
+def taps_table(stats, jac_norms) -> Table:
+  """A row per tap of a user's model."""
+  t = Table(title="Taps", title_justify="left", title_style="bold", header_style="bold",
+            box=box.SIMPLE_HEAD, pad_edge=False)
+  for col in ("tap", "mean", "std", "dead", "zero", "|dL/dtap|", "|J| from prev", "NaN/Inf"):
+    t.add_column(col, justify="left" if col == "tap" else "right", no_wrap=True)
+  a = stats.activations
+  for i, name in enumerate(stats.names):
+    t.add_row(name, fmt(a.mean[i]), fmt(a.std[i]), fmt(a.dead_fraction[i], True),
+              fmt(a.zero_fraction[i], True), fmt(stats.tap_grad_norm[i]), fmt(jac_norms[i]),
+              str(int(a.nonfinite[i])))
+  return t

@@ -168,3 +168,30 @@ def test_train_subcommand_writes_logs(tmp_path, capsys):
 ])
 def test_train_bad_input(args, fragment, tmp_path, capsys):
   _expect_one_line_exit_2(args + ["--out", str(tmp_path), "--quiet"], fragment, capsys)
+
+
+def test_diagnose_user_model_and_report(tmp_path, capsys):
+  example = os.path.join(os.path.dirname(__file__), "..", "examples", "linen_cnn.py")
+  code, out, _ = _run(["diagnose", "--model", f"{example}:make", "--out", str(tmp_path)], capsys)
+  assert code == 0 and "conv1_act" in out
+  page = (tmp_path / "report.html").read_text()
+  assert "Findings" in page and "data:image/png;base64," in page and "conv2_act" in page
+  code, _, _ = _run(["report"] + SMALL + ["--activations", "sigmoid", "--out", str(tmp_path / "r")],
+                    capsys)
+  page = (tmp_path / "r" / "report.html").read_text()
+  assert code == 0 and "Findings" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_diagnose_bad_factories(tmp_path, capsys):
+  bad = tmp_path / "m.py"
+  bad.write_text("def wrong():\n  return 3\n\ndef boom():\n  raise RuntimeError('no')\n\n"
+                 "def notaps():\n  import jax.numpy as jnp\n"
+                 "  return (lambda p, x: x @ p), jnp.ones((2, 3)), (jnp.ones((4, 2)), jnp.zeros(4, int))\n")
+  for spec, fragment in ((f"{tmp_path}/none.py:f", "existing Python file"),
+                         (f"{bad}:missing", "expected a function 'missing'"),
+                         (f"{bad}:wrong", "return (model, params, (x, y))"),
+                         (f"{bad}:boom", "RuntimeError: no"),
+                         (f"{bad}:notaps", "at least one tapped layer"),
+                         (str(bad), "file.py:factory")):
+    _expect_one_line_exit_2(["diagnose", "--model", spec, "--out", str(tmp_path), "--quiet"],
+                            fragment, capsys)
