@@ -176,8 +176,8 @@ def test_diagnose_user_model_and_report(tmp_path, capsys):
   assert code == 0 and "conv1_act" in out
   page = (tmp_path / "report.html").read_text()
   assert "Findings" in page and "data:image/png;base64," in page and "conv2_act" in page
-  code, _, _ = _run(["report"] + SMALL + ["--activations", "sigmoid", "--out", str(tmp_path / "r")],
-                    capsys)
+  code, _, _ = _run(["report"] + SMALL + ["--activations", "sigmoid", "--init", "none",
+                                           "--out", str(tmp_path / "r")], capsys)
   page = (tmp_path / "r" / "report.html").read_text()
   assert code == 0 and "Findings" in page and page.count("data:image/png;base64,") == 3
 
