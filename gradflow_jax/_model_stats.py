@@ -54,6 +54,12 @@ def _loss_fn(loss):
   if callable(loss):
     return loss
   _losses.check_loss_name(loss)
+  return _named_loss(loss)
+
+
+@functools.cache
+def _named_loss(loss: str):
+  """One function object per loss name, so jit's cache (keyed on it) hits."""
   return lambda out, y: _losses.loss_value(loss, out, y)
 
 

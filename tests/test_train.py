@@ -91,8 +91,8 @@ def test_residual_keeps_early_layer_gradients(data):
   """The seed's last exercise, measured: a deep sigmoid MLP's first layer gets a
   vanishing gradient; the residual one does not."""
   tc = gf.TrainConfig(steps=20, eval_every=20)
-  plain = gf.train(_cfg(activation="sigmoid", depth=12), tc, data)
-  res = gf.train(_cfg(activation="sigmoid", depth=12, residual=True), tc, data)
+  plain = gf.train(_cfg(activation="sigmoid", depth=8), tc, data)
+  res = gf.train(_cfg(activation="sigmoid", depth=8, residual=True), tc, data)
   g_plain = np.median(plain.logs["preact_grad_norm"][:, 0])
   g_res = np.median(res.logs["preact_grad_norm"][:, 0])
   assert g_res > 100 * g_plain
