@@ -8,7 +8,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402

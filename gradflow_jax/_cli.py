@@ -27,24 +27,23 @@ def _csv(text: str) -> tuple[str, ...]:
   return items
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, cast, accept, what: str):
+  """argparse type: ``cast(text)`` if ``accept`` holds, else an error naming ``what``."""
   try:
-    v = int(text)
+    v = cast(text)
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if v <= 0:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+  if not accept(v):
+    raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
   return v
+
+
+def _positive_int(text: str) -> int:
+  return _number(text, int, lambda v: v > 0, "a positive integer")
 
 
 def _nonneg_float(text: str) -> float:
-  try:
-    v = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if not v >= 0 or v == float("inf"):
-    raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-  return v
+  return _number(text, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -151,13 +150,7 @@ def _rnn_parser(sub) -> None:
 
 
 def _positive_float(text: str) -> float:
-  try:
-    v = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if not (v > 0 and v != float("inf")):
-    raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-  return v
+  return _number(text, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
 def _train_parser(sub) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 
 import numpy as np
@@ -150,7 +149,7 @@ def _compare_report(args, settings, runs, x, params_from, written) -> str:
   xb, yb = _compare.make_batch(settings, x)
   configs = [c for c in settings.configs() if not params_from or c[0] == "recommended"]
   findings = []
-  for (role, cfg), run in zip(configs, runs):
+  for (_, cfg), run in zip(configs, runs):
     params = params_from(cfg) if params_from else _mlp.init_mlp(jax.random.key(settings.seed), cfg)
     findings.append((run["label"], _diagnose.diagnose(cfg, params, xb, yb, settings.loss)))
   rows = []
@@ -389,5 +388,3 @@ def diagnose(args) -> int:
 def _slug(text: str) -> str:
   return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")[:40]
 
-
-del json

@@ -72,7 +72,7 @@ class MLPConfig:
     object.__setattr__(self, "norm", norm)
     if self.dtype not in DTYPES:
       raise ValueError(f"unknown dtype {self.dtype!r}; expected one of: " + ", ".join(DTYPES))
-    self.act  # validates activation hyper-parameters
+    _ = self.act  # builds the activation: validates its hyper-parameters
 
   @property
   def act(self) -> _activations.Activation:

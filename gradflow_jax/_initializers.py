@@ -12,7 +12,6 @@ import math
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from gradflow_jax import _activations
 

@@ -189,7 +189,8 @@ def train(cfg: MLPConfig, tc: TrainConfig, data: Dataset, params=None,
     ValueError: bad settings or data, before anything is compiled.
   """
   check_data(cfg, tc, data)
-  _mlp.check_params(cfg, params) if params is not None else None
+  if params is not None:
+    _mlp.check_params(cfg, params)
   key = jax.random.key(tc.seed)
   kp, kd = jax.random.split(key)
   params = _mlp.init_mlp(kp, cfg) if params is None else params
