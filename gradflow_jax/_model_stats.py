@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from gradflow_jax import _activations, _jacobians, _losses, _probe
-from gradflow_jax._stats import ActivationStats, _moments
+from gradflow_jax._stats import ActivationStats, _count, _dead_fraction, _moments
 
 
 class ModelFlowStats(NamedTuple):
@@ -43,11 +43,12 @@ def _tap_stats(v, act):
   units = v.reshape(-1, v.shape[-1]) if v.ndim > 1 else v.reshape(-1, 1)
   if act is None:
     sat = jnp.asarray(jnp.nan, v.dtype)
-    dead = jnp.mean(jnp.all(units == 0, axis=0))
+    dead = _dead_fraction(units == 0)
   else:
-    sat = jnp.mean(act.is_saturated(v))
-    dead = jnp.mean(jnp.all(act.is_inactive(units), axis=0))
-  return (mean, std, vmin, vmax, sat, dead, jnp.mean(v == 0), v.size - n_finite)
+    sat = _count(act.is_saturated(v), v.dtype) / v.size
+    dead = _dead_fraction(act.is_inactive(units))
+  return (mean, std, vmin, vmax, sat, dead, _count(v == 0, v.dtype) / v.size,
+          (v.size - n_finite).astype(jnp.int32))
 
 
 def _loss_fn(loss):

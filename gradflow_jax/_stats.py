@@ -70,6 +70,15 @@ def _slopes(cfg: MLPConfig, params):
   return tuple(params["prelu"]) if cfg.activation == "prelu" else None
 
 
+def _count(mask, dtype):
+  """Number of True entries. Summed as floats (exact below 2**24 entries) when
+  that is exact: XLA:CPU reduces floats with vectorized kernels and integers
+  with a slow generic loop (measured 2-3x slower per reduction)."""
+  if mask.size < 2**24:
+    return jnp.sum(mask.astype(dtype))
+  return jnp.sum(mask, dtype=jnp.int32).astype(dtype)
+
+
 def _moments(post):
   """mean, std (ddof=1), min, max of one layer over its finite entries, and
   the number of finite entries, in one pass.
@@ -81,7 +90,7 @@ def _moments(post):
   flat = post.reshape(-1)
   shift = jnp.where(jnp.isfinite(flat[0]), flat[0], 0)
   d = jnp.where(finite, post - shift, 0)
-  n = jnp.sum(finite, dtype=jnp.int32)
+  n = _count(finite, post.dtype)
   s1 = jnp.sum(d)
   s2 = jnp.sum(d * d)
   mean_d = s1 / n
@@ -91,16 +100,23 @@ def _moments(post):
           jnp.max(jnp.where(finite, post, -big))), n
 
 
+def _dead_fraction(inactive):
+  """Share of units (last axis) inactive on every example (float min over the
+  examples: the fast reduction, see ``_count``)."""
+  units = inactive.reshape(-1, inactive.shape[-1]).astype(jnp.float32)
+  return jnp.mean(jnp.min(units, axis=0))
+
+
 def _layer_stats(act, pre, post, slope):
   """Statistics of one layer (pre and post of shape (..., width)), as a tuple
   in ActivationStats order. Reductions only, so XLA fuses them into few loops."""
   post = _acc(post)
   (mean, std, vmin, vmax), n_finite = _moments(post)
-  inactive = act.is_inactive(pre, slope)
-  dead = jnp.all(inactive.reshape(-1, inactive.shape[-1]), axis=0)
-  bad_pre = jnp.sum(~jnp.isfinite(pre) & jnp.isfinite(post), dtype=jnp.int32)
-  return (mean, std, vmin, vmax, jnp.mean(act.is_saturated(pre)), jnp.mean(dead),
-          jnp.mean(post == 0), post.size - n_finite + bad_pre)
+  bad = _count(~jnp.isfinite(pre) | ~jnp.isfinite(post), post.dtype)
+  size = post.size
+  return (mean, std, vmin, vmax, _count(act.is_saturated(pre), post.dtype) / size,
+          _dead_fraction(act.is_inactive(pre, slope)), _count(post == 0, post.dtype) / size,
+          bad.astype(jnp.int32))
 
 
 def _layers(trace: _mlp.Trace, slope):
@@ -110,10 +126,44 @@ def _layers(trace: _mlp.Trace, slope):
   return [(trace.pre[l], trace.post[l], slopes[l]) for l in range(depth)]
 
 
+def _finite_layer_stats(act, pre, post, slope, shift, s1):
+  """``_layer_stats`` of a layer known to hold no NaN/Inf: the same sums
+  without the finiteness masks, which cost a pass over the layer each."""
+  post = _acc(post)
+  d = post - shift
+  s2 = jnp.sum(d * d)
+  n = post.size
+  mean_d = s1 / n
+  var = jnp.maximum(s2 - s1 * mean_d, 0) / (n - 1)
+  return (mean_d + shift, jnp.sqrt(var), jnp.min(post), jnp.max(post),
+          _count(act.is_saturated(pre), post.dtype) / n,
+          _dead_fraction(act.is_inactive(pre, slope)), _count(post == 0, post.dtype) / n,
+          jnp.zeros((), jnp.int32))
+
+
 def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStats:
-  """ActivationStats of a trace (stacked (depth, ...) arrays or per-layer tuples)."""
-  per_layer = [_layer_stats(cfg.act, pre, post, s) for pre, post, s in _layers(trace, slope)]
-  return ActivationStats(*(jnp.stack(column) for column in zip(*per_layer)))
+  """ActivationStats of a trace (stacked (depth, ...) arrays or per-layer tuples).
+
+  A plain sum is NaN/Inf whenever one of its entries is, so when every layer's
+  sums are finite the statistics skip the per-entry finiteness masks (exact
+  either way; the masked path runs otherwise).
+  """
+  layers = _layers(trace, slope)
+  shifts = [_acc(post).reshape(-1)[0] for _, post, _ in layers]
+  s1 = [jnp.sum(_acc(post) - c) for (_, post, _), c in zip(layers, shifts)]
+  pre_sums = [jnp.sum(_acc(pre)) for pre, _, _ in layers]
+  all_finite = jnp.all(jnp.isfinite(jnp.stack(s1 + pre_sums)))
+
+  def stacked(per_layer):
+    return ActivationStats(*(jnp.stack(column) for column in zip(*per_layer)))
+
+  def finite():
+    return stacked([_finite_layer_stats(cfg.act, pre, post, sl, c, t)
+                    for (pre, post, sl), c, t in zip(layers, shifts, s1)])
+
+  def masked():
+    return stacked([_layer_stats(cfg.act, pre, post, sl) for pre, post, sl in layers])
+  return jax.lax.cond(all_finite, finite, masked)
 
 
 def _acc(x):

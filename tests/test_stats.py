@@ -200,3 +200,27 @@ def test_std_of_collapsed_layer_does_not_cancel():
   s = gf.trace_stats(cfg, trace)
   want = np.asarray(post, np.float32).astype(np.float64).reshape(2, -1).std(axis=1, ddof=1)
   np.testing.assert_allclose(s.std, want, rtol=1e-3)
+
+
+def test_finite_and_masked_paths_agree_with_numpy():
+  """All-finite traces skip the finiteness masks; one Inf/NaN sends the whole
+  trace through the masked path. Both must give NumPy's numbers."""
+  cfg = gf.MLPConfig(in_dim=4, width=32, depth=3, out_dim=2, activation="tanh")
+  pre = 2 * np.asarray(jax.random.normal(KEY, (3, 16, 32)), np.float32)
+  post = np.tanh(pre)
+  clean = gf.trace_stats(cfg, gf.Trace(jnp.asarray(pre), jnp.asarray(post), None))
+  pre_bad, post_bad = pre.copy(), post.copy()
+  pre_bad[0, 1, 2] = np.inf  # tanh(inf) = 1: a finite output from an infinite input
+  post_bad[0, 1, 2] = 1.0
+  post_bad[2, 3, 4] = np.nan
+  dirty = gf.trace_stats(cfg, gf.Trace(jnp.asarray(pre_bad), jnp.asarray(post_bad), None))
+  np.testing.assert_array_equal(clean.nonfinite, [0, 0, 0])
+  np.testing.assert_array_equal(dirty.nonfinite, [1, 0, 1])
+  for l in range(3):
+    for stats, p, q in ((clean, pre[l], post[l]), (dirty, pre_bad[l], post_bad[l])):
+      keep = np.isfinite(q)
+      want = _np_layer_stats(cfg.act, np.where(np.isfinite(p), p, 0), q[keep].reshape(1, -1))
+      for field in ("mean", "std", "min", "max"):
+        assert float(getattr(stats, field)[l]) == pytest.approx(want[field], rel=1e-5, abs=1e-6), field
+      sat = np.mean((p < cfg.act.saturation_bounds[0]) | (p > cfg.act.saturation_bounds[1]))
+      assert float(stats.saturation_fraction[l]) == pytest.approx(sat)

@@ -87,6 +87,22 @@ def test_guard_stops_a_diverging_run_and_keeps_finite_params(data):
   assert len(skip.logs["loss"]) == 40
 
 
+def test_step_on_nonfinite_batch_changes_nothing(data):
+  cfg = _cfg()
+  tc = gf.TrainConfig(optimizer="adam", lr=1e-2)
+  tx = gf.make_optimizer(tc)
+  params = gf.init_mlp(KEY, cfg)
+  opt = tx.init(params)
+  step = jax.jit(gf.make_step(cfg, tc, tx))
+  p1, opt1, _ = step(params, opt, data.x_train[:32], data.y_train[:32])  # moments now non-zero
+  x = jnp.asarray(data.x_train[32:64]).at[5, 1].set(jnp.nan)
+  p2, opt2, log = step(p1, opt1, x, data.y_train[32:64])
+  assert bool(log.nonfinite) and not np.isfinite(float(log.loss))
+  np.testing.assert_array_equal(log.update_ratio, 0.0)
+  for a, b in zip(jax.tree.leaves((p1, opt1)), jax.tree.leaves((p2, opt2))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_residual_keeps_early_layer_gradients(data):
   """The seed's last exercise, measured: a deep sigmoid MLP's first layer gets a
   vanishing gradient; the residual one does not."""
@@ -120,3 +136,17 @@ def test_digits_is_standardized_and_split():
   assert d.x_train.shape[1] == 64 and d.classes == 10
   assert len(d.x_train) + len(d.x_test) == 1797
   np.testing.assert_allclose(d.x_train.mean(0), 0, atol=1e-5)
+
+
+def test_batches_visit_each_example_once_per_epoch():
+  from gradflow_jax._train import _epoch_perm, _next_batch
+  key, n, size = jax.random.key(3), 10, 3  # 3 batches per epoch, one example left out
+  perm = _epoch_perm(key, 0, n, size)
+  seen = []
+  for step in range(6):
+    perm, idx = _next_batch(key, perm, step, n, size)
+    seen.append(np.asarray(idx))
+  for epoch in (seen[:3], seen[3:]):
+    flat = np.concatenate(epoch)
+    assert len(set(flat.tolist())) == 9 and flat.min() >= 0 and flat.max() < n
+  assert not np.array_equal(np.concatenate(seen[:3]), np.concatenate(seen[3:]))  # reshuffled
