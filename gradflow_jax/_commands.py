@@ -241,6 +241,23 @@ def _run_record(label, cfg, tc, result) -> dict:
           "logs": result.logs}
 
 
+def _nonfinite_message(r: dict, on_nonfinite: str) -> str:
+  """One line on where NaN/Inf first appeared in a run and what the guard did."""
+  where = []
+  if r["first_bad_layer"] is not None:
+    where.append(f"first hidden layer with NaN/Inf activations: {r['first_bad_layer']}")
+  if r["first_bad_dense_layer"] is not None:
+    where.append(f"first dense layer with NaN/Inf gradients: {r['first_bad_dense_layer']}")
+  where = f" ({'; '.join(where)})" if where else " (in the loss only)"
+  if on_nonfinite == "stop":
+    done = "the run stopped and kept the parameters from before that step"
+  else:
+    skipped = int(np.sum(r["logs"]["nonfinite"]))
+    done = f"{skipped} of {r['steps_run']} steps skipped (their updates not applied)"
+  return (f"[bold red]{r['label']}: loss or gradients NaN/Inf first at step {r['stopped_at']}[/]"
+          f"{where}; {done}")
+
+
 def train(args) -> int:
   from gradflow_jax import _experiments, _io, _plots, _render, _train
   console = _console(args)
@@ -287,12 +304,9 @@ def train(args) -> int:
       offset += tc.steps
   if not args.quiet and not args.json:
     console.print(_render.train_table(records))
-    for r in records:
+    for r, (_, _, tc) in zip(records, runs):
       if r["stopped_at"] is not None:
-        console.print(f"[bold red]{r['label']}: loss or gradients NaN/Inf at step "
-                      f"{r['stopped_at']}[/] (first hidden layer with NaN/Inf activations: "
-                      f"{r['first_bad_layer']}, first dense layer with NaN/Inf gradients: "
-                      f"{r['first_bad_dense_layer']}); the last finite parameters were kept")
+        console.print(_nonfinite_message(r, tc.on_nonfinite))
   save(partial=False)
   written = [os.path.join(args.out, "results.json")]
   for fname, draw in {"training_curves.png": _plots.plot_training,
