@@ -64,25 +64,27 @@ def _nonfinite(acts, grads) -> list[Finding]:
   return out
 
 
+def _fraction_finding(values, threshold, code, what, fix) -> list[Finding]:
+  """A warning naming the layers whose fraction exceeds ``threshold``."""
+  values = np.asarray(values)
+  top = np.nanmax(values, initial=0)
+  if not top > threshold:
+    return []
+  return [Finding("warning", code, _layers(values > threshold), what.format(top=top),
+                  {"max_fraction": float(top)}, fix)]
+
+
 def _saturation_and_dead(acts) -> list[Finding]:
-  out = []
-  sat = np.asarray(acts["saturation_fraction"])
-  if np.nanmax(sat, initial=0) > SATURATION_WARN_FRACTION:
-    where = sat > SATURATION_WARN_FRACTION
-    out.append(Finding("warning", "saturation", _layers(where),
-                       f"saturated units: up to {np.nanmax(sat):.0%} of pairs in a flat tail",
-                       {"max_fraction": float(np.nanmax(sat))},
-                       "use Xavier initialization with gain 1 (not larger), normalize inputs, "
-                       "add LayerNorm, or switch to a non-saturating activation"))
-  dead = np.asarray(acts["dead_fraction"])
-  if np.nanmax(dead, initial=0) > DEAD_WARN_FRACTION:
-    where = dead > DEAD_WARN_FRACTION
-    out.append(Finding("warning", "dead_units", _layers(where),
-                       f"dead units: up to {np.nanmax(dead):.0%} of a layer's units never active",
-                       {"max_fraction": float(np.nanmax(dead))},
-                       "use He initialization, smaller learning rates, non-negative biases, or "
-                       "leaky ReLU / GELU / SiLU"))
-  return out
+  return (_fraction_finding(
+              acts["saturation_fraction"], SATURATION_WARN_FRACTION, "saturation",
+              "saturated units: up to {top:.0%} of pairs in a flat tail",
+              "use Xavier initialization with gain 1 (not larger), normalize inputs, "
+              "add LayerNorm, or switch to a non-saturating activation")
+          + _fraction_finding(
+              acts["dead_fraction"], DEAD_WARN_FRACTION, "dead_units",
+              "dead units: up to {top:.0%} of a layer's units never active",
+              "use He initialization, smaller learning rates, non-negative biases, or "
+              "leaky ReLU / GELU / SiLU"))
 
 
 def _flow(acts, grads) -> list[Finding]:
