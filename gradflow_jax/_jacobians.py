@@ -175,21 +175,29 @@ def power_top_singular_value(matvec, rmatvec, v0, tol: float, max_iter: int):
 
 
 def lanczos_top_singular_value(matvec, rmatvec, v0, steps: int, tol: float):
-  """Largest singular value from ``steps`` Lanczos steps on J^T J (full
+  """Largest singular value from up to ``steps`` Lanczos steps on J^T J (full
   reorthogonalization), matrix-free. Converges far faster than power iteration
   when the top singular values are close (random matrices). Returns (sigma,
   converged), converged when the Ritz residual bound beta_k |s_k| <= tol theta.
 
+  Rank-deficient J (ReLU layers: J^T J has a large null space) makes the
+  Krylov space invariant early: beta falls to rounding level. That is a
+  breakdown, not a direction to normalise (dividing by it amplified noise
+  into estimates 1e9 too large): the iteration stops there, and its Ritz
+  value is then exact (the invariant space holds v0's component along the top
+  singular vector).
+
   References:
-    Golub & Van Loan, Matrix Computations (4th ed.), section 10.1.
+    Golub & Van Loan, Matrix Computations (4th ed.), sections 10.1 and 10.3.
   """
   n = v0.shape[0]
   steps = min(steps, n)
+  eps = jnp.finfo(v0.dtype).eps
   basis = jnp.zeros((steps, n), v0.dtype)
   v = v0 / jnp.linalg.norm(v0)
 
   def body(i, state):
-    basis, alphas, betas, v, v_prev, beta = state
+    basis, alphas, betas, v, v_prev, beta, scale, done = state
     basis = basis.at[i].set(v)
     w = rmatvec(matvec(v))
     alpha = jnp.vdot(v, w)
@@ -197,17 +205,25 @@ def lanczos_top_singular_value(matvec, rmatvec, v0, steps: int, tol: float):
     for _ in range(2):  # full reorthogonalization, twice for stability
       w = w - basis.T @ (basis @ w)
     beta_new = jnp.linalg.norm(w)
-    v_next = jnp.where(beta_new > 0, w / jnp.where(beta_new > 0, beta_new, 1), 0)
-    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new)
+    scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
+    # an invariant subspace (to rounding): stop; later steps add only zeros
+    done = done | (beta_new <= 64 * n * eps * scale) | ~jnp.isfinite(beta_new)
+    alpha = jnp.where(state[-1], 0, alpha)
+    beta_new = jnp.where(done, 0, beta_new)
+    v_next = jnp.where(done, 0, w / jnp.where(done, 1, beta_new))
+    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v,
+            beta_new, scale, done)
 
   zeros = jnp.zeros((steps,), v0.dtype)
-  init = (basis, zeros, zeros, v, jnp.zeros_like(v), jnp.zeros((), v0.dtype))
-  _, alphas, betas, _, _, _ = jax.lax.fori_loop(0, steps, body, init)
+  zero = jnp.zeros((), v0.dtype)
+  init = (basis, zeros, zeros, v, jnp.zeros_like(v), zero, zero, jnp.zeros((), bool))
+  _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
   tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
   theta, vecs = jnp.linalg.eigh(tri)
   top = jnp.maximum(theta[-1], 0)
   residual = jnp.abs(betas[-1] * vecs[-1, -1])
-  return jnp.sqrt(top), (residual <= tol * top) | (steps == n)
+  converged = (residual <= tol * top) | done | (steps == n)
+  return jnp.sqrt(top), converged & jnp.isfinite(top)
 
 
 def _power_map(fn, x, key, tol, max_iter, method="power"):

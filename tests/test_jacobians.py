@@ -135,3 +135,32 @@ def test_batchnorm_and_wrong_widths_rejected():
   cfg, params, x = _setup()
   with pytest.raises(ValueError, match="dense layers|expected layer"):
     gf.jacobian_spectra(cfg.replace(width=10), params, x)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "identity"])
+def test_lanczos_equals_exact_on_rank_deficient_jacobians(activation):
+  """He-initialised ReLU nets have rank-deficient J^T J (half the units off):
+  Lanczos breaks down early there and must stop, not divide by beta ~ 0
+  (it returned 1e9 where the exact norm is 2.6). Per layer and at every depth."""
+  cfg = gf.MLPConfig(in_dim=32, width=32, depth=8, out_dim=2, activation=activation)
+  params = gf.init_mlp(KEY, cfg)
+  x = np.asarray(jax.random.normal(jax.random.key(1), (3, 32)))
+  exact_layers = gf.layer_jacobian_norms(cfg, params, x, method="exact")
+  lanczos_layers, conv = gf.layer_jacobian_norms(cfg, params, x, return_converged=True)
+  np.testing.assert_allclose(lanczos_layers, exact_layers, rtol=1e-3)
+  assert bool(jnp.all(conv))
+  exact = gf.jacobian_spectra(cfg, params, x)
+  lanczos = gf.jacobian_spectra(cfg, params, x, method="lanczos")
+  np.testing.assert_allclose(lanczos.spectral_norm, exact.spectral_norm, rtol=1e-3)
+  assert bool(jnp.all(lanczos.converged))
+
+
+def test_lanczos_on_a_rank_one_matrix_is_exact_and_converged():
+  from gradflow_jax._jacobians import lanczos_top_singular_value
+  u = jax.random.normal(jax.random.key(3), (40,))
+  v = jax.random.normal(jax.random.key(4), (30,))
+  m = jnp.outer(u, v)  # one non-zero singular value, |u| |v|
+  sigma, conv = lanczos_top_singular_value(lambda t: m @ t, lambda t: m.T @ t,
+                                           jax.random.normal(KEY, (30,)), 20, 1e-6)
+  assert float(sigma) == pytest.approx(float(jnp.linalg.norm(u) * jnp.linalg.norm(v)), rel=1e-5)
+  assert bool(conv)
