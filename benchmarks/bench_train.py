@@ -24,7 +24,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _train  # noqa: E402
+from gradflow_jax import _data, _train  # noqa: E402
 from _timing import interleaved  # noqa: E402
 
 CHUNK = 50
@@ -34,7 +34,7 @@ def main():
   cfg = gf.MLPConfig(in_dim=128, width=256, depth=10, out_dim=10, activation="tanh")
   tc = gf.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0, steps=500, eval_every=100)
   params = gf.init_mlp(jax.random.key(0), cfg)
-  tx = gf.make_optimizer(tc)
+  tx = _train.make_optimizer(tc)
   opt = tx.init(params)
   x = jax.random.normal(jax.random.key(1), (64, 128))
   y = jax.random.randint(jax.random.key(2), (64,), 0, 10)
@@ -51,7 +51,7 @@ def main():
         f"the guard {t['logged'] * 1e3:.3f} ms, ratio {t['logged'] / t['bare']:.3f} "
         f"(target <= 1.10)")
 
-  data = gf.teacher_task(in_dim=128, classes=10, n=4000)
+  data = _data.teacher_task(in_dim=128, classes=10, n=4000)
   xs, ys = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
 
   n, size = xs.shape[0], tc.batch_size

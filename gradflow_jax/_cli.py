@@ -85,15 +85,29 @@ def _report_parser(sub) -> None:
   for action in sub.choices["compare"]._actions:  # noqa: SLF001 - same options as compare
     if action.dest not in ("help", "report"):
       p._add_action(action)  # noqa: SLF001
+  p.add_argument("--model", help="report on your own model instead: " + _MODEL_HELP)
+  _model_options(p)
   p.set_defaults(run=lambda args: _commands().compare(args, force_report=True))
+
+
+_MODEL_HELP = ("path/to/file.py:factory, a function returning (model, params, (x, y)); "
+               "model: a Flax linen module (params: its variables), an NNX module (params: "
+               "None) or a function f(params, x)")
+
+
+def _model_options(p) -> None:
+  p.add_argument("--activation", action="append", metavar="TAP=NAME",
+                 help="the activation applied to a tap's output (repeatable), where it "
+                      "cannot be read from the model, e.g. Dense_0=relu")
+  p.add_argument("--output", help="key or index of the model output the loss uses "
+                                  "(tuple/dict outputs; default: first / 'logits')")
 
 
 def _diagnose_parser(sub) -> None:
   p = sub.add_parser("diagnose", help="diagnose your own model: --model file.py:factory")
-  p.add_argument("--model", required=True,
-                 help="path/to/file.py:factory, a function returning (model, params, (x, y)); "
-                      "model: a Flax linen or NNX module or a function f(params, x)")
+  p.add_argument("--model", required=True, help=_MODEL_HELP)
   p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+  _model_options(p)
   add_common(p, "gradflow_out/diagnose")
   p.set_defaults(run=lambda args: _commands().diagnose(args))
 
@@ -201,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
   if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
     argv = ["compare"] + argv
   args = parser.parse_args(argv)
+  import matplotlib
+  matplotlib.use("Agg")  # files only; the library itself leaves the backend alone
   try:
     return int(args.run(args) or 0)
   except (ValueError, TypeError, OSError) as e:

@@ -15,7 +15,7 @@ def _console(args) -> Console:
   """Stdout console; 110 columns when piped (rich would assume 80)."""
   console = Console(quiet=args.quiet or args.json, highlight=False)
   if not console.is_terminal and "COLUMNS" not in os.environ:
-    console.width = 110
+    console.width = 160
   return console
 
 
@@ -38,40 +38,11 @@ def progress_bar(args, total: int, what: str):
     prog.update(task, completed=total)
 
 
-def load_inputs(path: str) -> np.ndarray:
-  try:
-    x = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"expected a readable .npy inputs file, got {path!r} ({e})") from None
-  if x.ndim != 2 or x.shape[0] < 2:
-    raise ValueError(f"expected inputs of shape (batch >= 2, in_dim), got {x.shape}")
-  if not np.issubdtype(x.dtype, np.number):
-    raise ValueError(f"expected numeric inputs, got dtype {x.dtype}")
-  return x.astype(np.float32)
-
-
-def infer_shapes(path: str, residual: bool) -> dict:
-  """in_dim, width, depth, out_dim from the w0.. w{n-1} entries of an .npz."""
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      shapes = {k: data[k].shape for k in data.files if k[:1] == "w" and k[1:].isdigit()}
-  except (OSError, ValueError) as e:
-    raise ValueError(f"expected a readable .npz weights file, got {path!r} ({e})") from None
-  n = len(shapes)
-  if n < 2 or any(f"w{i}" not in shapes or len(shapes[f"w{i}"]) != 2 for i in range(n)):
-    raise ValueError(f"expected 2-D weights w0..w{{n-1}} (n >= 2) in {path}, got "
-                     f"{sorted(shapes) or 'none'}")
-  depth = n // 2 if residual else n - 1
-  if residual and n % 2:
-    raise ValueError(f"expected an even number of dense layers for --residual, got {n}")
-  return dict(in_dim=shapes["w0"][0], width=shapes["w0"][1], depth=depth,
-              out_dim=shapes[f"w{n - 1}"][1])
-
-
-def _write_outputs(args, name: str, payload: dict, plots: dict) -> list[str]:
+def _write_outputs(args, name: str, payload: dict, plots: dict, extra=()) -> list[str]:
+  """Plots, then results.json (listing every file written, ``extra`` too)."""
   from gradflow_jax import _io
   os.makedirs(args.out, exist_ok=True)
-  written = []
+  written = list(extra)
   if not getattr(args, "no_plots", False):
     for fname, draw in plots.items():
       path = os.path.join(args.out, fname)
@@ -102,12 +73,14 @@ def _finish(args, console: Console, written: list[str]) -> None:
 
 
 def compare(args, force_report: bool = False) -> int:
-  from gradflow_jax import _compare, _mlp, _plots, _render
+  from gradflow_jax import _compare, _loading, _mlp, _plots, _render
+  if getattr(args, "model", None):
+    return diagnose(args)
   console = _console(args)
-  x = load_inputs(args.inputs) if args.inputs else None
+  x = _loading.load_inputs(args.inputs) if args.inputs else None
   sizes = dict(in_dim=args.in_dim, width=args.width, depth=args.depth, out_dim=args.classes)
   if args.weights:
-    sizes = infer_shapes(args.weights, args.residual)
+    sizes = _loading.infer_shapes(args.weights, args.residual)
   if x is not None and x.shape[1] != sizes["in_dim"]:
     raise ValueError(f"expected inputs with {sizes['in_dim']} features, got {x.shape[1]}")
   settings = _compare.CompareSettings(
@@ -318,84 +291,54 @@ def train(args) -> int:
   return 0
 
 
-def load_factory(spec: str):
-  """Imports ``path/to/file.py:factory`` and returns the factory function."""
-  import importlib.util
-  if ":" not in spec:
-    raise ValueError(f"expected --model path/to/file.py:factory, got {spec!r}")
-  path, name = spec.rsplit(":", 1)
-  if not os.path.isfile(path):
-    raise ValueError(f"expected an existing Python file, got {path!r}")
-  module_spec = importlib.util.spec_from_file_location("_gradflow_user_model", path)
-  module = importlib.util.module_from_spec(module_spec)
-  try:
-    module_spec.loader.exec_module(module)
-  except Exception as e:  # the user's code: any error, reported in one line
-    raise ValueError(f"expected an importable module, got {type(e).__name__} from {path}: {e}") from None
-  factory = getattr(module, name, None)
-  if not callable(factory):
-    raise ValueError(f"expected a function {name!r} in {path}, found "
-                     f"{'nothing' if factory is None else type(factory).__name__}")
-  return factory
-
-
-def as_probed(model, params):
-  """(forward, params) for a linen module, an NNX module or a plain function."""
-  from flax import linen as nn
-  from flax import nnx
-  from gradflow_jax import _probe
-  if isinstance(model, nn.Module):
-    return _probe.from_linen(model), params
-  if isinstance(model, nnx.Module):
-    return _probe.from_nnx(model)
-  if callable(model):
-    return _probe.probed(model), params
-  raise ValueError(f"expected a Flax linen/NNX module or a function f(params, x), got "
-                   f"{type(model).__name__}")
+def parse_activations(items) -> dict[str, str]:
+  """``["TAP=relu", ...]`` -> {tap: activation}."""
+  out = {}
+  for item in items or ():
+    tap, sep, act = item.partition("=")
+    if not sep or not tap or not act:
+      raise ValueError(f"expected --activation TAP=NAME (e.g. Dense_0=relu), got {item!r}")
+    out[tap] = act
+  return out
 
 
 def diagnose(args) -> int:
-  import jax
-  from gradflow_jax import _diagnose, _model_stats, _plots, _render, _report
+  """Any model from a factory: measured once, then table, findings, plot,
+  report and results.json from the same measurements."""
+  from gradflow_jax import _analyze, _flax, _loading, _plots, _render, _report
   console = _console(args)
-  factory = load_factory(args.model)
-  try:
-    made = factory()
-  except Exception as e:  # the user's code: any error, reported in one line
-    raise ValueError(f"expected the factory to run, got {type(e).__name__}: {e}") from None
-  try:
-    model, params, (x, y) = made
-  except (TypeError, ValueError):
-    raise ValueError(f"expected the factory to return (model, params, (x, y)), got "
-                     f"{type(made).__name__}") from None
-  forward, params = as_probed(model, params)
-  try:
-    stats = jax.device_get(_model_stats.model_flow_stats(forward, params, x, y, args.loss))
-    norms = np.asarray(_model_stats.tap_jacobian_norms(forward, params, x))
-  except (TypeError, AttributeError, IndexError) as e:
-    raise ValueError(f"expected the model to run on the factory's batch, got "
-                     f"{type(e).__name__}: {e}") from None
-  findings = _diagnose.diagnose_model(forward, params, x, y, args.loss)
+  factory = _loading.load_factory(args.model)
+  model, params, (x, y) = _loading.call_factory(factory)
+  probed = _flax.as_probed(model, params, output=args.output)
+  with progress_bar(args, 1, "diagnose") as advance:
+    advance("statistics, Jacobians and findings")
+    try:
+      result = _analyze.analyze_model(probed, x, y, args.loss, parse_activations(args.activation))
+    except (TypeError, AttributeError, IndexError, KeyError) as e:
+      raise ValueError(f"expected the model to run on the factory's batch, got "
+                       f"{type(e).__name__}: {e}") from None
+  stats, jac = result.stats, result.jacobians
+  findings = result.findings
   if not args.quiet and not args.json:
-    console.print(_render.taps_table(stats, norms))
+    console.print(_render.taps_table(stats, jac))
     _render.print_findings(console, [{"label": args.model, "findings": findings}])
     if not findings:
       console.print("[green]no warnings[/]")
   os.makedirs(args.out, exist_ok=True)
   png = os.path.join(args.out, "model_taps.png")
-  _plots.plot_taps(stats, norms, png)
-  rows = [[n, f"{stats.activations.std[i]:.3g}", f"{stats.activations.dead_fraction[i]:.1%}",
-           f"{stats.tap_grad_norm[i]:.3g}", f"{norms[i]:.3g}"] for i, n in enumerate(stats.names)]
+  _plots.plot_taps(stats, jac, png)
   report = os.path.join(args.out, "report.html")
   _report.write_report(report, f"gradflow_jax: {args.model}", [(args.model, findings)],
-                       [("Taps", _report.table_html(["tap", "std", "dead", "|dL/dtap|",
-                                                     "|J| from previous"], rows))], [png])
-  payload = {"model": args.model, "taps": list(stats.names),
+                       [("Taps", _report.taps_html(stats, jac))], [png])
+  payload = {"model": args.model, "taps": list(stats.names), "roles": list(stats.roles),
+             "activation_names": list(stats.activation_names),
              "activation_stats": stats.activations, "tap_grad_norm": stats.tap_grad_norm,
-             "tap_jacobian_norm": norms, "global_norm": stats.global_norm, "loss": stats.loss,
+             "tap_jacobian": {"sources": [list(s) for s in jac.sources], "norm": jac.norm,
+                              "converged": jac.converged, "per_example": jac.per_example},
+             "global_norm": stats.global_norm, "loss": stats.loss,
              "findings": [f._asdict() for f in findings]}
-  _io_write = _write_outputs(args, "diagnose", payload, {})
-  _finish(args, console, _io_write + [png, report])
+  written = _write_outputs(args, "diagnose", payload, {}, extra=[png, report])
+  _finish(args, console, written)
   return 0
 
 

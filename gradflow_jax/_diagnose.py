@@ -211,17 +211,83 @@ def diagnose(cfg, params, x, y, loss: str = "cross_entropy") -> list[Finding]:
   return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
-def diagnose_model(forward, params, x, y, loss="cross_entropy", activations=None) -> list[Finding]:
-  """The checklist on any probed model (Flax linen, NNX, plain JAX with taps)."""
+def _tap_finding(f: Finding, names, idx) -> Finding:
+  """A per-layer finding re-addressed to taps: ``layers`` index the model's
+  taps, and the message and evidence name them."""
+  layers = tuple(int(idx[i]) for i in f.layers if i < len(idx))
+  taps = [names[i] for i in layers]
+  shown = ", ".join(taps[:4]) + (f" and {len(taps) - 4} more" if len(taps) > 4 else "")
+  message = f.message.replace("hidden layer", "tap").replace("layer 0", "the first tap")
+  return f._replace(layers=layers, message=f"{message} (at {shown})" if taps else message,
+                    evidence={**f.evidence, "taps": taps})
+
+
+def diagnose_model(stats, jacobians=None) -> list[Finding]:
+  """Findings for any probed model from measurements already made (host-only:
+  it never runs the model).
+
+  Args:
+    stats: :class:`ModelFlowStats` (host or device arrays).
+    jacobians: optional :class:`TapJacobians`; unconverged norms are reported
+      as such, never used as measurements.
+
+  Saturation and dead units are read on taps whose activation is known (the
+  tap is that activation's input) and, as units exactly 0 on every example
+  (a ReLU's output), on every other non-``pre`` tap that is not simply the
+  output of such an activation. The
+  vanishing/exploding test compares ||dL/d tap|| at the first and last
+  ``pre`` taps (all taps when there are none).
+  """
   import jax
-  from gradflow_jax import _model_stats
-  s = jax.device_get(_model_stats.model_flow_stats(forward, params, x, y, loss, activations))
-  acts = s.activations._asdict()
-  grads = {"loss": s.loss, "preact_grad_norm": s.tap_grad_norm,
-           "nonfinite": np.asarray([not np.isfinite(s.global_norm)])}
-  acts["saturation_fraction"] = np.nan_to_num(np.asarray(acts["saturation_fraction"]))
-  found = diagnose_stats(acts, grads)
+  s = jax.device_get(stats)
+  names = list(s.names)
+  a = {k: np.asarray(v, float) for k, v in s.activations._asdict().items()}
+  known = np.asarray([act is not None and act != "identity" for act in s.activation_names])
+  found = []
+  nonfinite = a["nonfinite"]
+  if nonfinite.sum():
+    first = int(np.argmax(nonfinite > 0))
+    found.append(Finding("error", "nonfinite", _layers(nonfinite > 0),
+                         f"NaN/Inf in the model's tensors from tap {names[first]} on",
+                         {"first_tap": names[first], "count": int(nonfinite.sum())},
+                         "check inputs and weights for NaN/Inf at that layer; look for an "
+                         "unstable operation (log, division, exp) just before it"))
+  if not (np.isfinite(float(s.loss)) and np.isfinite(float(s.global_norm))):
+    found.append(Finding("error", "nonfinite_gradients", (), "loss or gradients are NaN/Inf",
+                         {"loss": float(s.loss), "global_norm": float(s.global_norm)},
+                         "check the loss inputs (labels in range, no log(0)); clip gradients "
+                         "with optax.clip_by_global_norm"))
+  # a tap right after a pre tap of known activation is that activation's output:
+  # its units were tested on the pre tap already
+  explained = np.asarray([i > 0 and bool(known[i - 1]) and s.roles[i - 1] == "pre"
+                          and s.roles[i] != "pre" for i in range(len(names))])
+  tested = np.nonzero(known | (~explained & np.asarray([r != "pre" for r in s.roles])))[0]
+  sub = {"dead_fraction": a["dead_fraction"][tested],
+         "saturation_fraction": np.nan_to_num(a["saturation_fraction"][tested])}
+  found += [_tap_finding(f, names, tested) for f in _saturation_and_dead(sub)]
+  pre = np.asarray([r == "pre" for r in s.roles])
+  grad_idx = np.nonzero(pre)[0] if pre.sum() >= 2 else np.arange(len(names))
+  flow = _flow({"std": a["std"][grad_idx]},
+               {"preact_grad_norm": np.asarray(s.tap_grad_norm, float)[grad_idx]})
+  found += [_tap_finding(f, names, grad_idx) for f in flow if f.kind != "signal_collapse"]
+  post = np.nonzero(np.asarray([r == "post" for r in s.roles]))[0]
+  if post.size >= 2:
+    found += [_tap_finding(f, names, post) for f in _flow({"std": a["std"][post]}, None)]
+  if jacobians is not None:
+    found += _unconverged(jax.device_get(jacobians))
   return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def _unconverged(jac) -> list[Finding]:
+  norm, conv = np.asarray(jac.norm), np.asarray(jac.converged)
+  bad = np.isfinite(norm) & ~conv
+  if not bad.any():
+    return []
+  taps = [jac.names[i] for i in np.nonzero(bad.any(0))[0]]
+  return [Finding("info", "unconverged_jacobian", tuple(np.nonzero(bad.any(0))[0].tolist()),
+                  f"Jacobian norms did not converge at {len(taps)} taps: shown as estimates",
+                  {"taps": taps, "fraction": float(bad.mean())},
+                  "raise steps in gf.tap_jacobian_norms")]
 
 
 def diagnose_rnn(cfg, params, xs) -> list[Finding]:

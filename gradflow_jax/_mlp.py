@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _initializers
+from gradflow_jax import _initializers, _probe
 from gradflow_jax._config import MLPConfig
 
 NORM_EPS = 1e-5  # PyTorch's LayerNorm/BatchNorm default
@@ -148,19 +148,25 @@ def stacked_layer_params(cfg: MLPConfig, params, start: int = 1) -> dict:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
 
 
-def hidden_step(cfg: MLPConfig, lp: dict, h: jax.Array, pz=None, pa=None):
+def hidden_step(cfg: MLPConfig, lp: dict, h: jax.Array, pz=None, pa=None, on_z=None,
+                on_a=None):
   """One hidden layer: ``(z, a, h_next)`` from the previous output ``h``.
 
-  ``pz``/``pa`` are perturbations added to z and a (the probe slots).
+  ``pz``/``pa`` are perturbations added to z and a (the probe slots);
+  ``on_z``/``on_a``, if given, map z and a instead (``gf.tap`` calls).
   """
   z = _dense(lp, h)
   if cfg.norm is not None:
     z = _normalize(cfg, lp["norm"], z)
   if pz is not None:
     z = z + pz
+  if on_z is not None:
+    z = on_z(z)
   a = cfg.act(z, lp.get("slope"))
   if pa is not None:
     a = a + pa
+  if on_a is not None:
+    a = on_a(a)
   h_next = h + _dense({"w": lp["v"], "b": lp["c"]}, a) if "v" in lp else a
   return z, a, h_next
 
@@ -188,6 +194,23 @@ def mlp_apply(cfg: MLPConfig, params, x: jax.Array,
   post = jnp.stack(posts)
   hidden = jnp.stack(hiddens) if cfg.residual else post
   return out, Trace(jnp.stack(pres), post, hidden)
+
+
+def mlp_model(cfg: MLPConfig, params) -> _probe.ProbedModel:
+  """The built-in MLP as a :class:`ProbedModel`: taps ``layer_l/pre`` (z_l,
+  role ``pre``, with the config's activation) and ``layer_l/post`` (a_l), so
+  every consumer of users' models measures it the same way."""
+  check_params(cfg, params)
+
+  def apply_fn(params, x):
+    h = jnp.asarray(x, cfg.jnp_dtype)
+    for l in range(cfg.depth):
+      _, _, h = hidden_step(
+          cfg, layer_params(cfg, params, l), h,
+          on_z=lambda z, l=l: _probe.tap(f"layer_{l}/pre", z, "pre", cfg.activation),
+          on_a=lambda a, l=l: _probe.tap(f"layer_{l}/post", a, "post"))
+    return _dense(params["layers"][-1], h)
+  return _probe.probed(apply_fn, params, f"mlp {cfg.depth}x{cfg.width} {cfg.activation}")
 
 
 def mlp_forward(cfg: MLPConfig, params, x: jax.Array) -> tuple[jax.Array, Trace]:

@@ -1,5 +1,5 @@
-"""Statistics of any probed model (see ``_probe``): per tap, the activation
-statistics, the gradient arriving there, and matrix-free Jacobian norms."""
+"""Statistics of any probed model: per tap, the activation statistics and the
+gradient arriving there, from one jitted forward/backward pass."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from gradflow_jax import _activations, _jacobians, _losses, _probe
-from gradflow_jax._stats import ActivationStats, _count, _dead_fraction, _moments
+from gradflow_jax import _activations, _losses, _probe
+from gradflow_jax._stats import ActivationStats, Row, rows_stats
 
 
 class ModelFlowStats(NamedTuple):
@@ -19,17 +20,21 @@ class ModelFlowStats(NamedTuple):
 
   Attributes:
     names: tap names.
-    activations: :class:`ActivationStats` of the tapped tensors. With an
-      activation named for a tap (the tap being that activation's input),
-      saturation and dead fractions use the registry's tests; otherwise
-      saturation is NaN and a dead unit is one whose value is exactly 0 on
-      every example.
+    roles: per tap ``"pre"`` (a layer's output), ``"post"`` (a layer's input)
+      or ``"tap"``.
+    activation_names: per tap the activation known to follow it, or ``None``.
+    activations: :class:`ActivationStats` of the tapped tensors themselves.
+      Saturation and dead fractions use the activation's tests where one is
+      known (the tap being its input); otherwise saturation is NaN and a dead
+      unit is one whose value is exactly 0 on every example.
     tap_grad_norm: ||dL/d tap||, the backward signal at each tap.
     param_grad_norms: a pytree like the parameters, ||dL/dp|| per leaf.
     global_norm: ``optax.tree.norm`` of all parameter gradients.
     loss: the loss value.
   """
   names: tuple[str, ...]
+  roles: tuple[str, ...]
+  activation_names: tuple
   activations: ActivationStats
   tap_grad_norm: jax.Array
   param_grad_norms: Any
@@ -37,21 +42,14 @@ class ModelFlowStats(NamedTuple):
   loss: jax.Array
 
 
-def _tap_stats(v, act):
-  v = v.astype(jnp.promote_types(v.dtype, jnp.float32))
-  (mean, std, vmin, vmax), n_finite = _moments(v)
-  units = v.reshape(-1, v.shape[-1]) if v.ndim > 1 else v.reshape(-1, 1)
-  if act is None:
-    sat = jnp.asarray(jnp.nan, v.dtype)
-    dead = _dead_fraction(units == 0)
-  else:
-    sat = _count(act.is_saturated(v), v.dtype) / v.size
-    dead = _dead_fraction(act.is_inactive(units))
-  return (mean, std, vmin, vmax, sat, dead, _count(v == 0, v.dtype) / v.size,
-          (v.size - n_finite).astype(jnp.int32))
+def leaf_norm(g):
+  """||g|| of one array, accumulated in at least float32."""
+  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+  return jnp.sqrt(jnp.sum(g * g))
 
 
-def _loss_fn(loss):
+def loss_fn(loss):
+  """``loss(output, y) -> scalar`` from a name or a callable."""
   if callable(loss):
     return loss
   _losses.check_loss_name(loss)
@@ -64,84 +62,129 @@ def _named_loss(loss: str):
   return lambda out, y: _losses.loss_value(loss, out, y)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _model_stats_jit(forward, params, x, y, loss_fn, acts):
-  shapes = _probe.discover_taps(forward, params, x)
-  perturb = _probe.zero_perturbations(shapes)
+def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], shapes):
+  """The unjitted statistics body (call it inside your own jit):
+  ``(ActivationStats, tap grad norms, per-leaf grad norms, global norm, loss,
+  parameter gradients)``. ``info``/``shapes`` come from :func:`discover`."""
+  names = [i.name for i in info]
+  perturb = {n: jnp.zeros(shapes[n].shape, shapes[n].dtype) for n in names}
 
   def objective(p, pt):
     out, taps = forward(p, x, pt)
-    return loss_fn(out, y), taps
+    return loss(out, y), taps
 
   (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
       params, perturb)
-  names = list(shapes)  # execution order (the aux dict came back sorted)
-  acts = dict(acts)
-  rows = [_tap_stats(taps[n], acts.get(n)) for n in names]
-  stats = ActivationStats(*(jnp.stack(c) for c in zip(*rows)))
-  leaf_norm = lambda g: jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+  rows = []
+  for i in info:
+    act = _activations.get_activation(i.activation) if i.activation else None
+    rows.append(Row(taps[i.name], taps[i.name], act))
+  stats = rows_stats(rows)
   return (stats, jnp.stack([leaf_norm(gt[n]) for n in names]), jax.tree.map(leaf_norm, gp),
-          optax.tree.norm(gp), value)
+          optax.tree.norm(gp), value, gp)
 
 
-def model_flow_stats(forward: Callable, params, x, y, loss="cross_entropy",
+def discover(model: _probe.ProbedModel, x):
+  """(tap infos in order, tap shapes) of ``model`` on ``x``.
+
+  Raises:
+    ValueError: the model records no taps, or activations are named for taps
+      it does not have.
+  """
+  found = _probe.discover_taps(model, x)
+  if not found.shapes:
+    raise ValueError("expected at least one tapped layer (Dense/Linear/Conv/Embed layers, or "
+                     "gradflow_jax.tap calls), got none")
+  unknown = set(dict(model.activations)) - set(found.shapes)
+  if unknown:
+    raise ValueError(f"expected activation names for taps among {sorted(found.shapes)}, got "
+                     f"{sorted(unknown)}")
+  return tuple(found.info[n] for n in found.shapes), found.shapes
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _flow_jit(forward, params, x, y, loss, info):
+  shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
+  return flow_body(forward, params, x, y, loss, info, shapes)[:5]
+
+
+def model_flow_stats(model: _probe.ProbedModel, x, y, loss="cross_entropy",
                      activations: dict[str, str] | None = None) -> ModelFlowStats:
   """Activation and gradient statistics of every tap from one jitted pass.
 
   Args:
-    forward: a probed forward function (:func:`probed`, :func:`from_linen`,
-      :func:`from_nnx`).
-    params: what ``forward`` differentiates (linen variables, an NNX state, a
-      pytree).
-    x, y: a batch and its targets.
+    model: a :class:`ProbedModel` (``gf.from_linen``, ``gf.from_nnx``,
+      ``gf.probed``, ``gf.mlp_model``).
+    x, y: a batch (any pytree the model takes: floats, integer tokens, dicts)
+      and its targets.
     loss: ``"cross_entropy"``, ``"mse"`` or ``loss(output, y) -> scalar``.
     activations: optional {tap name: activation name} for taps that are an
-      activation's input, so saturation and dead units use its tests.
-
-  Raises:
-    ValueError: the model records no taps, or unknown names.
+      activation's input, added to ``model.activations``.
   """
-  acts = tuple(sorted((k, _activations.get_activation(v)) for k, v in (activations or {}).items()))
-  shapes = _probe.discover_taps(forward, params, x)
-  if not shapes:
-    raise ValueError("expected at least one tapped layer (Dense/Linear/Conv outputs, or "
-                     "gradflow_jax.tap calls), got none")
-  unknown = set(dict(acts)) - set(shapes)
-  if unknown:
-    raise ValueError(f"expected activation names for taps among {sorted(shapes)}, got "
-                     f"{sorted(unknown)}")
-  stats, tap_norms, leaf_norms, gnorm, value = _model_stats_jit(
-      forward, params, x, y, _loss_fn(loss), acts)
-  return ModelFlowStats(tuple(shapes), stats, tap_norms, leaf_norms, gnorm, value)
+  if activations:
+    for v in activations.values():
+      _activations.get_activation(v)
+    model = model.with_activations(activations)
+  info, _ = discover(model, x)
+  stats, tap_norms, leaf_norms, gnorm, value = _flow_jit(
+      model.forward, model.params, x, y, loss_fn(loss), info)
+  return ModelFlowStats(tuple(i.name for i in info), tuple(i.role for i in info),
+                        tuple(i.activation for i in info), stats, tap_norms, leaf_norms, gnorm,
+                        value)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _tap_jacobian_jit(forward, params, x, steps):
-  shapes = _probe.discover_taps(forward, params, x)
-  names = list(shapes)
-  zero = _probe.zero_perturbations(shapes)
-  key = jax.random.key(0)
-  norms = []
-  for i, name in enumerate(names):
-    if i == 0:
-      fn = lambda v: forward(params, v.reshape(x.shape), None)[1][name].reshape(-1)
-      v0 = x.reshape(-1).astype(jnp.float32)
-    else:
-      prev = names[i - 1]
-      def fn(v, prev=prev, name=name):
-        pt = {**zero, prev: v.reshape(shapes[prev].shape).astype(shapes[prev].dtype)}
-        return forward(params, x, pt)[1][name].reshape(-1)
-      v0 = zero[prev].reshape(-1).astype(jnp.float32)
-    _, vjp = jax.vjp(fn, v0)
-    sigma, _ = _jacobians.lanczos_top_singular_value(
-        lambda v: jax.jvp(fn, (v0,), (v,))[1], lambda u: vjp(u)[0],
-        jax.random.normal(jax.random.fold_in(key, i), v0.shape), steps, 1e-5)
-    norms.append(sigma)
-  return jnp.stack(norms)
+# --- activations from the taps themselves -----------------------------------------------
+
+_CANDIDATES = ("identity", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh", "silu",
+               "softplus", "sigmoid", "tanh")
+INFER_TOLERANCE = 1e-4  # relative to the largest |activation|: float32 ops agree to ~1e-6
 
 
-def tap_jacobian_norms(forward: Callable, params, x, steps: int = 32) -> jax.Array:
-  """(n_taps,) spectral norm of d tap_l / d tap_(l-1) (l = 0: d tap_0 / dx) over
-  the whole batch, by Lanczos on jvp/vjp (never forming a matrix). For a model
-  whose examples do not interact this is the largest per-example norm."""
-  return _tap_jacobian_jit(forward, params, jnp.asarray(x), int(steps))
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _pair_errors(forward, params, pairs, x):
+  _, taps = forward(params, x, None)
+  out = []
+  for pre, post in pairs:
+    z = taps[pre].astype(jnp.float32)
+    a = taps[post].astype(jnp.float32)
+    scale = jnp.max(jnp.where(jnp.isfinite(a), jnp.abs(a), 0)) + 1e-30
+    errs = []
+    for name in _CANDIDATES:
+      diff = jnp.abs(_activations.get_activation(name)(z, None) - a)
+      errs.append(jnp.max(jnp.where(jnp.isfinite(diff), diff, 0)) / scale)
+    out.append(jnp.stack(errs))
+  return jnp.stack(out)
+
+
+def infer_activations(model: _probe.ProbedModel, x, max_examples: int = 16) -> dict[str, str]:
+  """Which activation follows each ``pre`` tap, read from the taps: where a
+  ``post`` tap (a layer's input) or a user's tap has the shape of the ``pre`` tap recorded
+  just before it (the previous layer's output) and equals phi(that tap) for a
+  registry activation phi on the first ``max_examples`` examples, that tap's
+  activation is phi. Host code (runs the model once).
+
+  Returns:
+    {pre tap name: activation name}, only for the taps where one was found.
+  """
+  info, shapes = discover(model, x)
+  pairs, last_pre = [], None
+  for i in info:
+    if i.role == "pre" and i.activation is None:
+      last_pre = i.name
+    elif i.role in ("post", "tap") and last_pre is not None:
+      if shapes[last_pre].shape == shapes[i.name].shape:
+        pairs.append((last_pre, i.name))
+      last_pre = None
+  if not pairs:
+    return {}
+  xs = jax.tree.map(lambda a: a[:max_examples], x)
+  try:
+    errs = np.asarray(_pair_errors(model.forward, model.params, tuple(pairs), xs))
+  except Exception:  # a model that needs its whole batch: use it
+    errs = np.asarray(_pair_errors(model.forward, model.params, tuple(pairs), x))
+  found = {}
+  for (pre, _), e in zip(pairs, errs):
+    ok = np.nonzero(e <= INFER_TOLERANCE)[0]
+    if ok.size:
+      found[pre] = _CANDIDATES[int(ok[0])]
+  return found

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import matplotlib
+import warnings
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import jax.numpy as jnp
+import numpy as np
 
-from gradflow_jax import _activations, _io  # noqa: E402
+from gradflow_jax import _activations, _io
 
 
 def _colours(names):
@@ -298,19 +297,37 @@ def plot_fractions(runs: list[dict], path) -> None:
   _io.save_figure(fig, path)
 
 
-def plot_taps(stats, jac_norms, path) -> None:
-  """Per tap of a user's model: activation std, ||dL/dtap|| and the Jacobian
-  norm from the previous tap (log scale)."""
-  fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(stats.names)), 4.8))
+def jacobian_summary(jac):
+  """Per tap: median over examples of the local Jacobian norm, with NaN where a
+  tap has no source or where any example's value did not converge (so an
+  unconverged value is never drawn as a measurement), and the unconverged mask."""
+  norm = np.asarray(jac.norm, float)
+  conv = np.asarray(jac.converged, bool)
+  with warnings.catch_warnings():  # all-NaN columns (taps without a source) give NaN
+    warnings.simplefilter("ignore", RuntimeWarning)
+    med = np.nanmedian(np.where(np.isfinite(norm), norm, np.nan), axis=0)
+  unconverged = np.isfinite(med) & ~conv.all(0)
+  return np.where(unconverged, np.nan, med), unconverged
+
+
+def plot_taps(stats, jac, path) -> None:
+  """Per tap of a model: activation std, ||dL/dtap|| and the local Jacobian
+  norm (median over examples; unconverged values left out and marked)."""
+  fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(stats.names)), 4.8))
   idx = np.arange(len(stats.names))
-  ax.plot(idx, _positive(stats.activations.std), "o-", label="activation std")
-  ax.plot(idx, _positive(stats.tap_grad_norm), "s-", label="||dL/d tap||")
-  ax.plot(idx, _positive(jac_norms), "^-", label="||d tap / d previous||")
+  ax.plot(idx, _positive(stats.activations.std), "o-", label="std of the tapped tensor")
+  ax.plot(idx, _positive(stats.tap_grad_norm), "s-", label="||dL/d tap|| (backward signal)")
+  if jac is not None:
+    med, unconverged = jacobian_summary(jac)
+    ax.plot(idx, _positive(med), "^", ls="none",
+            label="||local Jacobian||_2 from its upstream taps (median)")
+    if unconverged.any():
+      ax.plot(idx[unconverged], np.ones(unconverged.sum()), "x", color="red",
+              label="Jacobian not converged (not drawn)")
   ax.set_yscale("log")
-  ax.set_xticks(idx, stats.names, rotation=45, ha="right", fontsize=8)
-  ax.axhline(1.0, color="grey", lw=0.8)
+  ax.set_xticks(idx, stats.names, rotation=60, ha="right", fontsize=7)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)
-  ax.set_title("Per tapped layer, in the order the model runs them")
+  ax.set_title("Per tap, in the order the model records them")
   fig.tight_layout()
   _io.save_figure(fig, path)

@@ -1,163 +1,366 @@
-"""Any model as a probed forward function ``forward(params, x, perturb) ->
-(output, taps)``: plain JAX functions that call :func:`tap`, Flax linen modules
-and Flax NNX modules (every Dense/Linear/Conv output tapped automatically, plus
-whatever the user taps by hand)."""
+"""The one model interface: a probed model.
+
+Every model, the built-in MLP or a user's, is reduced to
+
+    forward(params, x, perturb) -> (output, taps)
+
+``taps`` maps a tap name to the tensor recorded there; ``perturb`` maps the
+same names to zeros added at those points, so ``jax.grad`` with respect to
+``perturb`` gives dL/d(tap) in the backward pass that gives the parameter
+gradients. :class:`ProbedModel` carries the function, its parameters and what
+consumers need to know about each tap (:class:`TapInfo`).
+
+Taps are recorded by :func:`tap` into a per-thread collector. Inside
+``jax.lax.scan`` and ``jax.checkpoint`` (and so ``nn.scan``, ``nnx.scan``,
+``nn.remat``, ``nnx.remat``) a recorded tensor would be a tracer of the inner
+trace and could not leave it; while a collector is active those two functions
+are routed through :func:`_scan` / :func:`_checkpoint`, which hand the taps out
+as extra outputs (one tap per scanned layer, named ``name/layer_i``) and the
+perturbations in as extra inputs. Other threads see the original functions.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+ROLES = ("pre", "post", "tap")
+
 _STATE = threading.local()
+_PATCH_LOCK = threading.Lock()
+_PATCH = {"depth": 0, "originals": None}
+
+
+class TapInfo(NamedTuple):
+  """What consumers know about one tap.
+
+  Attributes:
+    name: the tap's name.
+    role: ``"pre"`` (a layer's output, the input of the activation that
+      follows: saturation and dead units are tested here when the activation
+      is known), ``"post"`` (a layer's input, usually the previous layer's
+      activation) or ``"tap"`` (anything a user marked).
+    activation: the activation applied to this tensor next (``"pre"``), or
+      ``None`` when unknown.
+  """
+  name: str
+  role: str = "tap"
+  activation: str | None = None
+
+
+class ProbedModel(NamedTuple):
+  """A model in the form every consumer takes.
+
+  Attributes:
+    forward: ``forward(params, x, perturb) -> (output, taps)``; ``perturb`` may
+      be ``None``.
+    params: what ``forward`` differentiates (only trainable parameters: RNG
+      state, batch statistics and other collections are held inside).
+    activations: ``((tap name, activation name), ...)`` known for taps (given
+      by the producer, by :func:`tap`, by :func:`infer_activations` or by the
+      user).
+    name: a label for tables and reports.
+  """
+  forward: Callable
+  params: Any
+  activations: tuple = ()
+  name: str = "model"
+
+  def with_activations(self, mapping: dict[str, str]) -> "ProbedModel":
+    """The same model with ``mapping`` (tap -> activation) added."""
+    merged = {**dict(self.activations), **mapping}
+    return self._replace(activations=tuple(sorted(merged.items())))
+
+
+def _trace_state():
+  import jax.extend.core
+  return jax.extend.core.get_opaque_trace_state(convention="flax")
 
 
 class _Collector:
-  def __init__(self, perturb):
-    self.perturb = perturb or {}
-    self.taps: dict[str, jax.Array] = {}
+  """Taps recorded in one trace. A root collector holds the caller's
+  perturbations; a child collector (inside a routed scan or checkpoint body)
+  asks its parent for them, under the names its taps get outside."""
 
-  def record(self, name: str, x):
-    if name in self.taps:
-      base, i = name, 2
-      while f"{base}#{i}" in self.taps:
-        i += 1
-      name = f"{base}#{i}"  # a layer called twice (weight sharing) gets a suffix
-    if name in self.perturb:
-      x = x + self.perturb[name]
-    self.taps[name] = x
+  def __init__(self, perturb=None, parent=None, length=None, index=None):
+    self.perturb = perturb or {}
+    self.parent, self.length, self.index = parent, length, index
+    self.taps: dict[str, jax.Array] = {}
+    self.info: dict[str, TapInfo] = {}
+    self.finals: dict[str, list[str]] = {}  # child: inner name -> names outside
+    self.reserved: set[str] = set()
+    self.trace = _trace_state()
+    self._seen: dict[int, Any] = {}  # id -> object, kept alive so ids stay unique
+    self._stacks: dict[str, Any] = {}
+    self._replaced: dict[int, tuple] = {}
+
+  def final_name(self, name: str) -> str:
+    """``name``, or ``name#2``, ``name#3``... for a name already taken (a
+    layer called twice: weight sharing); reserves it."""
+    final, i = name, 2
+    while final in self.taps or final in self.reserved:
+      final, i = f"{name}#{i}", i + 1
+    self.reserved.add(final)
+    return final
+
+  def outside_names(self, name: str) -> list[str]:
+    """A child's tap ``name`` as its parent will call it: one name per scanned
+    layer (``name/layer_i``), or one for a checkpointed body."""
+    if name not in self.finals:
+      if self.length is None:
+        self.finals[name] = [self.parent.final_name(name)]
+      else:
+        self.finals[name] = [self.parent.final_name(f"{name}/layer_{i}")
+                             for i in range(self.length)]
+    return self.finals[name]
+
+  def lookup(self, name: str):
+    """The perturbation for tap ``name`` of this collector, or None."""
+    if self.parent is None:
+      return self.perturb.get(name)
+    outside = [self.parent.lookup(n) for n in self.outside_names(name)]
+    if any(p is None for p in outside):
+      return None
+    if self.length is None:
+      return outside[0]
+    if name not in self._stacks:
+      self._stacks[name] = jnp.stack(outside)
+    return self._stacks[name][self.index]
+
+  def seen(self, x) -> bool:
+    return id(x) in self._seen
+
+  def replace(self, original, tapped):
+    """Remembers that ``original`` was tapped as ``tapped`` (returned)."""
+    self._replaced[id(original)] = (original, tapped)
+    return tapped
+
+  def tapped_as(self, x):
+    hit = self._replaced.get(id(x))
+    return hit[1] if hit is not None else None
+
+  def mark(self, *xs):
+    for x in xs:
+      self._seen[id(x)] = x
+
+  def record(self, name: str, x, role: str = "tap", activation: str | None = None):
+    if _trace_state() != self.trace:
+      # inside a transformation that is not routed (flax traces scan bodies once
+      # on its own to find broadcasts; a user's inner jit/vmap): not recorded
+      return x
+    name = self.final_name(name) if self.parent is None else name
+    if self.parent is not None and name in self.taps:
+      name = f"{name}#{sum(n.split('#')[0] == name for n in self.taps) + 1}"
+    if self.parent is not None:
+      self.outside_names(name)
+    info = TapInfo(name, role, activation)
+    p = self.lookup(name)
+    cut = getattr(_STATE, "cut", None)
+    if cut is not None and (not cut or role in cut):  # see ``cutting``
+      self.adopt(name, x, info)
+      out = jax.lax.stop_gradient(x)
+      out = out + p.astype(x.dtype) if p is not None else out
+      self.mark(out)
+      return out
+    if p is not None:
+      x = x + p.astype(x.dtype)
+    self.adopt(name, x, info)
     return x
 
+  def adopt(self, name: str, x, info: TapInfo):
+    self.taps[name] = x
+    self.info[name] = info._replace(name=name)
+    self.mark(x)
 
-def tap(name: str, x: jax.Array) -> jax.Array:
-  """Marks ``x`` as a layer to watch: recorded, and given a perturbation slot
-  so that its gradient dL/dx comes out of the same backward pass. Outside an
-  analysis it returns ``x`` unchanged (free under jit).
+  def adopt_child(self, child: "_Collector", taps: dict):
+    """Takes a child's taps (stacked over layers for a scan) as its own."""
+    names = list(child.info)  # recording order (the dict came back sorted)
+    for i in range(child.length or 1):
+      for name in names:
+        outside = child.outside_names(name)[i]
+        self.adopt(outside, taps[name] if child.length is None else taps[name][i],
+                   child.info[name])
+
+
+def current():
+  """The active collector of this thread, or None."""
+  return getattr(_STATE, "collector", None)
+
+
+def tap(name: str, x: jax.Array, role: str = "tap", activation: str | None = None) -> jax.Array:
+  """Marks ``x`` as a point to watch: recorded, and given a perturbation slot
+  so that dL/dx comes out of the same backward pass. Outside an analysis it
+  returns ``x`` unchanged (free under jit).
+
+  Args:
+    name: the tap's name (a second call with the same name gets ``#2``).
+    x: the tensor; its leading axis is the batch.
+    role: ``"pre"`` when ``x`` is an activation's input, ``"post"`` when it is
+      an activation's output, ``"tap"`` otherwise.
+    activation: for ``"pre"``, the activation applied to ``x`` next (its
+      saturation and dead-unit tests are then used).
 
   Example:
     >>> def mlp(params, x):
-    ...   h = tap("hidden", jnp.tanh(x @ params["w1"]))
-    ...   return h @ params["w2"]
+    ...   z = tap("z1", x @ params["w1"], role="pre", activation="tanh")
+    ...   return jnp.tanh(z) @ params["w2"]
   """
-  collector = getattr(_STATE, "collector", None)
+  if role not in ROLES:
+    raise ValueError(f"expected role in {ROLES}, got {role!r}")
+  collector = current()
   if collector is None:
     return x
-  return collector.record(str(name), x)
+  return collector.record(str(name), x, role, activation)
 
 
 @contextlib.contextmanager
-def _collecting(perturb):
-  previous = getattr(_STATE, "collector", None)
+def collecting(perturb=None):
+  """Records taps made inside the block into a fresh collector (yielded)."""
+  previous = current()
   _STATE.collector = _Collector(perturb)
+  _install_routes()
   try:
     yield _STATE.collector
   finally:
     _STATE.collector = previous
-
-
-def probed(apply_fn: Callable[[Any, jax.Array], jax.Array]):
-  """Turns ``apply_fn(params, x) -> output`` (which calls :func:`tap`) into
-  ``forward(params, x, perturb) -> (output, taps)``."""
-  def forward(params, x, perturb=None):
-    with _collecting(perturb) as c:
-      out = apply_fn(params, x)
-    return out, dict(c.taps)
-  return forward
-
-
-def _linen_interceptor(next_fun, args, kwargs, context):
-  from flax import linen as nn
-  out = next_fun(*args, **kwargs)
-  if context.method_name == "__call__" and isinstance(
-      context.module, (nn.Dense, nn.Conv, nn.DenseGeneral)):
-    name = "/".join(str(p) for p in context.module.path) or type(context.module).__name__
-    out = tap(name, out)
-  return out
-
-
-def from_linen(module, auto: bool = True, method=None, **apply_kwargs):
-  """A probed forward function for a Flax linen module.
-
-  Args:
-    module: the ``nn.Module``.
-    auto: tap the output of every ``Dense``/``DenseGeneral``/``Conv`` (the
-      pre-activations), named by module path; ``tap`` calls inside the module
-      (activations, block outputs) are recorded either way.
-    method, apply_kwargs: passed to ``module.apply``.
-
-  Returns:
-    ``forward(variables, x, perturb) -> (output, taps)``.
-  """
-  from flax import linen as nn
-
-  def apply_fn(variables, x):
-    if not auto:
-      return module.apply(variables, x, method=method, **apply_kwargs)
-    with nn.intercept_methods(_linen_interceptor):
-      return module.apply(variables, x, method=method, **apply_kwargs)
-  return probed(apply_fn)
+    _remove_routes()
 
 
 @contextlib.contextmanager
-def _patched_nnx_layers(names: dict[int, str]):
-  """Within the block, NNX Linear/Conv outputs go through :func:`tap`."""
-  from flax import nnx
-  originals = {cls: cls.__call__ for cls in (nnx.Linear, nnx.Conv)}
-
-  def wrap(cls):
-    original = originals[cls]
-
-    def call(self, *args, **kwargs):
-      return tap(names.get(id(self), type(self).__name__), original(self, *args, **kwargs))
-    return call
+def cutting(roles: tuple[str, ...] = ()):
+  """Within the block every tap (of ``roles``; all when empty) records its
+  value as it arrives and passes on ``stop_gradient(value) + perturbation``:
+  derivatives with respect to the perturbations then see only the direct
+  paths between neighbouring taps (the local Jacobians that
+  ``tap_jacobian_norms`` measures)."""
+  previous = getattr(_STATE, "cut", None)
+  _STATE.cut = tuple(roles)
   try:
-    for cls in originals:
-      cls.__call__ = wrap(cls)
     yield
   finally:
-    for cls, fn in originals.items():
-      cls.__call__ = fn
+    _STATE.cut = previous
 
 
-def from_nnx(model, auto: bool = True):
-  """A probed forward function for a Flax NNX module.
-
-  Returns:
-    ``(forward, state)`` where ``forward(state, x, perturb) -> (output, taps)``
-    and ``state`` is the model's ``nnx.State`` (the parameters to
-    differentiate). With ``auto``, every ``nnx.Linear``/``nnx.Conv`` output is
-    tapped, named by its attribute path.
-  """
-  from flax import nnx
-  graphdef, state = nnx.split(model)
-
-  def apply_fn(state, x):
-    m = nnx.merge(graphdef, state)
-    names = {id(mod): "/".join(str(p) for p in path) for path, mod in nnx.iter_graph(m)
-             if isinstance(mod, (nnx.Linear, nnx.Conv))}
-    if not auto:
-      return m(x)
-    with _patched_nnx_layers(names):
-      return m(x)
-  return probed(apply_fn), state
+def probed(apply_fn: Callable[[Any, jax.Array], Any], params=None, name: str = "function",
+           activations: dict[str, str] | None = None) -> ProbedModel:
+  """A probed model from ``apply_fn(params, x) -> output`` that calls :func:`tap`."""
+  def forward(params, x, perturb=None):
+    with collecting(perturb) as c:
+      c.mark(*jax.tree.leaves(x))  # the model's input is never tapped as a layer input
+      out = apply_fn(params, x)
+    _STATE.last_info = c.info
+    return out, dict(c.taps)
+  return ProbedModel(forward, params, tuple(sorted((activations or {}).items())), name)
 
 
-def discover_taps(forward, params, x) -> dict[str, jax.ShapeDtypeStruct]:
-  """Names and shapes of the taps of ``forward`` on ``x`` (traced, not run), in
-  the order the model records them (pytrees would sort the names)."""
+class TapShapes(NamedTuple):
+  """Names (in recording order), shapes and infos of a model's taps."""
+  shapes: dict
+  info: dict
+
+
+def discover_taps(model: ProbedModel, x) -> TapShapes:
+  """Names, shapes and infos of the taps of ``model`` on ``x`` (traced, not
+  run), in the order the model records them (pytrees would sort the names).
+  Activations from ``model.activations`` are filled in."""
   order: list[str] = []
+  infos: dict[str, TapInfo] = {}
 
   def run(p, x):
-    out, taps = forward(p, x, None)
+    _STATE.last_info = {}
+    out, taps = model.forward(p, x, None)
     order.extend(taps)
+    infos.update(getattr(_STATE, "last_info", {}))
     return out, taps
 
-  _, taps = jax.eval_shape(run, params, x)
-  return {name: taps[name] for name in order}
+  _, taps = jax.eval_shape(run, model.params, x)
+  known = dict(model.activations)
+  info = {}
+  for n in order:
+    base = infos.get(n, TapInfo(n))
+    act = known.get(n, base.activation)
+    info[n] = base._replace(activation=act, role="pre" if act and base.role == "tap" else base.role)
+  return TapShapes({n: taps[n] for n in order}, info)
 
 
 def zero_perturbations(shapes: dict) -> dict[str, jax.Array]:
   return {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+
+
+# --- taps through scan and checkpoint -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _child(parent, length=None, index=None):
+  _STATE.collector = _Collector(None, parent, length, index)
+  try:
+    yield _STATE.collector
+  finally:
+    _STATE.collector = parent
+
+
+def _scan(original):
+  def scan(f, init=None, xs=None, length=None, reverse=False, unroll=1, **kw):
+    parent = current()
+    if parent is None or _trace_state() != parent.trace:
+      return original(f, init, xs, length=length, reverse=reverse, unroll=unroll, **kw)
+    n = length if length is not None else jax.tree.leaves(xs)[0].shape[0]
+    made = []
+
+    def body(carry, x):
+      carry, i = carry
+      with _child(parent, n, n - 1 - i if reverse else i) as c:
+        carry, y = f(carry, x)
+      made.append(c)
+      return (carry, i + 1), (y, dict(c.taps))
+
+    (carry, _), (ys, taps) = original(body, (init, jnp.int32(0)), xs, length=n,
+                                      reverse=reverse, unroll=unroll, **kw)
+    parent.adopt_child(made[-1], taps)
+    return carry, ys
+  return scan
+
+
+def _checkpoint(original):
+  def checkpoint(fun=None, **kw):
+    if fun is None:
+      return lambda f: checkpoint(f, **kw)
+
+    def wrapped(*args, **kwargs):
+      parent = current()
+      if parent is None or _trace_state() != parent.trace:
+        return original(fun, **kw)(*args, **kwargs)
+      made = []
+
+      def routed(*a, **k):
+        with _child(parent) as c:
+          out = fun(*a, **k)
+        made.append(c)
+        return out, dict(c.taps)
+      out, taps = original(routed, **kw)(*args, **kwargs)
+      parent.adopt_child(made[-1], taps)
+      return out
+    return wrapped
+  return checkpoint
+
+
+def _install_routes():
+  with _PATCH_LOCK:
+    if _PATCH["depth"] == 0:
+      originals = (jax.lax.scan, jax.checkpoint, jax.remat)
+      _PATCH["originals"] = originals
+      jax.lax.scan = _scan(originals[0])
+      jax.checkpoint = _checkpoint(originals[1])
+      jax.remat = _checkpoint(originals[2])
+    _PATCH["depth"] += 1
+
+
+def _remove_routes():
+  with _PATCH_LOCK:
+    _PATCH["depth"] -= 1
+    if _PATCH["depth"] == 0:
+      jax.lax.scan, jax.checkpoint, jax.remat = _PATCH["originals"]

@@ -116,15 +116,28 @@ def train_table(records: list[dict]) -> Table:
   return t
 
 
-def taps_table(stats, jac_norms) -> Table:
-  """A row per tap of a user's model."""
+def taps_table(stats, jac=None) -> Table:
+  """A row per tap of a model: role and activation, the tensor's moments,
+  saturation and dead fractions, ||dL/dtap|| and the local Jacobian norm
+  (median over examples; '~' marks a value that did not converge)."""
+  from gradflow_jax import _plots
   t = Table(title="Taps", title_justify="left", title_style="bold", header_style="bold",
             box=box.SIMPLE_HEAD, pad_edge=False)
-  for col in ("tap", "mean", "std", "dead", "zero", "|dL/dtap|", "|J| from prev", "NaN/Inf"):
-    t.add_column(col, justify="left" if col == "tap" else "right", no_wrap=True)
+  for col in ("tap", "role", "act", "mean", "std", "sat", "dead", "zero", "|dL/dtap|",
+              "|J| local", "NaN/Inf"):
+    t.add_column(col, justify="left" if col in ("tap", "role", "act") else "right", no_wrap=True)
   a = stats.activations
+  med, unconverged = _plots.jacobian_summary(jac) if jac is not None else (None, None)
   for i, name in enumerate(stats.names):
-    t.add_row(name, fmt(a.mean[i]), fmt(a.std[i]), fmt(a.dead_fraction[i], True),
-              fmt(a.zero_fraction[i], True), fmt(stats.tap_grad_norm[i]), fmt(jac_norms[i]),
+    if med is None or (not np.isfinite(med[i]) and not unconverged[i]):
+      j = "-"
+    elif unconverged[i]:
+      j = "~" + fmt(np.max(np.asarray(jac.norm, float)[:, i]))
+    else:
+      j = fmt(med[i])
+    t.add_row(name, stats.roles[i], stats.activation_names[i] or "-", fmt(a.mean[i]),
+              fmt(a.std[i]), "-" if not np.isfinite(a.saturation_fraction[i])
+              else fmt(a.saturation_fraction[i], True), fmt(a.dead_fraction[i], True),
+              fmt(a.zero_fraction[i], True), fmt(stats.tap_grad_norm[i]), j,
               str(int(a.nonfinite[i])))
   return t

@@ -69,3 +69,22 @@ def write_report(path, title: str, findings: list[tuple[str, list]], tables: lis
                  f"<img alt='{html.escape(os.path.basename(img))}' src='data:image/png;base64,{data}'>")
   parts.append("</body></html>\n")
   _io.atomic_write_bytes(path, "".join(parts).encode())
+
+
+def taps_html(stats, jac=None) -> str:
+  """The taps table of a model (as ``_render.taps_table``) in HTML."""
+  import numpy as np
+  from gradflow_jax import _plots
+  med, unconverged = _plots.jacobian_summary(jac) if jac is not None else (None, None)
+  a = stats.activations
+  rows = []
+  for i, n in enumerate(stats.names):
+    j = "-" if med is None or not np.isfinite(med[i]) else f"{med[i]:.3g}"
+    if unconverged is not None and unconverged[i]:
+      j = "not converged"
+    sat = a.saturation_fraction[i]
+    rows.append([n, stats.roles[i], stats.activation_names[i] or "-", f"{a.std[i]:.3g}",
+                 "-" if not np.isfinite(sat) else f"{sat:.1%}", f"{a.dead_fraction[i]:.1%}",
+                 f"{stats.tap_grad_norm[i]:.3g}", j])
+  return table_html(["tap", "role", "activation", "std", "saturated", "dead", "|dL/dtap|",
+                     "|J| local"], rows)

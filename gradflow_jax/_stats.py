@@ -107,63 +107,82 @@ def _dead_fraction(inactive):
   return jnp.mean(jnp.min(units, axis=0))
 
 
-def _layer_stats(act, pre, post, slope):
-  """Statistics of one layer (pre and post of shape (..., width)), as a tuple
-  in ActivationStats order. Reductions only, so XLA fuses them into few loops."""
-  post = _acc(post)
-  (mean, std, vmin, vmax), n_finite = _moments(post)
-  bad = _count(~jnp.isfinite(pre) | ~jnp.isfinite(post), post.dtype)
-  size = post.size
-  return (mean, std, vmin, vmax, _count(act.is_saturated(pre), post.dtype) / size,
-          _dead_fraction(act.is_inactive(pre, slope)), _count(post == 0, post.dtype) / size,
-          bad.astype(jnp.int32))
+class Row(NamedTuple):
+  """One layer or tap for the statistics body.
+
+  ``values`` are described (moments, zero fraction); ``tested`` (the
+  activation's input) gets ``act``'s saturation and dead-unit tests. Without an
+  activation, saturation is NaN and a dead unit is one whose value is exactly 0
+  on every example. ``tested`` may be ``values`` itself.
+  """
+  values: jax.Array
+  tested: jax.Array
+  act: object = None
+  slope: object = None
 
 
-def _layers(trace: _mlp.Trace, slope):
-  """(pre_l, post_l, slope_l) for each layer, from stacked arrays or tuples."""
-  depth = len(trace.pre)
-  slopes = [None] * depth if slope is None else [slope[l] for l in range(depth)]
-  return [(trace.pre[l], trace.post[l], slopes[l]) for l in range(depth)]
+def _tests(row: Row, dtype, size):
+  if row.act is None:
+    return jnp.asarray(jnp.nan, dtype), _dead_fraction(row.values == 0)
+  return (_count(row.act.is_saturated(row.tested), dtype) / size,
+          _dead_fraction(row.act.is_inactive(row.tested, row.slope)))
 
 
-def _finite_layer_stats(act, pre, post, slope, shift, s1):
-  """``_layer_stats`` of a layer known to hold no NaN/Inf: the same sums
-  without the finiteness masks, which cost a pass over the layer each."""
-  post = _acc(post)
-  d = post - shift
+def _masked_row(row: Row):
+  """Statistics of one row over its finite entries, in ActivationStats order."""
+  values = _acc(row.values)
+  (mean, std, vmin, vmax), _ = _moments(values)
+  bad = ~jnp.isfinite(values)
+  if row.tested is not row.values:
+    bad = bad | ~jnp.isfinite(row.tested)
+  sat, dead = _tests(row, values.dtype, values.size)
+  return (mean, std, vmin, vmax, sat, dead, _count(values == 0, values.dtype) / values.size,
+          _count(bad, values.dtype).astype(jnp.int32))
+
+
+def _finite_row(row: Row, shift, s1):
+  """``_masked_row`` of a row known to hold no NaN/Inf: the same sums without
+  the finiteness masks, which cost a pass over the tensor each."""
+  values = _acc(row.values)
+  d = values - shift
   s2 = jnp.sum(d * d)
-  n = post.size
+  n = values.size
   mean_d = s1 / n
   var = jnp.maximum(s2 - s1 * mean_d, 0) / (n - 1)
-  return (mean_d + shift, jnp.sqrt(var), jnp.min(post), jnp.max(post),
-          _count(act.is_saturated(pre), post.dtype) / n,
-          _dead_fraction(act.is_inactive(pre, slope)), _count(post == 0, post.dtype) / n,
-          jnp.zeros((), jnp.int32))
+  sat, dead = _tests(row, values.dtype, n)
+  return (mean_d + shift, jnp.sqrt(var), jnp.min(values), jnp.max(values), sat, dead,
+          _count(values == 0, values.dtype) / n, jnp.zeros((), jnp.int32))
 
 
-def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStats:
-  """ActivationStats of a trace (stacked (depth, ...) arrays or per-layer tuples).
+def rows_stats(rows: list[Row]) -> ActivationStats:
+  """ActivationStats of every row, stacked (one entry per row).
 
-  A plain sum is NaN/Inf whenever one of its entries is, so when every layer's
+  A plain sum is NaN/Inf whenever one of its entries is, so when every row's
   sums are finite the statistics skip the per-entry finiteness masks (exact
   either way; the masked path runs otherwise).
   """
-  layers = _layers(trace, slope)
-  shifts = [_acc(post).reshape(-1)[0] for _, post, _ in layers]
-  s1 = [jnp.sum(_acc(post) - c) for (_, post, _), c in zip(layers, shifts)]
-  pre_sums = [jnp.sum(_acc(pre)) for pre, _, _ in layers]
-  all_finite = jnp.all(jnp.isfinite(jnp.stack(s1 + pre_sums)))
+  shifts = [_acc(r.values).reshape(-1)[0] for r in rows]
+  s1 = [jnp.sum(_acc(r.values) - c) for r, c in zip(rows, shifts)]
+  tested_sums = [jnp.sum(_acc(r.tested)) for r in rows if r.tested is not r.values]
+  all_finite = jnp.all(jnp.isfinite(jnp.stack(s1 + tested_sums)))
 
-  def stacked(per_layer):
-    return ActivationStats(*(jnp.stack(column) for column in zip(*per_layer)))
+  def stacked(per_row):
+    return ActivationStats(*(jnp.stack(column) for column in zip(*per_row)))
 
   def finite():
-    return stacked([_finite_layer_stats(cfg.act, pre, post, sl, c, t)
-                    for (pre, post, sl), c, t in zip(layers, shifts, s1)])
+    return stacked([_finite_row(r, c, t) for r, c, t in zip(rows, shifts, s1)])
 
   def masked():
-    return stacked([_layer_stats(cfg.act, pre, post, sl) for pre, post, sl in layers])
+    return stacked([_masked_row(r) for r in rows])
   return jax.lax.cond(all_finite, finite, masked)
+
+
+def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStats:
+  """ActivationStats of an MLP trace (stacked (depth, ...) arrays or per-layer
+  tuples): moments of a_l, saturation and dead units tested on z_l."""
+  depth = len(trace.pre)
+  slopes = [None] * depth if slope is None else [slope[l] for l in range(depth)]
+  return rows_stats([Row(trace.post[l], trace.pre[l], cfg.act, slopes[l]) for l in range(depth)])
 
 
 def _acc(x):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _activations
 from helpers import np_act
 
 NAMES = [n for n in gf.ACTIVATIONS if n != "swish"]
@@ -74,7 +75,7 @@ def test_numeric_argmax_is_a_stationary_point(name):
 def test_saturation_bounds_are_where_derivative_drops(name):
   act = gf.get_activation(name)
   lo, hi = act.saturation_bounds
-  thr = gf.SATURATION_DERIVATIVE_RATIO * act.max_derivative
+  thr = _activations.SATURATION_DERIVATIVE_RATIO * act.max_derivative
   beyond = np.linspace(lo - 40, lo - 1e-3, 10_000)
   assert np.all(np.abs(np.asarray(act.derivative(jnp.asarray(beyond), None))) < thr)
   assert abs(float(act.derivative(jnp.float32(lo + 2e-3), None))) >= thr * 0.999
@@ -87,7 +88,7 @@ def test_saturation_bounds_are_where_derivative_drops(name):
 def test_tanh_saturation_matches_closed_form():
   # 1 - tanh(z)^2 = r  <=>  z = atanh(sqrt(1 - r))
   lo, hi = gf.get_activation("tanh").saturation_bounds
-  assert hi == pytest.approx(math.atanh(math.sqrt(1 - gf.SATURATION_DERIVATIVE_RATIO)), abs=2e-4)
+  assert hi == pytest.approx(math.atanh(math.sqrt(1 - _activations.SATURATION_DERIVATIVE_RATIO)), abs=2e-4)
 
 
 def test_relu_family_never_saturates_and_dead_is_nonpositive():

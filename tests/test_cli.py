@@ -173,9 +173,11 @@ def test_train_bad_input(args, fragment, tmp_path, capsys):
 def test_diagnose_user_model_and_report(tmp_path, capsys):
   example = os.path.join(os.path.dirname(__file__), "..", "examples", "linen_cnn.py")
   code, out, _ = _run(["diagnose", "--model", f"{example}:make", "--out", str(tmp_path)], capsys)
-  assert code == 0 and "conv1_act" in out
+  assert code == 0 and "dense_act" in out and "Conv_1" in out
   page = (tmp_path / "report.html").read_text()
-  assert "Findings" in page and "data:image/png;base64," in page and "conv2_act" in page
+  assert "Findings" in page and "data:image/png;base64," in page and "dense_act" in page
+  data = json.loads((tmp_path / "results.json").read_text())
+  assert sorted(data["files"]) == ["model_taps.png", "report.html"]
   code, _, _ = _run(["report"] + SMALL + ["--activations", "sigmoid", "--init", "none",
                                            "--out", str(tmp_path / "r")], capsys)
   page = (tmp_path / "r" / "report.html").read_text()
@@ -190,8 +192,39 @@ def test_diagnose_bad_factories(tmp_path, capsys):
   for spec, fragment in ((f"{tmp_path}/none.py:f", "existing Python file"),
                          (f"{bad}:missing", "expected a function 'missing'"),
                          (f"{bad}:wrong", "return (model, params, (x, y))"),
-                         (f"{bad}:boom", "RuntimeError: no"),
+                         (f"{bad}:boom", "RuntimeError at m.py:5: no"),
                          (f"{bad}:notaps", "at least one tapped layer"),
                          (str(bad), "file.py:factory")):
     _expect_one_line_exit_2(["diagnose", "--model", spec, "--out", str(tmp_path), "--quiet"],
                             fragment, capsys)
+
+
+EXAMPLES = ["linen_cnn", "nnx_mlp", "nnx_embed", "linen_transformer", "plain_resnet"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_model_is_diagnosed_and_reported(name, tmp_path, capsys):
+  """Each example in examples/ (BatchNorm and Dropout in training mode, NNX
+  rngs, integer tokens with Embed, nn.scan over layers, a plain-JAX ResNet):
+  `report --model` runs and the terminal, results.json and report.html agree."""
+  example = os.path.join(os.path.dirname(__file__), "..", "examples", f"{name}.py")
+  code, out, _ = _run(["report", "--model", f"{example}:make", "--out", str(tmp_path)], capsys)
+  assert code == 0, out
+  data = json.loads((tmp_path / "results.json").read_text())
+  page = (tmp_path / "report.html").read_text()
+  assert len(data["taps"]) >= 3 and data["loss"] is not None
+  for f in data["findings"]:
+    assert f["message"] in page
+  assert page.count('class="f ') == max(1, len(data["findings"]))
+
+
+def test_activation_option_names_a_tap(tmp_path, capsys):
+  example = os.path.join(os.path.dirname(__file__), "..", "examples", "linen_cnn.py")
+  code, out, _ = _run(["diagnose", "--model", f"{example}:make", "--activation", "Conv_1=relu",
+                       "--out", str(tmp_path)], capsys)
+  data = json.loads((tmp_path / "results.json").read_text())
+  assert code == 0 and data["activation_names"][data["taps"].index("Conv_1")] == "relu"
+  for bad, fragment in (("Conv_1", "TAP=NAME"), ("nope=relu", "taps among"),
+                        ("Conv_1=swishy", "unknown activation")):
+    _expect_one_line_exit_2(["diagnose", "--model", f"{example}:make", "--activation", bad,
+                             "--out", str(tmp_path), "--quiet"], fragment, capsys)

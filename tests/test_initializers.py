@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _initializers
 
 N = 1024
 
@@ -15,7 +16,7 @@ N = 1024
 @pytest.mark.parametrize("gain", [1.0, 1.7])
 def test_sample_variance_within_one_percent(name, gain):
   w = np.asarray(gf.initializer(name, gain)(jax.random.key(3), (N, N), jnp.float32), np.float64)
-  target = gf.weight_variance(name, gain, N, N)
+  target = _initializers.weight_variance(name, gain, N, N)
   # Var of the sample variance of N^2 draws: 2 sigma^4 / N^2 (normal), smaller
   # for uniform, so 1% is > 10 standard errors.
   assert w.var() == pytest.approx(target, rel=0.01)

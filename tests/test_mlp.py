@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _mlp
 from helpers import np_act, np_mlp
 
 KEY = jax.random.key(0)
@@ -67,11 +68,11 @@ def test_npz_roundtrip_and_errors(tmp_path):
   cfg = _cfg(norm="layernorm")
   params = gf.init_mlp(KEY, cfg)
   path = tmp_path / "w.npz"
-  np.savez(path, **gf.params_to_arrays(params))
+  np.savez(path, **_mlp.params_to_arrays(params))
   loaded = gf.load_npz(path, cfg)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(a, b)
-  arrays = gf.params_to_arrays(params)
+  arrays = _mlp.params_to_arrays(params)
   arrays["w1"] = arrays["w1"][:, :5]
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match=r"expected w1 of shape \(16, 16\)"):

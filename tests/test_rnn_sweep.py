@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _jacobians, _rnn
 
 
 def test_rnn_jacobians_match_jacfwd_and_grad():
@@ -20,7 +21,7 @@ def test_rnn_jacobians_match_jacfwd_and_grad():
   assert float(np.linalg.norm(np.asarray(params["w"]), 2)) == pytest.approx(3.0, rel=1e-5)
   xs = np.asarray(jax.random.normal(jax.random.key(1), (5, 2, 3)))
   r = gf.rnn_through_time(cfg, params, xs)
-  _, hs = gf.rnn_apply(cfg, params, jnp.asarray(xs))
+  _, hs = _rnn.rnn_apply(cfg, params, jnp.asarray(xs))
   act = cfg.act
 
   def h_last_from(t, h, b):
@@ -50,7 +51,7 @@ def test_rnn_spectral_radius_and_bad_input():
 
 def test_rnn_sweep_changes_from_vanishing_to_exploding():
   cfg = gf.RNNConfig(in_dim=2, hidden=16)
-  runs = gf.run_rnn_sweep(cfg, [0.5, 3.0], steps=30, batch=2)
+  runs = _rnn.run_rnn_sweep(cfg, [0.5, 3.0], steps=30, batch=2)
   whole = [float(np.median(r["jacobian_norm"][:, 0])) for r in runs]
   assert whole[0] < 1e-6 and whole[1] > 1.0
 
@@ -65,7 +66,7 @@ def test_sweep_prefix_equals_direct_network_and_theory_is_attached():
   res = gf.run_sweep(settings)
   (point,) = res["points"]
   assert point["mean_sq_singular_value"].shape == (3, 2, 12)
-  np.testing.assert_array_equal(point["spectrum_depths"], gf.log_spaced_depths(12, 4))
+  np.testing.assert_array_equal(point["spectrum_depths"], _jacobians.log_spaced_depths(12, 4))
   assert point["chi1"] == pytest.approx(gf.theory.chi1("tanh", 1.5, 0.2))
   assert np.all(np.isfinite(point["theory_mean_sq_singular_value"]))
   assert np.all(point["mean_sq_singular_value"] > 0)

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _activations, _mlp, _stats
 from helpers import np_act, np_mlp
 
 KEY = jax.random.key(0)
@@ -24,7 +25,7 @@ def _setup(activation="tanh", batch=12, **kw):
 def _np_layer_stats(act, pre, post):
   sat = (pre < act.saturation_bounds[0]) | (pre > act.saturation_bounds[1])
   d = np.abs(np.asarray(act.derivative(jnp.asarray(pre), None)))
-  inactive = d <= gf.INACTIVE_DERIVATIVE_RATIO * act.max_derivative
+  inactive = d <= _activations.INACTIVE_DERIVATIVE_RATIO * act.max_derivative
   return dict(mean=post.mean(), std=post.std(ddof=1), min=post.min(), max=post.max(),
               saturation_fraction=sat.mean(), dead_fraction=inactive.all(axis=0).mean(),
               zero_fraction=(post == 0).mean())
@@ -141,7 +142,7 @@ def test_nonfinite_inputs_are_reported_not_crashed():
   x[3, 2] = np.nan
   s = gf.flow_stats(cfg, params, x, y)
   a = s.activations
-  assert int(gf.first_nonfinite_layer(a.nonfinite)) == 0
+  assert int(_stats.first_nonfinite_layer(a.nonfinite)) == 0
   # one bad example poisons one row per layer: 16 units x 4 layers
   np.testing.assert_array_equal(a.nonfinite, [16] * cfg.depth)
   assert np.all(np.isfinite(a.mean))  # statistics over the finite entries
@@ -153,8 +154,8 @@ def test_nan_in_weights_first_layer_reported():
   cfg, params, x, y = _setup("tanh")
   params["layers"][2]["w"] = params["layers"][2]["w"].at[0, 0].set(jnp.inf)
   a = gf.activation_stats(cfg, params, x)
-  assert int(gf.first_nonfinite_layer(a.nonfinite)) == 2
-  assert int(gf.first_nonfinite_layer(jnp.zeros(4, jnp.int32))) == -1
+  assert int(_stats.first_nonfinite_layer(a.nonfinite)) == 2
+  assert int(_stats.first_nonfinite_layer(jnp.zeros(4, jnp.int32))) == -1
 
 
 def test_bad_labels():
@@ -185,7 +186,7 @@ def test_inside_user_jit_and_vmap_over_seeds():
 
 def test_histograms_match_numpy():
   cfg, params, x, _ = _setup("tanh", sigma_w=2.0)
-  counts, edges = gf.histograms(cfg, params, x, bins=10, value_range=(-1.0, 1.0))
+  counts, edges = _stats.histograms(cfg, params, x, bins=10, value_range=(-1.0, 1.0))
   _, trace = gf.mlp_forward(cfg, params, x)
   for l in range(cfg.depth):
     want, _ = np.histogram(np.asarray(trace.post[l]), bins=np.asarray(edges))
@@ -196,8 +197,8 @@ def test_std_of_collapsed_layer_does_not_cancel():
   # mean 0.5, spread 1e-4: a naive E[x^2] - E[x]^2 in float32 loses it entirely
   cfg = gf.MLPConfig(in_dim=4, width=256, depth=2, out_dim=2, activation="sigmoid")
   post = 0.5 + 1e-4 * np.asarray(jax.random.normal(KEY, (2, 64, 256)))
-  trace = gf.Trace(jnp.zeros_like(post), jnp.asarray(post, jnp.float32), None)
-  s = gf.trace_stats(cfg, trace)
+  trace = _mlp.Trace(jnp.zeros_like(post), jnp.asarray(post, jnp.float32), None)
+  s = _stats.trace_stats(cfg, trace)
   want = np.asarray(post, np.float32).astype(np.float64).reshape(2, -1).std(axis=1, ddof=1)
   np.testing.assert_allclose(s.std, want, rtol=1e-3)
 
@@ -208,12 +209,12 @@ def test_finite_and_masked_paths_agree_with_numpy():
   cfg = gf.MLPConfig(in_dim=4, width=32, depth=3, out_dim=2, activation="tanh")
   pre = 2 * np.asarray(jax.random.normal(KEY, (3, 16, 32)), np.float32)
   post = np.tanh(pre)
-  clean = gf.trace_stats(cfg, gf.Trace(jnp.asarray(pre), jnp.asarray(post), None))
+  clean = _stats.trace_stats(cfg, _mlp.Trace(jnp.asarray(pre), jnp.asarray(post), None))
   pre_bad, post_bad = pre.copy(), post.copy()
   pre_bad[0, 1, 2] = np.inf  # tanh(inf) = 1: a finite output from an infinite input
   post_bad[0, 1, 2] = 1.0
   post_bad[2, 3, 4] = np.nan
-  dirty = gf.trace_stats(cfg, gf.Trace(jnp.asarray(pre_bad), jnp.asarray(post_bad), None))
+  dirty = _stats.trace_stats(cfg, _mlp.Trace(jnp.asarray(pre_bad), jnp.asarray(post_bad), None))
   np.testing.assert_array_equal(clean.nonfinite, [0, 0, 0])
   np.testing.assert_array_equal(dirty.nonfinite, [1, 0, 1])
   for l in range(3):

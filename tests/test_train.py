@@ -8,13 +8,14 @@ import optax
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _data, _train
 
 KEY = jax.random.key(0)
 
 
 @pytest.fixture(scope="module")
 def data():
-  return gf.teacher_task(in_dim=8, classes=3, n=240, seed=0)
+  return _data.teacher_task(in_dim=8, classes=3, n=240, seed=0)
 
 
 def _cfg(**kw):
@@ -25,7 +26,7 @@ def test_step_logs_match_gradient_stats_and_numpy_update(data):
   cfg = _cfg()
   tc = gf.TrainConfig(optimizer="sgd", lr=0.1, clip=0.05)
   params = gf.init_mlp(KEY, cfg)
-  tx = gf.make_optimizer(tc)
+  tx = _train.make_optimizer(tc)
   x, y = data.x_train[:32], data.y_train[:32]
   new, _, log = jax.jit(gf.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
   ref = gf.flow_stats(cfg, params, x, y)
@@ -58,7 +59,7 @@ def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
   new_user, state = user_step(params, user_tx.init(params))
   mon = gf.find_monitor_state(state)
   tc = gf.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0)
-  tx = gf.make_optimizer(tc)
+  tx = _train.make_optimizer(tc)
   new_loop, _, log = jax.jit(gf.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
   np.testing.assert_allclose([l["w"] for l in mon.grad_norms["layers"]], log.weight_grad_norm,
                              rtol=1e-5)
@@ -90,7 +91,7 @@ def test_guard_stops_a_diverging_run_and_keeps_finite_params(data):
 def test_step_on_nonfinite_batch_changes_nothing(data):
   cfg = _cfg()
   tc = gf.TrainConfig(optimizer="adam", lr=1e-2)
-  tx = gf.make_optimizer(tc)
+  tx = _train.make_optimizer(tc)
   params = gf.init_mlp(KEY, cfg)
   opt = tx.init(params)
   step = jax.jit(gf.make_step(cfg, tc, tx))

@@ -1,0 +1,52 @@
+"""Measure a model once, then diagnose those measurements: what the CLI, the
+report and results.json all show, so they agree."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+from gradflow_jax import _activations, _diagnose, _model_stats, _probe, _tap_jacobians
+
+
+class ModelAnalysis(NamedTuple):
+  """One model on one batch (host arrays).
+
+  Attributes:
+    model: the :class:`ProbedModel` measured, with the activations used.
+    stats: :class:`ModelFlowStats`.
+    jacobians: :class:`TapJacobians` (local Jacobian norms), or ``None``.
+    findings: the diagnosis of exactly these measurements.
+  """
+  model: _probe.ProbedModel
+  stats: object
+  jacobians: object
+  findings: list
+
+
+def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
+                  activations: dict[str, str] | None = None, infer: bool = True,
+                  jacobians: bool = True) -> ModelAnalysis:
+  """Statistics, local Jacobian norms and findings of ``model`` on (x, y).
+
+  Args:
+    model: a :class:`ProbedModel` (``gf.from_linen``, ``gf.from_nnx``,
+      ``gf.probed``, ``gf.mlp_model``) or anything :func:`as_probed` takes.
+    x, y: a batch and its targets.
+    loss: ``"cross_entropy"``, ``"mse"`` or ``loss(output, y)``.
+    activations: {tap: activation} for taps the model cannot tell
+      (overrides what is inferred).
+    infer: read the activation after each layer from the taps
+      (:func:`infer_activations`).
+    jacobians: also measure :func:`tap_jacobian_norms` (per example).
+  """
+  for name in (activations or {}).values():
+    _activations.get_activation(name)
+  if infer:
+    model = model.with_activations(_model_stats.infer_activations(model, x))
+  if activations:
+    model = model.with_activations(activations)
+  stats = jax.device_get(_model_stats.model_flow_stats(model, x, y, loss))
+  jac = jax.device_get(_tap_jacobians.tap_jacobian_norms(model, x)) if jacobians else None
+  return ModelAnalysis(model, stats, jac, _diagnose.diagnose_model(stats, jac))

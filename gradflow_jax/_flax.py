@@ -1,0 +1,180 @@
+"""Flax producers of a :class:`~gradflow_jax._probe.ProbedModel`.
+
+Every layer with weights (linen ``Dense``, ``DenseGeneral``, ``Conv``,
+``ConvTranspose``, ``Einsum``, ``Embed``; NNX ``Linear``, ``LinearGeneral``,
+``Conv``, ``ConvTranspose``, ``Einsum``, ``Embed``) is tapped twice: its output
+(role ``pre``: the input of the activation that follows) and its input (role
+``post``: the previous layer's activation) unless that input is the model's
+own input or already a tap. Only trainable parameters are differentiated:
+RNG state, batch statistics and other collections are held fixed, so Dropout
+and BatchNorm in training mode run as the user wrote them (one fixed dropout
+key per analysis; batch statistics of the training-mode forward, their
+updates discarded).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from gradflow_jax import _probe
+
+_LINEN_LAYERS = ("Dense", "DenseGeneral", "Conv", "ConvTranspose", "ConvLocal", "Einsum", "Embed")
+_NNX_LAYERS = ("Linear", "LinearGeneral", "Conv", "ConvTranspose", "Einsum", "Embed")
+
+
+def select_output(out, output: Callable | str | int | None):
+  """The array the loss uses: ``output(out)``, ``out[output]``, or by default
+  the array itself, a tuple's first element, or a dict's ``"logits"``."""
+  if callable(output):
+    return output(out)
+  if output is not None:
+    return out[output]
+  if isinstance(out, (tuple, list)) and out:
+    return out[0]
+  if isinstance(out, dict):
+    if "logits" in out:
+      return out["logits"]
+    raise ValueError(f"expected the model to return an array, a tuple or a dict with 'logits', "
+                     f"got a dict with keys {sorted(out)}; pass output=KEY or output=callable")
+  return out
+
+
+def _tap_layer(name: str, call, x, *args, **kwargs):
+  """Runs one weight layer with its input and output tapped."""
+  c = _probe.current()
+  if c is not None and jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+    if c.tapped_as(x) is not None:  # read by an earlier layer too (q, k, v): the same tap
+      x = c.tapped_as(x)
+    elif not c.seen(x):
+      x = c.replace(x, _probe.tap(f"{name}/input", x, role="post"))
+  out = call(x, *args, **kwargs)
+  return _probe.tap(name, out, role="pre") if c is not None else out
+
+
+def _linen_interceptor(next_fun, args, kwargs, context):
+  if (context.method_name != "__call__" or type(context.module).__name__ not in _LINEN_LAYERS
+      or not args):
+    return next_fun(*args, **kwargs)
+  path = "/".join(str(p) for p in context.module.path) or type(context.module).__name__
+  return _tap_layer(path, next_fun, *args, **kwargs)
+
+
+def from_linen(module, variables, *, rng: int | jax.Array = 0,
+               rng_streams: tuple[str, ...] = ("dropout",), output=None, auto: bool = True,
+               method=None, name: str | None = None, **apply_kwargs) -> _probe.ProbedModel:
+  """A probed model for a Flax linen module.
+
+  Args:
+    module: the ``nn.Module`` (in the mode it should be analysed in: e.g.
+      ``Dropout(deterministic=False)``, ``BatchNorm(use_running_average=False)``).
+    variables: its variables; ``params`` are differentiated, every other
+      collection (``batch_stats``...) is held fixed and passed as mutable, so
+      training-mode BatchNorm runs (its updates are discarded).
+    rng: seed or key of the RNG streams named in ``rng_streams`` (fixed: the
+      analysis is deterministic).
+    rng_streams: the RNG streams the module draws from when applied
+      (default ``("dropout",)``).
+    output: which part of a tuple/dict output the loss uses (see
+      :func:`select_output`).
+    auto: tap every weight layer's input and output (``gf.tap`` calls inside
+      the module are recorded either way).
+    method, apply_kwargs: passed to ``module.apply``.
+
+  Returns:
+    A :class:`ProbedModel` whose ``params`` are ``variables["params"]``.
+  """
+  from flax import linen as nn
+  if not isinstance(variables, dict) or "params" not in variables:
+    raise ValueError("expected linen variables with a 'params' collection (module.init(...)), "
+                     f"got {type(variables).__name__}"
+                     + (f" with keys {sorted(variables)}" if isinstance(variables, dict) else ""))
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  mutable = sorted(rest) or False
+  key = jax.random.key(rng) if isinstance(rng, int) else rng
+  rngs = {s: jax.random.fold_in(key, i) for i, s in enumerate(rng_streams)}
+
+  def apply_fn(params, x):
+    def run():
+      out = module.apply({"params": params, **rest}, x, method=method, mutable=mutable,
+                         rngs=rngs, **apply_kwargs)
+      return select_output(out[0] if mutable else out, output)
+    if not auto:
+      return run()
+    with nn.intercept_methods(_linen_interceptor):
+      return run()
+  model = _probe.probed(apply_fn, variables["params"], name or type(module).__name__)
+  return model
+
+
+_NNX_TAPPED: dict[type, type] = {}
+
+
+def _tapped_class(cls):
+  """A subclass of an NNX layer class whose calls are tapped; set on the
+  merged copy of the user's model only (never on the user's classes)."""
+  if cls not in _NNX_TAPPED:
+    def __call__(self, x, *args, **kwargs):
+      return _tap_layer(self._gradflow_name, lambda *a, **k: cls.__call__(self, *a, **k), x,
+                        *args, **kwargs)
+    _NNX_TAPPED[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
+  return _NNX_TAPPED[cls]
+
+
+def from_nnx(model, *, output=None, auto: bool = True, name: str | None = None,
+             call: Callable | None = None) -> _probe.ProbedModel:
+  """A probed model for a Flax NNX module.
+
+  Only ``nnx.Param`` variables are differentiated (``params`` is their
+  ``nnx.State``); RNG streams, ``BatchStat`` and other state are held fixed,
+  so Dropout and BatchNorm run in whatever mode the module is in
+  (``model.train()`` / ``model.eval()``), with a fixed dropout key; their
+  state updates are discarded. Weight layers are tapped on a merged copy of
+  the model (its layers' classes swapped for tapped subclasses), never by
+  patching the user's classes.
+
+  Args:
+    model: the ``nnx.Module``.
+    output: which part of a tuple/dict output the loss uses.
+    auto: tap every weight layer's input and output.
+    call: ``call(module, x) -> output`` when the model is not called as
+      ``module(x)``.
+  """
+  from flax import nnx
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def apply_fn(params, x):
+    fresh = lambda state: jax.tree.map(lambda a: a, state)  # new Variables, of this trace
+    m = nnx.merge(graphdef, fresh(params), fresh(rest))
+    if auto:
+      for path, mod in nnx.iter_graph(m):
+        if isinstance(mod, nnx.Module) and type(mod).__name__ in _NNX_LAYERS and type(
+            mod).__module__.startswith("flax."):
+          mod.__class__ = _tapped_class(type(mod))
+          object.__setattr__(mod, "_gradflow_name", "/".join(str(p) for p in path)
+                             or type(mod).__name__)
+    out = call(m, x) if call is not None else m(x)
+    return select_output(out, output)
+  return _probe.probed(apply_fn, params, name or type(model).__name__)
+
+
+def as_probed(model, params=None, **kw) -> _probe.ProbedModel:
+  """A :class:`ProbedModel` from a linen module (with its variables), an NNX
+  module, a plain function ``f(params, x)`` (which may call ``gf.tap``), or a
+  ProbedModel (returned as is)."""
+  from flax import linen as nn
+  from flax import nnx
+  if isinstance(model, _probe.ProbedModel):
+    return model
+  if isinstance(model, nn.Module):
+    return from_linen(model, params, **kw)
+  if isinstance(model, nnx.Module):
+    return from_nnx(model, **kw)
+  if callable(model):
+    output = kw.pop("output", None)
+    fn = (lambda p, x: select_output(model(p, x), output))
+    return _probe.probed(fn, params, getattr(model, "__name__", "function"))
+  raise ValueError(f"expected a Flax linen/NNX module or a function f(params, x), got "
+                   f"{type(model).__name__}")

@@ -1,0 +1,269 @@
+"""Local Jacobians between the taps of any probed model, per example.
+
+For tap k, J_k = d tap_k / d (its direct upstream taps), every other tap held
+fixed: the map from the taps (or the input) that k reads without passing
+another tap, to k. For a chain of layers it is the layer-to-layer Jacobian;
+parallel branches (query/key/value projections reading one tensor) each get
+their own, never chained to one another.
+
+How: each tap passes on ``stop_gradient(value) + perturbation`` (see
+``_probe.cutting``), so one jvp with tangents at every tap gives every
+J_k v at once and one vjp every J_k^T u. Which taps feed which is found once,
+by jvps from each tap; links that share an upstream tap go to different
+rounds (a vjp would otherwise mix them). Then block Lanczos on J_k^T J_k
+runs for every (tap, example) block of a round at once. Cost: rounds x
+steps x (one jvp + one vjp of the whole batch), however many taps there are.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradflow_jax import _model_stats, _probe
+
+INPUT = "<input>"
+LANCZOS_STEPS = 32
+
+
+class TapJacobians(NamedTuple):
+  """Local Jacobian norms of a model's taps.
+
+  Attributes:
+    names: tap names, in recording order.
+    sources: per tap, the taps (or ``"<input>"``) it reads directly; empty
+      when none is tapped (integer inputs, the first tap of a dict input).
+    norm: (batch, n_taps) ||J_k||_2 per example (NaN where a tap has no
+      source). When the examples interact (BatchNorm in training mode) each
+      row holds the norm of the whole batch's Jacobian.
+    converged: (batch, n_taps) bool; False where Lanczos had not converged
+      in its steps: such a value is an estimate, not a measurement.
+    per_example: False when the examples interact.
+  """
+  names: tuple[str, ...]
+  sources: tuple[tuple[str, ...], ...]
+  norm: jax.Array
+  converged: jax.Array
+  per_example: bool
+
+
+def _float_input(x) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def _cut_forward(forward, params, x, names, with_input, roles=()):
+  """points (dict: tap -> perturbation, INPUT -> input shift) -> raw taps."""
+  def f(points):
+    xin = x + points[INPUT].astype(x.dtype) if with_input else x
+    with _probe.cutting(roles):
+      _, taps = forward(params, xin, {n: points[n] for n in names})
+    return {n: taps[n] for n in names}
+  return f
+
+
+def _points(shapes, names, x, with_input):
+  pts = {n: jnp.zeros(shapes[n].shape, shapes[n].dtype) for n in names}
+  if with_input:
+    pts[INPUT] = jnp.zeros(x.shape, x.dtype)
+  return pts
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _dependencies(forward, params, x, info, with_input, roles):
+  """(n_sources, n_taps) bool: direct dependence on example 0 (a tangent at the
+  source reaches the tap), and whether that tangent reaches another example
+  (the examples interact). A tap whose Jacobian is exactly 0 on example 0 (all
+  its units dead there) is given the previous tap as its source."""
+  names = [i.name for i in info]
+  shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
+  f = _cut_forward(forward, params, x, names, with_input, roles)
+  zeros = _points(shapes, names, x, with_input)
+  sources = ([INPUT] if with_input else []) + names
+  key = jax.random.key(7)
+
+  def from_source(i):
+    def tangent(j, n):  # a fixed non-constant pattern on example 0 of source j only
+      shape = zeros[n].shape
+      v = jnp.sin(jnp.arange(int(np.prod(shape)), dtype=jnp.float32) * 12.9898 + j).reshape(shape)
+      v = v * (jnp.arange(shape[0]) == 0).reshape((-1,) + (1,) * (len(shape) - 1))
+      return jnp.where(i == j, v, 0).astype(zeros[n].dtype)
+    out = jax.jvp(f, (zeros,), ({n: tangent(j, n) for j, n in enumerate(sources)},))[1]
+    reads = jnp.stack([jnp.any(out[n][:1] != 0) for n in names])
+    others = jnp.stack([jnp.any(out[n][1:] != 0) for n in names])
+    return reads, others
+  return jax.lax.map(from_source, jnp.arange(len(sources)))
+
+
+def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
+  """Greedy: each link (tap k <- its sources) goes to the first round whose
+  links share no source with it."""
+  rounds: list[list[int]] = []
+  used: list[set] = []
+  src_of = []
+  offset = len(sources) - len(names)
+  for k in range(len(names)):
+    s = set(np.nonzero(deps[:, k])[0].tolist())
+    if not s and k > 0:  # J exactly 0 on example 0 (all units dead there): the previous tap
+      s = {offset + k - 1}
+    src_of.append(s)
+    if not s:
+      continue
+    for r, u in enumerate(used):
+      if not (u & s):
+        rounds[r].append(k)
+        u |= s
+        break
+    else:
+      rounds.append([k])
+      used.append(set(s))
+  return rounds, src_of
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8))
+def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, tol,
+             block_of_source, in_round):
+  """Block Lanczos on J_k^T J_k for every (tap, example) block of every round.
+
+  ``block_of_source``: (rounds, n_sources) int, the tap each source feeds in
+  that round (-1: none); ``in_round``: (rounds, n_taps) bool."""
+  names = [i.name for i in info]
+  shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
+  f = _cut_forward(forward, params, x, names, with_input, roles)
+  zeros = _points(shapes, names, x, with_input)
+  sources = ([INPUT] if with_input else []) + names
+  batch = jax.tree.leaves(x)[0].shape[0]
+  n_taps = len(names)
+  _, jvp = jax.linearize(f, zeros)
+  _, vjp = jax.vjp(f, zeros)
+
+  n_src = len(sources)
+
+  def flat(d, keys):  # dict -> list of (batch, features) float32 arrays
+    return [d[k].reshape(batch, -1).astype(jnp.float32) for k in keys]
+
+  def unflat(parts, keys, like):
+    return {k: p.reshape(like[k].shape).astype(like[k].dtype) for k, p in zip(keys, parts)}
+
+  def operator(v, tap_mask):
+    u = flat(jvp(unflat(v, sources, zeros)), names)
+    u = [p * tap_mask[k].astype(p.dtype) for k, p in enumerate(u)]
+    return flat(vjp(unflat(u, names, shapes))[0], sources)
+
+  def one_round(args):
+    block, tap_mask, key = args
+    onehot = (block[:, None] == jnp.arange(n_taps)[None]).astype(jnp.float32)  # (src, taps)
+    live = (block >= 0).astype(jnp.float32)
+
+    def dots(a, b):  # lists over sources -> (n_taps, B) block inner products
+      per_src = jnp.stack([jnp.sum(p * q, axis=-1) for p, q in zip(a, b)])  # (src, B)
+      out = onehot.T @ per_src
+      return jnp.sum(out, 1, keepdims=True) * jnp.ones((1, batch)) if not per_example else out
+
+    def spread(c):  # (n_taps, B) -> per source (B, 1)
+      per_src = (onehot @ c) * live[:, None]
+      return [per_src[j][:, None] for j in range(n_src)]
+
+    def axpy(scale, xs, ys):  # ys + spread(scale) * xs, per source
+      return [y + s * x for s, x, y in zip(spread(scale), xs, ys)]
+
+    keys = jax.random.split(key, n_src)
+    v = [jax.random.normal(keys[j], (batch, int(np.prod(zeros[s].shape[1:])))) * live[j]
+         for j, s in enumerate(sources)]
+    v = [p * s for p, s in zip(v, spread(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30))))]
+    basis = [jnp.zeros((steps,) + p.shape) for p in v]
+    zero = jnp.zeros((n_taps, batch))
+    dim = sum(p.shape[-1] for p in v)
+    eps = jnp.finfo(jnp.float32).eps
+
+    def body(i, state):
+      basis, alphas, betas, v, v_prev, beta, scale, done = state
+      basis = [b.at[i].set(p) for b, p in zip(basis, v)]
+      w = operator(v, tap_mask)
+      alpha = dots(v, w)
+      w = axpy(-alpha, v, axpy(-beta, v_prev, w))
+      for _ in range(2):  # full reorthogonalisation, twice, per block
+        per_src = jnp.stack([jnp.einsum("sbf,bf->sb", b, p) for b, p in zip(basis, w)])
+        coef = jnp.einsum("jt,jsb->stb", onehot, per_src)  # (steps, taps, B)
+        if not per_example:
+          coef = jnp.sum(coef, 2, keepdims=True) * jnp.ones((1, 1, batch))
+        c_src = jnp.einsum("jt,stb->jsb", onehot, coef) * live[:, None, None]
+        w = [p - jnp.einsum("sb,sbf->bf", c_src[j], b) for j, (b, p) in enumerate(zip(basis, w))]
+      beta_new = jnp.sqrt(jnp.maximum(dots(w, w), 0))
+      scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
+      done = done | (beta_new <= 64 * eps * np.sqrt(dim) * scale)
+      beta_new = jnp.where(done, 0, beta_new)
+      inv = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
+      v_next = [p * s for p, s in zip(w, spread(inv))]
+      return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new,
+              scale, done)
+
+    init = (basis, jnp.zeros((steps, n_taps, batch)), jnp.zeros((steps, n_taps, batch)), v,
+            [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros((n_taps, batch), bool))
+    _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
+    a = jnp.moveaxis(alphas, 0, -1)
+    b = jnp.moveaxis(betas, 0, -1)
+    tri = (jax.vmap(jax.vmap(jnp.diag))(a) + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], 1)))(b)
+           + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], -1)))(b))
+    theta, vecs = jnp.linalg.eigh(tri)
+    top = jnp.maximum(theta[..., -1], 0)
+    residual = jnp.abs(b[..., -1] * vecs[..., -1, -1])
+    return jnp.sqrt(top), (residual <= tol * top) | done
+
+  keys = jax.random.split(jax.random.key(0), block_of_source.shape[0])
+  sigma, conv = jax.lax.map(one_round, (block_of_source, in_round, keys))
+  pick = in_round[..., None]
+  return jnp.sum(jnp.where(pick, sigma, 0), 0).T, jnp.any(pick & conv, 0).T
+
+
+def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
+                       tol: float = 1e-3, roles: tuple[str, ...] | None = None) -> TapJacobians:
+  """Spectral norm of each tap's local Jacobian, per example (see the module
+  docstring). Matrix-free: never forms a Jacobian. Two compiled programs (which
+  taps feed which, then Lanczos); the inputs are used as given (integer
+  tokens and dict inputs work; the input is a source only when it is one
+  float array).
+
+  Args:
+    model: a :class:`ProbedModel`.
+    x: a batch (leading axis: examples).
+    steps: Lanczos steps (the Krylov dimension) per block.
+    tol: relative Ritz residual under which a block counts as converged.
+    roles: only taps of these roles are measured (and cut): ``("post",)``
+      gives layer input to next layer input, d a_l / d a_(l-1) = D_l W_l for
+      an MLP. All taps when ``None``.
+  """
+  info, shapes = _model_stats.discover(model, x)
+  roles = tuple(roles or ())
+  if roles:
+    info = tuple(i for i in info if i.role in roles)
+    if not info:
+      raise ValueError(f"expected taps with roles {roles}, got none")
+  names = [i.name for i in info]
+  with_input = _float_input(x)
+  sources = ([INPUT] if with_input else []) + names
+  first, others = jax.device_get(_dependencies(model.forward, model.params, x, info, with_input, roles))
+  batch = jax.tree.leaves(x)[0].shape[0]
+  per_example = not bool(np.any(others)) and all(
+      s.shape[:1] == (batch,) for s in shapes.values())
+  rounds, src_of = _rounds(np.asarray(first), sources, names)
+  src_names = tuple(tuple(sources[j] for j in sorted(s)) for s in src_of)
+  if not rounds:
+    nan = jnp.full((batch, len(names)), jnp.nan)
+    return TapJacobians(tuple(names), src_names, nan, jnp.zeros(nan.shape, bool), per_example)
+  block = np.full((len(rounds), len(sources)), -1, np.int32)
+  in_round = np.zeros((len(rounds), len(names)), bool)
+  for r, links in enumerate(rounds):
+    for k in links:
+      in_round[r, k] = True
+      for j in src_of[k]:
+        block[r, j] = k
+  steps = max(2, int(steps))
+  norm, conv = _lanczos(model.forward, model.params, x, info, with_input, roles, per_example, steps,
+                        float(tol), jnp.asarray(block), jnp.asarray(in_round))
+  has_source = jnp.asarray([bool(s) for s in src_of])[None]
+  return TapJacobians(tuple(names), src_names, jnp.where(has_source, norm, jnp.nan),
+                      conv & has_source, per_example)
