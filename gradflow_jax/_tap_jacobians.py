@@ -1,10 +1,12 @@
 """Local Jacobians between the taps of any probed model, per example.
 
-For tap k, J_k = d tap_k / d (its direct upstream taps), every other tap held
-fixed: the map from the taps (or the input) that k reads without passing
-another tap, to k. For a chain of layers it is the layer-to-layer Jacobian;
+For tap k, J_k = d tap_k / d tap_j, every other tap held fixed, where tap j
+(its source) is the latest tap (or the input) that k reads directly, without
+passing another tap. For a chain of layers it is the layer-to-layer Jacobian;
 parallel branches (query/key/value projections reading one tensor) each get
-their own, never chained to one another.
+their own from that tensor, never chained to one another; in a residual
+stream the source is the branch just before (the stream's earlier branches
+are held fixed).
 
 How: each tap passes on ``stop_gradient(value) + perturbation`` (see
 ``_probe.cutting``), so one jvp with tangents at every tap gives every
@@ -13,6 +15,12 @@ by jvps from each tap; links that share an upstream tap go to different
 rounds (a vjp would otherwise mix them). Then block Lanczos on J_k^T J_k
 runs for every (tap, example) block of a round at once. Cost: rounds x
 steps x (one jvp + one vjp of the whole batch), however many taps there are.
+
+The Lanczos recurrence runs without reorthogonalisation (no basis is kept: a
+basis of every tap's vectors did not fit the cost): in floating point that
+produces duplicate Ritz values but leaves the largest one accurate (Paige
+1976; Golub & Van Loan, section 10.3), and a breakdown (an invariant
+subspace, as on rank-deficient ReLU Jacobians) ends the block's iteration.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ class TapJacobians(NamedTuple):
 
   Attributes:
     names: tap names, in recording order.
-    sources: per tap, the taps (or ``"<input>"``) it reads directly; empty
-      when none is tapped (integer inputs, the first tap of a dict input).
+    sources: per tap, its source: the latest tap (or ``"<input>"``) it reads
+      directly; empty when none is tapped (integer inputs, a dict input).
     norm: (batch, n_taps) ||J_k||_2 per example (NaN where a tap has no
       source). When the examples interact (BatchNorm in training mode) each
       row holds the norm of the whole batch's Jacobian.
@@ -99,27 +107,34 @@ def _dependencies(forward, params, x, info, with_input, roles):
 
 
 def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
-  """Greedy: each link (tap k <- its sources) goes to the first round whose
-  links share no source with it."""
+  """Each link (tap k <- its source) goes to the first round where its source
+  is not used yet and no source injected there reaches k directly (nor k's
+  source another link's tap): one jvp and one vjp then separate every link of
+  the round."""
+  offset = len(sources) - len(names)
   rounds: list[list[int]] = []
   used: list[set] = []
   src_of = []
-  offset = len(sources) - len(names)
   for k in range(len(names)):
-    s = set(np.nonzero(deps[:, k])[0].tolist())
+    direct = np.nonzero(deps[:, k])[0]
+    # the latest tap it reads directly (in a residual stream that is the branch
+    # just before it, not every earlier branch that the stream still carries)
+    s = {int(direct[-1])} if direct.size else set()
     if not s and k > 0:  # J exactly 0 on example 0 (all units dead there): the previous tap
       s = {offset + k - 1}
     src_of.append(s)
     if not s:
       continue
+    (j,) = s
     for r, u in enumerate(used):
-      if not (u & s):
+      clash = j in u or any(deps[i, k] for i in u) or any(deps[j, m] for m in rounds[r])
+      if not clash:
         rounds[r].append(k)
-        u |= s
+        u.add(j)
         break
     else:
       rounds.append([k])
-      used.append(set(s))
+      used.append({j})
   return rounds, src_of
 
 
@@ -174,36 +189,27 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
     v = [jax.random.normal(keys[j], (batch, int(np.prod(zeros[s].shape[1:])))) * live[j]
          for j, s in enumerate(sources)]
     v = [p * s for p, s in zip(v, spread(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30))))]
-    basis = [jnp.zeros((steps,) + p.shape) for p in v]
     zero = jnp.zeros((n_taps, batch))
     dim = sum(p.shape[-1] for p in v)
     eps = jnp.finfo(jnp.float32).eps
 
     def body(i, state):
-      basis, alphas, betas, v, v_prev, beta, scale, done = state
-      basis = [b.at[i].set(p) for b, p in zip(basis, v)]
+      alphas, betas, v, v_prev, beta, scale, done = state
       w = operator(v, tap_mask)
       alpha = dots(v, w)
       w = axpy(-alpha, v, axpy(-beta, v_prev, w))
-      for _ in range(2):  # full reorthogonalisation, twice, per block
-        per_src = jnp.stack([jnp.einsum("sbf,bf->sb", b, p) for b, p in zip(basis, w)])
-        coef = jnp.einsum("jt,jsb->stb", onehot, per_src)  # (steps, taps, B)
-        if not per_example:
-          coef = jnp.sum(coef, 2, keepdims=True) * jnp.ones((1, 1, batch))
-        c_src = jnp.einsum("jt,stb->jsb", onehot, coef) * live[:, None, None]
-        w = [p - jnp.einsum("sb,sbf->bf", c_src[j], b) for j, (b, p) in enumerate(zip(basis, w))]
       beta_new = jnp.sqrt(jnp.maximum(dots(w, w), 0))
       scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
       done = done | (beta_new <= 64 * eps * np.sqrt(dim) * scale)
       beta_new = jnp.where(done, 0, beta_new)
       inv = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
       v_next = [p * s for p, s in zip(w, spread(inv))]
-      return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new,
-              scale, done)
+      return (alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new, scale,
+              done)
 
-    init = (basis, jnp.zeros((steps, n_taps, batch)), jnp.zeros((steps, n_taps, batch)), v,
+    init = (jnp.zeros((steps, n_taps, batch)), jnp.zeros((steps, n_taps, batch)), v,
             [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros((n_taps, batch), bool))
-    _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
+    alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
     a = jnp.moveaxis(alphas, 0, -1)
     b = jnp.moveaxis(betas, 0, -1)
     tri = (jax.vmap(jax.vmap(jnp.diag))(a) + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], 1)))(b)
