@@ -38,8 +38,10 @@ def progress_bar(args, total: int, what: str):
     prog.update(task, completed=total)
 
 
-def _write_outputs(args, name: str, payload: dict, plots: dict, extra=()) -> list[str]:
-  """Plots, then results.json (listing every file written, ``extra`` too)."""
+def _write_outputs(args, name: str, payload: dict, plots: dict, extra=(),
+                   after_plots=None) -> list[str]:
+  """Plots, then ``after_plots(written) -> path`` (a report that embeds
+  them), then results.json listing every file written (``extra`` too)."""
   from gradflow_jax import _io
   os.makedirs(args.out, exist_ok=True)
   written = list(extra)
@@ -48,6 +50,8 @@ def _write_outputs(args, name: str, payload: dict, plots: dict, extra=()) -> lis
       path = os.path.join(args.out, fname)
       draw(path)
       written.append(path)
+  if after_plots is not None:
+    written.append(after_plots(list(written)))
   path = os.path.join(args.out, "results.json")
   payload = {"command": name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
              **_versions(), **payload, "files": [os.path.basename(p) for p in written]}
@@ -108,23 +112,18 @@ def compare(args, force_report: bool = False) -> int:
   plots = {"activation_stats.png": lambda p: _plots.plot_activation_stats(runs, p),
            "grad_norms.png": lambda p: _plots.plot_grad_norms(runs, p),
            "activation_curves.png": lambda p: _plots.plot_activation_curves(settings.activations, p)}
-  written = _write_outputs(args, "compare", payload, plots)
+  report = None
   if force_report or args.report:
-    written.append(_compare_report(args, settings, runs, x, params_from, written))
-  _finish(args, console, written)
+    report = lambda pngs: _compare_report(args, settings, runs, pngs)
+  _finish(args, console, _write_outputs(args, "compare", payload, plots, after_plots=report))
   return 0
 
 
-def _compare_report(args, settings, runs, x, params_from, written) -> str:
-  """Diagnoses every run of the comparison (the full checklist) into report.html."""
-  import jax
-  from gradflow_jax import _compare, _diagnose, _mlp, _report
-  xb, yb = _compare.make_batch(settings, x)
-  configs = [c for c in settings.configs() if not params_from or c[0] == "recommended"]
-  findings = []
-  for (_, cfg), run in zip(configs, runs):
-    params = params_from(cfg) if params_from else _mlp.init_mlp(jax.random.key(settings.seed), cfg)
-    findings.append((run["label"], _diagnose.diagnose(cfg, params, xb, yb, settings.loss)))
+def _compare_report(args, settings, runs, written) -> str:
+  """report.html of the comparison: the findings each run already has (the
+  same the terminal and results.json show), the summary, the plots."""
+  from gradflow_jax import _report
+  findings = [(run["label"], run["findings"]) for run in runs]
   rows = []
   for run in runs:
     a, g = run["activation_stats"], run["gradient_stats"]

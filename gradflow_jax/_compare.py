@@ -110,7 +110,7 @@ def run_compare(settings: CompareSettings, x: np.ndarray | None = None,
         "gain": None if params_from else spec.gain,
         "activation_stats": acts, "gradient_stats": grads,
         "first_nonfinite_layer": int(np.argmax(acts["nonfinite"] > 0)) if acts["nonfinite"].any() else None,
-        "findings": _diagnose.diagnose_stats(acts, grads),
+        "findings": _diagnose.diagnose(cfg, params, x, y, settings.loss, stats=stats),
     })
   return {"settings": dataclasses.asdict(settings), "runs": runs,
           "input_nonfinite": int((~np.isfinite(x)).sum())}

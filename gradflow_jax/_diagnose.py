@@ -195,13 +195,18 @@ def architecture_findings(cfg, found: list[Finding]) -> list[Finding]:
                   "residual=True))")]
 
 
-def diagnose(cfg, params, x, y, loss: str = "cross_entropy") -> list[Finding]:
+def diagnose(cfg, params, x, y, loss: str = "cross_entropy", stats=None) -> list[Finding]:
   """The seed's debugging checklist on a built-in MLP: statistics, gradients,
   the input-output Jacobian (exact, a few examples), initialization and
-  architecture. Returns findings, most severe first."""
+  architecture. Returns findings, most severe first.
+
+  ``stats``: the run's :class:`FlowStats` when already measured (they are
+  then read, not measured again)."""
   import jax
   from gradflow_jax import _jacobians, _stats
-  stats = jax.device_get(_stats.flow_stats(cfg, params, x, y, loss))
+  if stats is None:
+    stats = _stats.flow_stats(cfg, params, x, y, loss)
+  stats = jax.device_get(stats)
   found = diagnose_stats(stats.activations, stats.gradients)
   if cfg.norm != "batchnorm" and cfg.width <= 512:
     spec = _jacobians.jacobian_spectra(cfg, params, np.asarray(x)[:4], depths=[cfg.depth])

@@ -141,19 +141,16 @@ INFER_TOLERANCE = 1e-4  # relative to the largest |activation|: float32 ops agre
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _pair_errors(forward, params, pairs, x):
+def _pair_values(forward, params, pairs, x):
+  """The (pre, post) tap values of every pair, flattened and concatenated."""
   _, taps = forward(params, x, None)
-  out = []
-  for pre, post in pairs:
-    z = taps[pre].astype(jnp.float32)
-    a = taps[post].astype(jnp.float32)
-    scale = jnp.max(jnp.where(jnp.isfinite(a), jnp.abs(a), 0)) + 1e-30
-    errs = []
-    for name in _CANDIDATES:
-      diff = jnp.abs(_activations.get_activation(name)(z, None) - a)
-      errs.append(jnp.max(jnp.where(jnp.isfinite(diff), diff, 0)) / scale)
-    out.append(jnp.stack(errs))
-  return jnp.stack(out)
+  flat = lambda names: jnp.concatenate([taps[n].astype(jnp.float32).reshape(-1) for n in names])
+  return flat([p for p, _ in pairs]), flat([q for _, q in pairs])
+
+
+@jax.jit
+def _candidate_values(z):
+  return jnp.stack([_activations.get_activation(name)(z, None) for name in _CANDIDATES])
 
 
 def infer_activations(model: _probe.ProbedModel, x, max_examples: int = 16) -> dict[str, str]:
@@ -178,13 +175,19 @@ def infer_activations(model: _probe.ProbedModel, x, max_examples: int = 16) -> d
   if not pairs:
     return {}
   xs = jax.tree.map(lambda a: a[:max_examples], x)
-  try:
-    errs = np.asarray(_pair_errors(model.forward, model.params, tuple(pairs), xs))
-  except Exception:  # a model that needs its whole batch: use it
-    errs = np.asarray(_pair_errors(model.forward, model.params, tuple(pairs), x))
+  z, a = _pair_values(model.forward, model.params, tuple(pairs), xs)
+  candidates = np.asarray(_candidate_values(z))  # one small program for every pair
+  a = np.asarray(a)
+  sizes = [int(np.prod(shapes[q].shape[1:])) * min(shapes[q].shape[0], max_examples)
+           for _, q in pairs]
   found = {}
-  for (pre, _), e in zip(pairs, errs):
-    ok = np.nonzero(e <= INFER_TOLERANCE)[0]
+  for (pre, _), lo, hi in zip(pairs, np.cumsum([0] + sizes[:-1]), np.cumsum(sizes)):
+    ref, cand = a[lo:hi], candidates[:, lo:hi]
+    with np.errstate(invalid="ignore"):
+      finite = np.isfinite(ref)[None] & np.isfinite(cand)
+      scale = np.max(np.abs(np.where(np.isfinite(ref), ref, 0))) + 1e-30
+      err = np.max(np.where(finite, np.abs(cand - ref[None]), 0), axis=1) / scale
+    ok = np.nonzero(err <= INFER_TOLERANCE)[0]
     if ok.size:
       found[pre] = _CANDIDATES[int(ok[0])]
   return found

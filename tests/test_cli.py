@@ -1,5 +1,6 @@
 """The command line: the default run, its files, and bad input (exit 2, one line)."""
 
+import html
 import json
 import os
 import subprocess
@@ -170,18 +171,17 @@ def test_train_bad_input(args, fragment, tmp_path, capsys):
   _expect_one_line_exit_2(args + ["--out", str(tmp_path), "--quiet"], fragment, capsys)
 
 
-def test_diagnose_user_model_and_report(tmp_path, capsys):
-  example = os.path.join(os.path.dirname(__file__), "..", "examples", "linen_cnn.py")
-  code, out, _ = _run(["diagnose", "--model", f"{example}:make", "--out", str(tmp_path)], capsys)
-  assert code == 0 and "dense_act" in out and "Conv_1" in out
-  page = (tmp_path / "report.html").read_text()
-  assert "Findings" in page and "data:image/png;base64," in page and "dense_act" in page
-  data = json.loads((tmp_path / "results.json").read_text())
-  assert sorted(data["files"]) == ["model_taps.png", "report.html"]
+def test_compare_report(tmp_path, capsys):
   code, _, _ = _run(["report"] + SMALL + ["--activations", "sigmoid", "--init", "none",
                                            "--out", str(tmp_path / "r")], capsys)
   page = (tmp_path / "r" / "report.html").read_text()
   assert code == 0 and "Findings" in page and page.count("data:image/png;base64,") == 3
+  data = json.loads((tmp_path / "r" / "results.json").read_text())
+  assert "report.html" in data["files"]
+  found = [f for r in data["runs"] for f in r["findings"]]  # measured once: the same everywhere
+  assert page.count('class="f ') - page.count('class="f ok"') == len(found)
+  for f in found:
+    assert html.escape(f["message"]) in page
 
 
 def test_diagnose_bad_factories(tmp_path, capsys):
@@ -207,8 +207,14 @@ def test_every_example_model_is_diagnosed_and_reported(name, tmp_path, capsys):
   """Each example in examples/ (BatchNorm and Dropout in training mode, NNX
   rngs, integer tokens with Embed, nn.scan over layers, a plain-JAX ResNet):
   `report --model` runs and the terminal, results.json and report.html agree."""
-  example = os.path.join(os.path.dirname(__file__), "..", "examples", f"{name}.py")
-  code, out, _ = _run(["report", "--model", f"{example}:make", "--out", str(tmp_path)], capsys)
+  folder = os.path.join(os.path.dirname(__file__), "..", "examples")
+  spec = f"{folder}/{name}.py:make"
+  if name == "linen_transformer":  # the same code, smaller (test time)
+    small = tmp_path / "small.py"
+    small.write_text(f"import sys\nsys.path.insert(0, {folder!r})\nimport linen_transformer\n"
+                     "def make():\n  return linen_transformer.make(depth=2, width=16)\n")
+    spec = f"{small}:make"
+  code, out, _ = _run(["report", "--model", spec, "--out", str(tmp_path)], capsys)
   assert code == 0, out
   data = json.loads((tmp_path / "results.json").read_text())
   page = (tmp_path / "report.html").read_text()
@@ -216,6 +222,9 @@ def test_every_example_model_is_diagnosed_and_reported(name, tmp_path, capsys):
   for f in data["findings"]:
     assert f["message"] in page
   assert page.count('class="f ') == max(1, len(data["findings"]))
+  assert sorted(data["files"]) == ["model_taps.png", "report.html"]
+  if name == "linen_cnn":
+    assert "dense_act" in out and "Conv_1" in out and "data:image/png;base64," in page
 
 
 def test_activation_option_names_a_tap(tmp_path, capsys):
