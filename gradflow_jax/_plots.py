@@ -320,7 +320,7 @@ def plot_taps(stats, jac, path) -> None:
   if jac is not None:
     med, unconverged = jacobian_summary(jac)
     ax.plot(idx, _positive(med), "^", ls="none",
-            label="||local Jacobian||_2 from its upstream taps (median)")
+            label="||d tap / d its source tap||_2 (median over examples)")
     if unconverged.any():
       ax.plot(idx[unconverged], np.ones(unconverged.sum()), "x", color="red",
               label="Jacobian not converged (not drawn)")
