@@ -45,6 +45,7 @@ from gradflow_jax._probe import probed
 from gradflow_jax._probe import tap
 from gradflow_jax._probe import TapInfo
 from gradflow_jax._rnn import init_rnn
+from gradflow_jax._rnn import rnn_model
 from gradflow_jax._rnn import rnn_through_time
 from gradflow_jax._rnn import RNNConfig
 from gradflow_jax._stats import activation_stats
@@ -107,6 +108,7 @@ __all__ = (
     "probed",
     "product_bound",
     "recommended_init",
+    "rnn_model",
     "rnn_through_time",
     "RNNConfig",
     "run_sweep",

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from gradflow_jax import _activations, _losses, _probe
-from gradflow_jax._stats import ActivationStats, Row, rows_stats
+from gradflow_jax._stats import ActivationStats, leaf_norm, Row, rows_stats
 
 
 class ModelFlowStats(NamedTuple):
@@ -40,12 +40,6 @@ class ModelFlowStats(NamedTuple):
   param_grad_norms: Any
   global_norm: jax.Array
   loss: jax.Array
-
-
-def leaf_norm(g):
-  """||g|| of one array, accumulated in at least float32."""
-  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-  return jnp.sqrt(jnp.sum(g * g))
 
 
 def loss_fn(loss):

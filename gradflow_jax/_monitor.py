@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gradflow_jax import _stats
+
 
 class MonitorState(NamedTuple):
   """The latest gradient measurements.
@@ -24,11 +26,6 @@ class MonitorState(NamedTuple):
   grad_norms: Any
   global_norm: jax.Array
   nonfinite: jax.Array
-
-
-def _leaf_norm(g):
-  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-  return jnp.sqrt(jnp.sum(g * g))
 
 
 def gradient_flow_monitor() -> optax.GradientTransformation:
@@ -52,7 +49,7 @@ def gradient_flow_monitor() -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     del params
-    norms = jax.tree.map(_leaf_norm, updates)
+    norms = jax.tree.map(_stats.leaf_norm, updates)
     total = jnp.sqrt(sum(n * n for n in jax.tree.leaves(norms)))
     return updates, MonitorState(state.count + 1, norms, total, ~jnp.isfinite(total))
 

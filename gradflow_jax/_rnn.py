@@ -99,12 +99,36 @@ def rnn_apply(cfg: RNNConfig, params, xs: jax.Array, perturb: jax.Array | None =
   return h @ params["v"] + params["c"][None], hs
 
 
+def rnn_model(cfg: RNNConfig, params):
+  """The RNN as a :class:`ProbedModel` on batch-first inputs (batch, T,
+  in_dim): per step t, taps ``z/layer_t`` (the pre-activation, role ``pre``,
+  with the config's activation) and ``h/layer_t`` (the state), through the
+  ``lax.scan`` over time, so every consumer of users' models measures it."""
+  from gradflow_jax import _probe
+  act = cfg.act
+
+  def apply_fn(params, x):
+    xs = jnp.swapaxes(x, 0, 1)
+    h0 = jnp.zeros(xs.shape[1:2] + (cfg.hidden,), params["w"].dtype)
+
+    def step(h, x_t):
+      z = _probe.tap("z", h @ params["w"] + x_t @ params["u"] + params["b"][None], "pre",
+                     cfg.activation)
+      h = _probe.tap("h", act(z, None), "post")
+      return h, None
+
+    h, _ = jax.lax.scan(step, h0, xs)
+    return h @ params["v"] + params["c"][None]
+  return _probe.probed(apply_fn, params, f"rnn {cfg.hidden} {cfg.activation}")
+
+
 class ThroughTime(NamedTuple):
   """Gradients through time, per example and step t = 0..T-1.
 
   Attributes:
-    jacobian_norm: (batch, T) ||dh_T/dh_t||_2 (spectral norm); the entry at
-      t = T-1 is the last step's own Jacobian. Falling with T - t: vanishing.
+    jacobian_norm: (batch, T) ||dh_(T-1)/dh_t||_2 (spectral norm) from state
+      t to the last state; the entry at t = T-1 is the identity (norm 1).
+      Falling with T - t: vanishing.
     jacobian_frobenius: (batch, T) ||dh_T/dh_t||_F.
     state_grad_norm: (batch, T) ||dL/dh_t|| for a squared-error loss on the
       last state's readout.

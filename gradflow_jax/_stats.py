@@ -190,9 +190,13 @@ def _acc(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _norm(x):
+def leaf_norm(x):
+  """||x|| of one array, accumulated in at least float32."""
   x = _acc(x)
   return jnp.sqrt(jnp.sum(x * x))
+
+
+_norm = leaf_norm
 
 
 def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:

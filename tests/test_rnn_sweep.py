@@ -103,3 +103,20 @@ def test_sweep_bad_settings():
     gf.SweepSettings(max_depth=0)
   with pytest.raises(ValueError, match="sigma_w"):
     gf.SweepSettings(sigma_ws=(-1.0,))
+
+
+def test_rnn_as_a_probed_model_equals_its_own_gradients_through_time():
+  """The RNN's state taps come out of lax.scan one per step; ||dL/dh_t|| over
+  the batch equals rnn_through_time's per-example values combined."""
+  cfg = gf.RNNConfig(in_dim=3, hidden=8, activation="tanh", scale=1.2)
+  params = gf.init_rnn(jax.random.key(0), cfg)
+  xs = jax.random.normal(jax.random.key(1), (6, 4, 3))  # (T, batch, in)
+  ref = gf.rnn_through_time(cfg, params, xs)
+  model = gf.rnn_model(cfg, params)
+  s = gf.model_flow_stats(model, jnp.swapaxes(xs, 0, 1), jnp.zeros((4, 1)), loss="mse")
+  names = [f"h/layer_{t}" for t in range(6)]
+  assert [n for n in s.names if n.startswith("h/")] == names
+  got = np.asarray(s.tap_grad_norm)[[s.names.index(n) for n in names]]
+  want = np.sqrt(np.sum(np.asarray(ref.state_grad_norm, np.float64) ** 2, axis=0))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert s.activation_names[s.names.index("z/layer_0")] == "tanh"
