@@ -5,7 +5,10 @@ Every layer with weights (linen ``Dense``, ``DenseGeneral``, ``Conv``,
 ``Conv``, ``ConvTranspose``, ``Einsum``, ``Embed``) is tapped twice: its output
 (role ``pre``: the input of the activation that follows) and its input (role
 ``post``: the previous layer's activation) unless that input is the model's
-own input or already a tap. Only trainable parameters are differentiated:
+own input or already a tap. The input of every normalization layer
+(``LayerNorm``, ``RMSNorm``, ``BatchNorm``, ``GroupNorm``) is tapped too
+(role ``tap``): in a pre-LN network that is the residual stream. Only
+trainable parameters are differentiated:
 RNG state, batch statistics and other collections are held fixed, so Dropout
 and BatchNorm in training mode run as the user wrote them (one fixed dropout
 key per analysis; batch statistics of the training-mode forward, their
@@ -23,6 +26,8 @@ from gradflow_jax import _probe
 
 _LINEN_LAYERS = ("Dense", "DenseGeneral", "Conv", "ConvTranspose", "ConvLocal", "Einsum", "Embed")
 _NNX_LAYERS = ("Linear", "LinearGeneral", "Conv", "ConvTranspose", "Einsum", "Embed")
+# normalization layers: their input is tapped (in a pre-LN network, the residual stream)
+_NORMS = ("LayerNorm", "RMSNorm", "BatchNorm", "GroupNorm")
 
 
 def select_output(out, output: Callable | str | int | None):
@@ -42,23 +47,33 @@ def select_output(out, output: Callable | str | int | None):
   return out
 
 
+def _tap_input(c, name: str, x, role: str):
+  """``x`` tapped as ``name/input`` unless it is the model's input, already a
+  tap, or read by an earlier layer too (q, k, v: then that same tap)."""
+  if c is None or not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+    return x
+  if c.tapped_as(x) is not None:
+    return c.tapped_as(x)
+  if c.seen(x):
+    return x
+  return c.replace(x, _probe.tap(f"{name}/input", x, role=role))
+
+
 def _tap_layer(name: str, call, x, *args, **kwargs):
   """Runs one weight layer with its input and output tapped."""
   c = _probe.current()
-  if c is not None and jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-    if c.tapped_as(x) is not None:  # read by an earlier layer too (q, k, v): the same tap
-      x = c.tapped_as(x)
-    elif not c.seen(x):
-      x = c.replace(x, _probe.tap(f"{name}/input", x, role="post"))
+  x = _tap_input(c, name, x, "post")
   out = call(x, *args, **kwargs)
   return _probe.tap(name, out, role="pre") if c is not None else out
 
 
 def _linen_interceptor(next_fun, args, kwargs, context):
-  if (context.method_name != "__call__" or type(context.module).__name__ not in _LINEN_LAYERS
-      or not args):
+  kind = type(context.module).__name__
+  if context.method_name != "__call__" or kind not in _LINEN_LAYERS + _NORMS or not args:
     return next_fun(*args, **kwargs)
-  path = "/".join(str(p) for p in context.module.path) or type(context.module).__name__
+  path = "/".join(str(p) for p in context.module.path) or kind
+  if kind in _NORMS:
+    return next_fun(_tap_input(_probe.current(), path, args[0], "tap"), *args[1:], **kwargs)
   return _tap_layer(path, next_fun, *args, **kwargs)
 
 
@@ -117,6 +132,9 @@ def _tapped_class(cls):
   merged copy of the user's model only (never on the user's classes)."""
   if cls not in _NNX_TAPPED:
     def __call__(self, x, *args, **kwargs):
+      if cls.__name__ in _NORMS:
+        x = _tap_input(_probe.current(), self._gradflow_name, x, "tap")
+        return cls.__call__(self, x, *args, **kwargs)
       return _tap_layer(self._gradflow_name, lambda *a, **k: cls.__call__(self, *a, **k), x,
                         *args, **kwargs)
     _NNX_TAPPED[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
@@ -150,7 +168,7 @@ def from_nnx(model, *, output=None, auto: bool = True, name: str | None = None,
     m = nnx.merge(graphdef, fresh(params), fresh(rest))
     if auto:
       for path, mod in nnx.iter_graph(m):
-        if isinstance(mod, nnx.Module) and type(mod).__name__ in _NNX_LAYERS and type(
+        if isinstance(mod, nnx.Module) and type(mod).__name__ in _NNX_LAYERS + _NORMS and type(
             mod).__module__.startswith("flax."):
           mod.__class__ = _tapped_class(type(mod))
           object.__setattr__(mod, "_gradflow_name", "/".join(str(p) for p in path)
