@@ -69,7 +69,7 @@ def init_rnn(key: jax.Array, cfg: RNNConfig) -> dict:
   """``{"w": (hidden, hidden), "u": (in_dim, hidden), "b": (hidden,), "v":
   (hidden, out_dim), "c": (out_dim,)}``; h_t = phi(h_(t-1) W + x_t U + b)."""
   kw, ku, kv = jax.random.split(key, 3)
-  w = np.asarray(_initializers.initializer(cfg.init)(kw, (cfg.hidden, cfg.hidden)), np.float64)
+  w = np.array(_initializers.initializer(cfg.init)(kw, (cfg.hidden, cfg.hidden)), np.float64)  # a copy: x64 arrays are read-only views
   if cfg.scale is not None:
     w *= cfg.scale / _matrix_scale(w, cfg.scale_kind)
   dtype = jnp.dtype(cfg.dtype)

@@ -120,3 +120,11 @@ def test_rnn_as_a_probed_model_equals_its_own_gradients_through_time():
   want = np.sqrt(np.sum(np.asarray(ref.state_grad_norm, np.float64) ** 2, axis=0))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert s.activation_names[s.names.index("z/layer_0")] == "tanh"
+
+
+def test_init_rnn_under_x64_scales_w_to_its_spectral_norm():
+  with jax.enable_x64(True):
+    cfg = gf.RNNConfig(in_dim=3, hidden=8, scale=1.2, dtype="float64")
+    p = gf.init_rnn(jax.random.key(0), cfg)
+    assert p["w"].dtype == jnp.float64
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(p["w"]), 2), 1.2, rtol=1e-12)
