@@ -18,11 +18,15 @@ class ModelAnalysis(NamedTuple):
     stats: :class:`ModelFlowStats`.
     jacobians: :class:`TapJacobians` (local Jacobian norms), or ``None``.
     findings: the diagnosis of exactly these measurements.
+    input_jacobian: (target tap, (batch,) mean squared singular value of
+      d target / d input), or ``(None, None)``
+      (:func:`input_output_mean_sq_singular_value`).
   """
   model: _probe.ProbedModel
   stats: object
   jacobians: object
   findings: list
+  input_jacobian: tuple = (None, None)
 
 
 def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
@@ -39,7 +43,8 @@ def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
       (overrides what is inferred).
     infer: read the activation after each layer from the taps
       (:func:`infer_activations`).
-    jacobians: also measure :func:`tap_jacobian_norms` (per example).
+    jacobians: also measure :func:`tap_jacobian_norms` (per example). The
+      input-output Jacobian estimate (8 jvps) is always measured.
   """
   for name in (activations or {}).values():
     _activations.get_activation(name)
@@ -49,4 +54,12 @@ def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
     model = model.with_activations(activations)
   stats = jax.device_get(_model_stats.model_flow_stats(model, x, y, loss))
   jac = jax.device_get(_tap_jacobians.tap_jacobian_norms(model, x)) if jacobians else None
-  return ModelAnalysis(model, stats, jac, _diagnose.diagnose_model(stats, jac))
+  n_classes = None
+  if loss == "cross_entropy":
+    out = jax.eval_shape(lambda p: model.forward(p, x, None)[0], model.params)
+    n_classes = int(out.shape[-1]) if getattr(out, "ndim", 0) else None
+  causes = _diagnose.input_findings(x, y, model.params, n_classes)
+  target, msq = _tap_jacobians.input_output_mean_sq_singular_value(model, x)  # 8 jvps
+  io = (target, None if msq is None else jax.device_get(msq))
+  findings = _diagnose.diagnose_model(stats, jac, causes, io[1])
+  return ModelAnalysis(model, stats, jac, findings, io)

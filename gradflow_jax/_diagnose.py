@@ -5,6 +5,7 @@ Runs on the host, on numbers already measured (it never computes statistics).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -52,16 +53,62 @@ def _nonfinite(acts, grads) -> list[Finding]:
     out.append(Finding("error", "nonfinite", _layers(counts > 0),
                        f"NaN/Inf in activations from hidden layer {first} on",
                        {"first_layer": first, "count": int(counts.sum())},
-                       "check inputs and weights for NaN/Inf; reduce the learning rate; "
-                       "inspect input scaling"))
+                       "check that layer's inputs and weights for NaN/Inf (at "
+                       "initialization, the inputs); in training, lower the learning rate"))
   if grads is not None and (not np.isfinite(grads["loss"]) or np.asarray(grads["nonfinite"]).any()):
     bad = np.asarray(grads["nonfinite"]) > 0
     out.append(Finding("error", "nonfinite_gradients", _layers(bad),
                        "loss or gradients are NaN/Inf",
                        {"loss": float(grads["loss"]), "layers": list(_layers(bad))},
-                       "reduce the learning rate, clip gradients (optax.clip_by_global_norm), "
-                       "check for unstable operations"))
+                       "check for unstable operations (log, division, exp) and the labels; "
+                       "in training, clip gradients (optax.clip_by_global_norm)"))
   return out
+
+
+def input_findings(x, y=None, params=None, n_classes: int | None = None) -> list[Finding]:
+  """Errors whose cause is in what the model was given, not in its training:
+  non-finite inputs, non-finite parameters (named by leaf), labels outside
+  [0, n_classes). Host-only."""
+  import jax
+  out = []
+  xs = [np.asarray(v) for v in jax.tree.leaves(x)]
+  bad = sum(int(np.size(v) - np.isfinite(v).sum()) for v in xs
+            if np.issubdtype(v.dtype, np.inexact))
+  if bad:
+    out.append(Finding("error", "nonfinite_inputs", (), f"the inputs contain {bad} NaN/Inf "
+                       "values", {"count": bad}, "clean or impute the inputs before the model "
+                       "sees them (np.nan_to_num, or drop those examples)"))
+  if params is not None:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    names = [jax.tree_util.keystr(k) for k, v in leaves
+             if np.issubdtype(np.asarray(v).dtype, np.inexact)
+             and not np.isfinite(np.asarray(v)).all()]
+    if names:
+      out.append(Finding("error", "nonfinite_parameters", (), "parameters contain NaN/Inf: "
+                         + ", ".join(names[:4]) + (f" and {len(names) - 4} more"
+                                                   if len(names) > 4 else ""),
+                         {"leaves": names}, "re-initialize those parameters, or restore a "
+                         "checkpoint from before they went non-finite"))
+  if y is not None and n_classes is not None:
+    yn = np.asarray(y)
+    if np.issubdtype(yn.dtype, np.integer) and yn.size and (yn.min() < 0
+                                                            or yn.max() >= n_classes):
+      out.append(Finding("error", "labels_out_of_range", (), f"labels span [{yn.min()}, "
+                         f"{yn.max()}] but the model has {n_classes} outputs",
+                         {"min": int(yn.min()), "max": int(yn.max()), "n_classes": n_classes},
+                         f"labels must be integers in [0, {n_classes}): remap them, or give "
+                         "the model one output per class"))
+  return out
+
+
+def _blame(found: list[Finding], causes: list[Finding]) -> list[Finding]:
+  """Non-finite findings point at the cause when it is known, instead of
+  generic advice (a NaN at initialization is not a learning-rate problem)."""
+  if not causes:
+    return found
+  what = "; ".join(c.message for c in causes)
+  return causes + [f._replace(fix=f"caused by the input: {what}")
+                   if f.kind in ("nonfinite", "nonfinite_gradients") else f for f in found]
 
 
 def _fraction_finding(values, threshold, code, what, fix) -> list[Finding]:
@@ -78,8 +125,8 @@ def _saturation_and_dead(acts) -> list[Finding]:
   return (_fraction_finding(
               acts["saturation_fraction"], SATURATION_WARN_FRACTION, "saturation",
               "saturated units: up to {top:.0%} of pairs in a flat tail",
-              "use Xavier initialization with gain 1 (not larger), normalize inputs, "
-              "add LayerNorm, or switch to a non-saturating activation")
+              "normalize inputs, add LayerNorm, or switch to a non-saturating activation; "
+              "for the weight scale see the criticality finding (gf.theory.critical_sigma_w)")
           + _fraction_finding(
               acts["dead_fraction"], DEAD_WARN_FRACTION, "dead_units",
               "dead units: up to {top:.0%} of a layer's units never active",
@@ -93,25 +140,37 @@ def _flow(acts, grads) -> list[Finding]:
   if std.size > 1 and np.isfinite(std[[0, -1]]).all() and std[0] > 0 and std[-1] / std[0] < COLLAPSE_RATIO:
     out.append(Finding("warning", "signal_collapse", (len(std) - 1,),
                        f"activations collapse: std falls from {std[0]:.3g} to {std[-1]:.3g}",
-                       {"first_std": float(std[0]), "last_std": float(std[-1])},
-                       "initialization too small for the activation: use the recommended init"))
+                       {"first_std": float(std[0]), "last_std": float(std[-1]),
+                        "weight_scale": "increase"},
+                       "increase the weight scale toward the critical sigma_w "
+                       "(gf.theory.critical_sigma_w), or add normalization"))
   if grads is None:
     return out
   g = np.asarray(grads["preact_grad_norm"])
   if g.size < 2 or not np.isfinite(g[[0, -1]]).all() or g[-1] <= 0:
+    return out
+  if not np.any(g[:-1]):  # exactly zero everywhere but the output: a zero head
+    out.append(Finding("info", "zero_output_layer", (len(g) - 1,),
+                       "no gradient reaches the layers before the output: the output layer "
+                       "is zero (a zero-initialized head, the ViT convention), so every hidden "
+                       "gradient is exactly 0 at step 0 by design", {"last_layer_grad": float(g[-1])},
+                       "nothing to fix if the head is zero on purpose: the first update makes "
+                       "it nonzero; measure gradient flow after a few steps"))
     return out
   ratio = g[0] / g[-1]
   evidence = {"first_layer_grad": float(g[0]), "last_layer_grad": float(g[-1]), "ratio": float(ratio)}
   if ratio < VANISHING_RATIO:
     out.append(Finding("warning", "vanishing_gradients", (0,),
                        f"vanishing gradients: ||dL/dz|| at layer 0 is {ratio:.1e} x the last layer's",
-                       evidence, "match the initializer to the activation (He for ReLU, Xavier "
-                       "for tanh), add normalization or residual connections"))
+                       {**evidence, "weight_scale": "increase"},
+                       "increase the weight scale toward the critical sigma_w (gf.theory."
+                       "critical_sigma_w; He for ReLU), add normalization or residual connections"))
   elif ratio > EXPLODING_RATIO:
     out.append(Finding("warning", "exploding_gradients", (0,),
                        f"exploding gradients: ||dL/dz|| at layer 0 is {ratio:.1e} x the last layer's",
-                       evidence, "reduce the weight scale (gain), clip gradients with "
-                       "optax.clip_by_global_norm, lower the learning rate"))
+                       {**evidence, "weight_scale": "decrease"},
+                       "reduce the weight scale toward the critical sigma_w (gf.theory."
+                       "critical_sigma_w), clip gradients with optax.clip_by_global_norm"))
   return out
 
 
@@ -130,10 +189,11 @@ def diagnose_stats(acts: dict, grads: dict | None = None) -> list[Finding]:
 # by that factor between input and output.
 JACOBIAN_EXPLODING = 1e2
 JACOBIAN_VANISHING = 1e-2
-# Measured sigma_w^2 = Var(W) x fan_in more than 25% away from the
-# activation's recommended initializer (e.g. Xavier's 1 against He's 2 for
-# ReLU): a mismatch compounds per layer, 0.8^30 = 1e-3 at depth 30.
-INIT_MISMATCH_FACTOR = 1.25
+# The initialization check asks the theory (Poole et al. 2016; Schoenholz et
+# al. 2017): at the measured sigma_w^2 = Var(W) x fan_in and sigma_b, does
+# chi_1^depth (the predicted growth of the mean squared singular value of the
+# input-output Jacobian) leave [1/100, 100]? The recommended torch gain is one
+# option, shown with its own chi_1; the target is criticality (chi_1 = 1).
 # From this many hidden layers on, measured trouble suggests normalization or
 # residual connections (the seed's checklist, last item).
 DEEP_NETWORK = 10
@@ -147,38 +207,78 @@ def _jacobian_findings(m1: float | None) -> list[Finding]:
   if m1 is None or not np.isfinite(m1):
     return []
   ev = {"mean_sq_singular_value": float(m1)}
+  up, down = {**ev, "weight_scale": "increase"}, {**ev, "weight_scale": "decrease"}
   if m1 > JACOBIAN_EXPLODING:
     return [Finding("warning", "exploding_jacobian", (), f"input-output Jacobian amplifies: "
-                    f"mean squared singular value {m1:.2e}", ev,
+                    f"mean squared singular value {m1:.2e}", down,
                     "reduce the weight scale toward the critical sigma_w (gf.theory."
                     "critical_sigma_w), add normalization, clip gradients")]
   if m1 < JACOBIAN_VANISHING:
     return [Finding("warning", "vanishing_jacobian", (), f"input-output Jacobian attenuates: "
-                    f"mean squared singular value {m1:.2e}", ev,
+                    f"mean squared singular value {m1:.2e}", up,
                     "increase the weight scale toward criticality (He for ReLU), or add "
                     "residual connections")]
   return []
 
 
+@functools.lru_cache(maxsize=256)
+def _critical(activation: str, sigma_b: float, kw: tuple):
+  from gradflow_jax import theory
+  try:
+    return theory.critical_sigma_w(activation, sigma_b, **dict(kw)), ""
+  except ValueError as e:
+    return None, str(e)
+
+
+def criticality_finding(activation: str, sigma_w2: float, sigma_b: float, depth: int,
+                        act_kwargs: dict | None = None) -> list[Finding]:
+  """A warning when mean-field theory puts a plain deep network (this
+  activation, sigma_w^2, sigma_b, depth) far from criticality: chi_1^depth
+  outside [JACOBIAN_VANISHING, JACOBIAN_EXPLODING]. The fix is the critical
+  sigma_w, with the recommended initializer's chi_1 for context."""
+  from gradflow_jax import _initializers, theory
+  kw = dict(act_kwargs or {})
+  if not (np.isfinite(sigma_w2) and sigma_w2 > 0 and np.isfinite(sigma_b)):
+    return []
+  sw = float(np.sqrt(sigma_w2))
+  chi = theory.chi1(activation, sw, sigma_b, **kw)
+  growth = chi ** depth if chi > 0 else 0.0
+  if JACOBIAN_VANISHING <= growth <= JACOBIAN_EXPLODING:
+    return []
+  crit, why = _critical(activation, float(sigma_b), tuple(sorted(kw.items())))
+  rec = _initializers.recommended_init(activation, **kw)
+  rec_sw = float(np.sqrt(_initializers.weight_variance(rec.name, rec.gain, 100, 100) * 100))
+  rec_chi = theory.chi1(activation, rec_sw, sigma_b, **kw)
+  direction = "decrease" if growth > 1 else "increase"
+  ev = {"sigma_w2": sigma_w2, "sigma_b": float(sigma_b), "chi1": chi, "chi1_pow_depth": growth,
+        "critical_sigma_w": crit, "weight_scale": direction}
+  context = f"({rec.name} gain {rec.gain:.3g} gives chi_1 = {rec_chi:.3g})"
+  if crit is not None:
+    fix = (f"set sigma_w to {crit:.3g}, critical for {activation} with sigma_b = "
+           f"{sigma_b:.3g} (chi_1 = 1) {context}")
+  else:
+    fix = (f"{direction} the weight scale; no critical sigma_w exists for {activation} at "
+           f"sigma_b = {sigma_b:.3g} ({why.split(': ', 1)[-1]}); add normalization")
+  return [Finding("warning", "init_mismatch", (),
+                  f"initialization far from criticality for {activation} at depth {depth}: "
+                  f"sigma_w^2 = {sigma_w2:.3g} gives chi_1 = {chi:.3g}, chi_1^{depth} = "
+                  f"{growth:.2e}", ev, fix)]
+
+
 def init_findings(cfg, params) -> list[Finding]:
-  """Measured Var(W) x fan_in of the hidden layers against the activation's
-  recommended initializer (skipped with normalization, which removes scale)."""
-  from gradflow_jax import _initializers
-  if cfg.norm is not None or cfg.depth < 2:
+  """Measured sigma_w^2 = Var(W) x fan_in and sigma_b of the hidden layers
+  against criticality (skipped with normalization or residual connections,
+  where the plain-network theory does not apply)."""
+  if cfg.norm is not None or cfg.residual or cfg.depth < 2:
     return []
-  rec = _initializers.recommended_init(cfg.activation)
   dense = cfg.hidden_dense_index[1:]
-  fi, fo = cfg.width, cfg.width
-  target = _initializers.weight_variance(rec.name, rec.gain, fi, fo) * fi
-  measured = float(np.mean([np.var(np.asarray(params["layers"][i]["w"])) * fi for i in dense]))
-  ratio = measured / target
-  if 1 / INIT_MISMATCH_FACTOR <= ratio <= INIT_MISMATCH_FACTOR:
-    return []
-  return [Finding("warning", "init_mismatch", tuple(range(1, cfg.depth)),
-                  f"initialization does not match {cfg.activation}: Var(W) x fan_in = "
-                  f"{measured:.3g}, {rec.name} (gain {rec.gain:.3g}) gives {target:.3g}",
-                  {"measured_sigma_w2": measured, "target_sigma_w2": target},
-                  f"use {rec.name} with gain {rec.gain:.3g} (gf.recommended_init)")]
+  layers = [params["layers"][i] for i in dense]
+  sw2 = float(np.mean([np.var(np.asarray(l["w"], np.float64)) * cfg.width for l in layers]))
+  sb = float(np.sqrt(np.mean([np.mean(np.square(np.asarray(l["b"], np.float64)))
+                              for l in layers])))
+  kw = {"leaky_relu": {"slope": cfg.leaky_slope}, "elu": {"alpha": cfg.elu_alpha},
+        "prelu": {"prelu_init": cfg.prelu_init}}.get(cfg.act.name, {})
+  return criticality_finding(cfg.act.name, sw2, sb, cfg.depth, kw)
 
 
 def architecture_findings(cfg, found: list[Finding]) -> list[Finding]:
@@ -208,6 +308,9 @@ def diagnose(cfg, params, x, y, loss: str = "cross_entropy", stats=None) -> list
     stats = _stats.flow_stats(cfg, params, x, y, loss)
   stats = jax.device_get(stats)
   found = diagnose_stats(stats.activations, stats.gradients)
+  causes = input_findings(x, y if loss == "cross_entropy" else None, params, cfg.out_dim)
+  if causes:  # the rest would diagnose the symptoms of bad input
+    return _blame([f for f in found if f.kind.startswith("nonfinite")], causes)
   if cfg.norm != "batchnorm" and cfg.width <= 512:
     spec = _jacobians.jacobian_spectra(cfg, params, np.asarray(x)[:4], depths=[cfg.depth])
     found += _jacobian_findings(float(np.median(np.asarray(spec.mean_sq_singular_value))))
@@ -227,7 +330,7 @@ def _tap_finding(f: Finding, names, idx) -> Finding:
                     evidence={**f.evidence, "taps": taps})
 
 
-def diagnose_model(stats, jacobians=None) -> list[Finding]:
+def diagnose_model(stats, jacobians=None, causes=(), input_jacobian=None) -> list[Finding]:
   """Findings for any probed model from measurements already made (host-only:
   it never runs the model).
 
@@ -235,6 +338,10 @@ def diagnose_model(stats, jacobians=None) -> list[Finding]:
     stats: :class:`ModelFlowStats` (host or device arrays).
     jacobians: optional :class:`TapJacobians`; unconverged norms are reported
       as such, never used as measurements.
+    causes: findings about the input (:func:`input_findings`); when there
+      are any, only they and the non-finite findings they explain are given.
+    input_jacobian: optional (batch,) mean squared singular value of the
+      input-output Jacobian; its median is tested like the built-in MLP's.
 
   Saturation and dead units are read on taps whose activation is known (the
   tap is that activation's input) and, as units exactly 0 on every example
@@ -280,6 +387,10 @@ def diagnose_model(stats, jacobians=None) -> list[Finding]:
     found += [_tap_finding(f, names, post) for f in _flow({"std": a["std"][post]}, None)]
   if jacobians is not None:
     found += _unconverged(jax.device_get(jacobians))
+  if input_jacobian is not None and np.size(input_jacobian):
+    found += _jacobian_findings(float(np.median(np.asarray(input_jacobian, float))))
+  if causes:
+    found = _blame([f for f in found if f.kind.startswith("nonfinite")], list(causes))
   return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
 
@@ -304,16 +415,28 @@ def diagnose_rnn(cfg, params, xs) -> list[Finding]:
   gamma_w = cfg.act.max_derivative * float(r.weight_norm)
   whole = float(np.median(np.asarray(r.jacobian_norm)[:, 0]))
   ev = {"gamma_times_weight_norm": gamma_w, "median_dhT_dh0": whole, "steps": int(xs.shape[0])}
-  if whole > EXPLODING_RATIO or gamma_w > RNN_BOUND:
+  steps = xs.shape[0]
+  # the Pascanu condition gamma ||W|| > 1 is necessary for exploding, not
+  # sufficient: the verdict is the measured norm, the bound its context
+  bound = (f"the bound gamma ||W|| = {gamma_w:.3g} {'>' if gamma_w > RNN_BOUND else '<='} 1 "
+           + ("allows growth (necessary, not sufficient)" if gamma_w > RNN_BOUND
+              else "rules growth out"))
+  if whole > EXPLODING_RATIO:
     found.append(Finding("warning", "exploding_gradients_rnn", (),
-                         f"recurrent gradients can explode: gamma ||W|| = {gamma_w:.3g} > 1 "
-                         f"(||dh_T/dh_0|| = {whole:.2e} over {xs.shape[0]} steps)", ev,
+                         f"gradients explode through time: ||dh_T/dh_0|| = {whole:.2e} over "
+                         f"{steps} steps; {bound}", {**ev, "weight_scale": "decrease"},
                          "rescale W to spectral norm <= 1/gamma (orthogonal init), clip "
                          "gradients with optax.clip_by_global_norm"))
-  if whole < VANISHING_RATIO:
+  elif whole < VANISHING_RATIO:
     found.append(Finding("warning", "vanishing_gradients_rnn", (),
                          f"gradients vanish through time: ||dh_T/dh_0|| = {whole:.2e} over "
-                         f"{xs.shape[0]} steps", ev,
+                         f"{steps} steps; {bound}", ev,
                          "orthogonal recurrent init with spectral norm near 1, gated units "
                          "(LSTM/GRU), or shorter truncation"))
+  elif gamma_w > RNN_BOUND:
+    found.append(Finding("info", "rnn_bound_above_one", (),
+                         f"||dh_T/dh_0|| = {whole:.2e} over {steps} steps is in range, but "
+                         f"{bound}: longer sequences or training may make it explode", ev,
+                         "watch ||dh_T/dh_t|| over training; clip gradients with "
+                         "optax.clip_by_global_norm"))
   return found

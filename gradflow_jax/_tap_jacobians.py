@@ -217,7 +217,13 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
     theta, vecs = jnp.linalg.eigh(tri)
     top = jnp.maximum(theta[..., -1], 0)
     residual = jnp.abs(b[..., -1] * vecs[..., -1, -1])
-    return jnp.sqrt(top), (residual <= tol * top) | done
+    # eigenvalue error <= residual^2 / gap (Parlett, The Symmetric Eigenvalue
+    # Problem, thm 11.7.1), the gap taken to the next distinct Ritz value
+    gap = theta[..., -1] - theta[..., -2]
+    error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, 1e-30))
+    distinct = gap > 1e-3 * top  # a duplicate (no reorthogonalisation) says nothing
+    error = jnp.where(distinct, error, residual)
+    return jnp.sqrt(top), (error <= tol * top) | done
 
   keys = jax.random.split(jax.random.key(0), block_of_source.shape[0])
   sigma, conv = jax.lax.map(one_round, (block_of_source, in_round, keys))
@@ -273,3 +279,44 @@ def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
   has_source = jnp.asarray([bool(s) for s in src_of])[None]
   return TapJacobians(tuple(names), src_names, jnp.where(has_source, norm, jnp.nan),
                       conv & has_source, per_example)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _hutchinson(forward, params, x, target, probes):
+  def f(xin):
+    return forward(params, xin, None)[1][target]
+  keys = jax.random.split(jax.random.key(3), probes)
+
+  def one(key):
+    v = jax.random.normal(key, x.shape, jnp.float32).astype(x.dtype)
+    out = jax.jvp(f, (x,), (v,))[1].astype(jnp.float32)
+    return jnp.sum(out.reshape(out.shape[0], -1) ** 2, axis=-1)
+  return jnp.mean(jax.lax.map(one, keys), axis=0)
+
+
+def input_output_mean_sq_singular_value(model: _probe.ProbedModel, x, target: str | None = None,
+                                        probes: int = 8):
+  """Per example, ||J||_F^2 / k for J = d target / d x (k = min(in, out)
+  features per example): the quantity mean-field theory predicts as chi_1^L,
+  whose healthy value is about 1. Hutchinson's estimator, E||J v||^2 =
+  ||J||_F^2 for v ~ N(0, I), averaged over ``probes`` jvps (relative standard
+  error about sqrt(2 / (probes k)) for a well-spread spectrum).
+
+  ``target`` defaults to the last ``post`` tap (the input of the last weight
+  layer, the built-in MLP's h_L). Returns ``(target, (batch,) array)``, or
+  ``(None, None)`` when the input is not one float array or the model has no
+  such tap. Where examples interact (BatchNorm in training mode) the
+  estimate includes the cross-example terms.
+  """
+  if not _float_input(x):
+    return None, None
+  info, shapes = _model_stats.discover(model, x)
+  if target is None:
+    post = [i.name for i in info if i.role == "post"]
+    if not post:
+      return None, None
+    target = post[-1]
+  n_out = int(np.prod(shapes[target].shape[1:]))
+  n_in = int(np.prod(x.shape[1:]))
+  fro = _hutchinson(model.forward, model.params, x, target, int(probes))
+  return target, fro / min(n_in, n_out)

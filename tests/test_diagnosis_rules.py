@@ -1,0 +1,98 @@
+"""The diagnosis rules on the cases where they used to loop, miss or
+contradict themselves: each case with the findings and fixes it must give."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import gradflow_jax as gf
+
+X = jax.random.normal(jax.random.key(1), (32, 16))
+Y = jax.random.randint(jax.random.key(2), (32,), 0, 4)
+
+
+def _diagnose(depth=30, **kw):
+  cfg = gf.MLPConfig(in_dim=16, width=32, out_dim=4, depth=depth, **kw)
+  return gf.diagnose(cfg, gf.init_mlp(jax.random.key(0), cfg), X, Y)
+
+
+def _directions(found):
+  return {f.evidence.get("weight_scale") for f in found} - {None}
+
+
+def test_critical_orthogonal_tanh_gets_no_init_advice():
+  # Pennington et al. 2017: orthogonal tanh at sigma_w = 1, sigma_b = 0 is critical
+  found = _diagnose(activation="tanh", init="orthogonal", sigma_w=1.0)
+  assert not {"init_mismatch", "exploding_jacobian", "vanishing_jacobian"} & {f.kind for f in found}
+
+
+def test_torch_gain_for_tanh_is_off_critical_and_the_fix_is_the_critical_sigma_w():
+  found = _diagnose(activation="tanh", init="xavier_uniform", sigma_w=5 / 3)
+  init = [f for f in found if f.kind == "init_mismatch"]
+  assert len(init) == 1 and init[0].evidence["chi1"] == pytest.approx(1.21, abs=0.01)
+  assert "set sigma_w to 1," in init[0].fix and init[0].evidence["weight_scale"] == "decrease"
+  assert init[0].evidence["critical_sigma_w"] == pytest.approx(1.0, abs=1e-4)
+  assert _directions(found) == {"decrease"}
+
+
+@pytest.mark.parametrize("activation, init, sigma_w", [
+    ("tanh", "gaussian", 0.5), ("tanh", "gaussian", 2.0), ("relu", "xavier_normal", None),
+    ("relu", "gaussian", 2.0), ("sigmoid", "xavier_uniform", None)])
+def test_no_contradictory_fixes_in_one_run(activation, init, sigma_w):
+  found = _diagnose(depth=20, activation=activation, init=init, sigma_w=sigma_w)
+  assert len(_directions(found)) <= 1, [(f.kind, f.fix) for f in found]
+  assert any(f.kind == "init_mismatch" for f in found)
+
+
+class TanhMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(30):  # sigma_w^2 = 4: chaotic, saturated
+      x = jnp.tanh(nn.Dense(32, kernel_init=nn.initializers.normal(2.0 / np.sqrt(x.shape[-1])))(x))
+    return nn.Dense(4)(x)
+
+
+class ZeroHeadGelu(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(6):
+      x = nn.gelu(nn.Dense(32, kernel_init=nn.initializers.he_normal())(x), approximate=False)
+    return nn.Dense(4, kernel_init=nn.initializers.zeros)(x)
+
+
+def _analyze(module, x=X, y=Y, **kw):
+  variables = module.init(jax.random.key(0), x)
+  return gf.analyze_model(gf.from_linen(module, variables), x, y, **kw)
+
+
+def test_user_model_gets_the_jacobian_and_saturation_findings():
+  r = _analyze(TanhMLP(), jacobians=False)
+  kinds = {f.kind for f in r.findings}
+  assert {"saturation", "exploding_jacobian"} <= kinds
+  assert r.input_jacobian[0] == "Dense_30/input" and np.median(r.input_jacobian[1]) > 100
+
+
+def test_zero_head_is_explained_not_called_vanishing():
+  kinds = {f.kind for f in _analyze(ZeroHeadGelu(), jacobians=False).findings}
+  assert "zero_output_layer" in kinds
+  assert not kinds & {"vanishing_gradients", "dead_units", "signal_collapse"}
+
+
+def test_nan_input_and_bad_labels_name_the_cause():
+  r = _analyze(ZeroHeadGelu(), x=X.at[3, 2].set(jnp.nan), jacobians=False)
+  assert r.findings[0].kind == "nonfinite_inputs" and "1 NaN/Inf" in r.findings[0].message
+  assert not any("learning rate" in f.fix for f in r.findings)
+  r = _analyze(ZeroHeadGelu(), y=Y + 2, jacobians=False)
+  assert r.findings[0].kind == "labels_out_of_range" and "4 outputs" in r.findings[0].message
+
+
+def test_rnn_bound_is_context_not_a_verdict():
+  # sigmoid, ||W|| = 6: gamma ||W|| = 1.5 > 1 allows growth, yet the norms vanish
+  cfg = gf.RNNConfig(in_dim=4, hidden=32, activation="sigmoid", scale=6.0)
+  xs = jax.random.normal(jax.random.key(2), (100, 4, 4))
+  found = gf.diagnose_rnn(cfg, gf.init_rnn(jax.random.key(0), cfg), xs)
+  kinds = [f.kind for f in found]
+  assert kinds == ["vanishing_gradients_rnn"], kinds
+  assert "necessary, not sufficient" in found[0].message
