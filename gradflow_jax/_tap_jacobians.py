@@ -13,8 +13,11 @@ How: each tap passes on ``stop_gradient(value) + perturbation`` (see
 J_k v at once and one vjp every J_k^T u. Which taps feed which is found once,
 by jvps from each tap; links that share an upstream tap go to different
 rounds (a vjp would otherwise mix them). Then block Lanczos on J_k^T J_k
-runs for every (tap, example) block of a round at once. Cost: rounds x
-steps x (one jvp + one vjp of the whole batch), however many taps there are.
+runs for every (tap, example) block of a round at once. The model is
+linearized once and each round's linear map is restricted to its sources,
+so a step of a round costs only its links (the operations between its
+sources and the next cuts): in all, about steps x (one jvp + one vjp of the
+model) however many rounds there are, plus one forward pass.
 
 The Lanczos recurrence runs without reorthogonalisation (no basis is kept: a
 basis of every tap's vectors did not fit the cost): in floating point that
@@ -138,13 +141,16 @@ def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
   return rounds, src_of
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8))
-def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, tol,
-             block_of_source, in_round):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
+def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, tol, rounds):
   """Block Lanczos on J_k^T J_k for every (tap, example) block of every round.
 
-  ``block_of_source``: (rounds, n_sources) int, the tap each source feeds in
-  that round (-1: none); ``in_round``: (rounds, n_taps) bool."""
+  ``rounds``: per round, the links (tap index, source index). The model is
+  linearized once; each round then gets its own linear map restricted to its
+  sources (the other tangents are symbolic zeros), so JAX keeps only the
+  operations between those sources and the next cuts: a round costs its
+  links, not the whole model.
+  Returns (n_taps, batch) norms and converged flags (NaN/False off-round)."""
   names = [i.name for i in info]
   shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
   f = _cut_forward(forward, params, x, names, with_input, roles)
@@ -152,83 +158,86 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
   sources = ([INPUT] if with_input else []) + names
   batch = jax.tree.leaves(x)[0].shape[0]
   n_taps = len(names)
-  _, jvp = jax.linearize(f, zeros)
-  _, vjp = jax.vjp(f, zeros)
+  _, jvp_all = jax.linearize(f, zeros)
+  eps = jnp.finfo(jnp.float32).eps
+  norms = jnp.full((n_taps, batch), jnp.nan)
+  conv = jnp.zeros((n_taps, batch), bool)
 
-  n_src = len(sources)
+  for r, links in enumerate(rounds):
+    src = [sources[j] for _, j in links]
+    taps = [names[k] for k, _ in links]
+    fixed = {n: zeros[n] for n in sources if n not in set(src)}
 
-  def flat(d, keys):  # dict -> list of (batch, features) float32 arrays
-    return [d[k].reshape(batch, -1).astype(jnp.float32) for k in keys]
+    def restricted(t_src, fixed=fixed, taps=taps):
+      out = jvp_all({**fixed, **t_src})
+      return {t: out[t] for t in taps}
 
-  def unflat(parts, keys, like):
-    return {k: p.reshape(like[k].shape).astype(like[k].dtype) for k, p in zip(keys, parts)}
+    start = {n: zeros[n] for n in src}
+    _, jvp_r = jax.linearize(restricted, start)
+    vjp_r = jax.linear_transpose(jvp_r, start)
 
-  def operator(v, tap_mask):
-    u = flat(jvp(unflat(v, sources, zeros)), names)
-    u = [p * tap_mask[k].astype(p.dtype) for k, p in enumerate(u)]
-    return flat(vjp(unflat(u, names, shapes))[0], sources)
+    def operator(v, src=src, taps=taps, jvp_r=jvp_r, vjp_r=vjp_r):
+      t = {n: p.reshape(zeros[n].shape).astype(zeros[n].dtype) for n, p in zip(src, v)}
+      u = jvp_r(t)
+      back = vjp_r({k: u[k] for k in taps})[0]
+      return [back[n].reshape(batch, -1).astype(jnp.float32) for n in src]
 
-  def one_round(args):
-    block, tap_mask, key = args
-    onehot = (block[:, None] == jnp.arange(n_taps)[None]).astype(jnp.float32)  # (src, taps)
-    live = (block >= 0).astype(jnp.float32)
+    def dots(a, b):  # -> (links, batch)
+      out = jnp.stack([jnp.sum(p * q, axis=-1) for p, q in zip(a, b)])
+      return out if per_example else jnp.sum(out, 1, keepdims=True) * jnp.ones((1, batch))
 
-    def dots(a, b):  # lists over sources -> (n_taps, B) block inner products
-      per_src = jnp.stack([jnp.sum(p * q, axis=-1) for p, q in zip(a, b)])  # (src, B)
-      out = onehot.T @ per_src
-      return jnp.sum(out, 1, keepdims=True) * jnp.ones((1, batch)) if not per_example else out
+    def scaled(c, xs):  # per link (batch,) scale times its vectors
+      return [p * c[i][:, None] for i, p in enumerate(xs)]
 
-    def spread(c):  # (n_taps, B) -> per source (B, 1)
-      per_src = (onehot @ c) * live[:, None]
-      return [per_src[j][:, None] for j in range(n_src)]
+    keys = jax.random.split(jax.random.key(r), len(src))
+    v = [jax.random.normal(keys[i], (batch, int(np.prod(zeros[n].shape[1:]))))
+         for i, n in enumerate(src)]
+    v = scaled(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30)), v)
+    # a data dependence on the previous round runs the rounds one after
+    # another: XLA's CPU runtime otherwise starts independent loops at once,
+    # and on a small thread pool they can wait on each other forever
+    v = [p + 0 * jnp.nan_to_num(norms[0, 0]) for p in v]
+    zero = jnp.zeros((len(src), batch))
+    dim = max(p.shape[-1] for p in v)
 
-    def axpy(scale, xs, ys):  # ys + spread(scale) * xs, per source
-      return [y + s * x for s, x, y in zip(spread(scale), xs, ys)]
-
-    keys = jax.random.split(key, n_src)
-    v = [jax.random.normal(keys[j], (batch, int(np.prod(zeros[s].shape[1:])))) * live[j]
-         for j, s in enumerate(sources)]
-    v = [p * s for p, s in zip(v, spread(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30))))]
-    zero = jnp.zeros((n_taps, batch))
-    dim = sum(p.shape[-1] for p in v)
-    eps = jnp.finfo(jnp.float32).eps
-
-    def body(i, state):
+    def body(i, state, operator=operator, dots=dots, scaled=scaled, dim=dim):
       alphas, betas, v, v_prev, beta, scale, done = state
-      w = operator(v, tap_mask)
+      w = operator(v)
       alpha = dots(v, w)
-      w = axpy(-alpha, v, axpy(-beta, v_prev, w))
+      w = [a - b - c for a, b, c in zip(w, scaled(alpha, v), scaled(beta, v_prev))]
       beta_new = jnp.sqrt(jnp.maximum(dots(w, w), 0))
       scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
       done = done | (beta_new <= 64 * eps * np.sqrt(dim) * scale)
       beta_new = jnp.where(done, 0, beta_new)
       inv = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
-      v_next = [p * s for p, s in zip(w, spread(inv))]
-      return (alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new, scale,
-              done)
+      return (alphas.at[i].set(alpha), betas.at[i].set(beta_new), scaled(inv, w), v, beta_new,
+              scale, done)
 
-    init = (jnp.zeros((steps, n_taps, batch)), jnp.zeros((steps, n_taps, batch)), v,
-            [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros((n_taps, batch), bool))
+    init = (jnp.zeros((steps,) + zero.shape), jnp.zeros((steps,) + zero.shape), v,
+            [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros(zero.shape, bool))
     alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
-    a = jnp.moveaxis(alphas, 0, -1)
-    b = jnp.moveaxis(betas, 0, -1)
-    tri = (jax.vmap(jax.vmap(jnp.diag))(a) + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], 1)))(b)
-           + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], -1)))(b))
-    theta, vecs = jnp.linalg.eigh(tri)
-    top = jnp.maximum(theta[..., -1], 0)
-    residual = jnp.abs(b[..., -1] * vecs[..., -1, -1])
-    # eigenvalue error <= residual^2 / gap (Parlett, The Symmetric Eigenvalue
-    # Problem, thm 11.7.1), the gap taken to the next distinct Ritz value
-    gap = theta[..., -1] - theta[..., -2]
-    error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, 1e-30))
-    distinct = gap > 1e-3 * top  # a duplicate (no reorthogonalisation) says nothing
-    error = jnp.where(distinct, error, residual)
-    return jnp.sqrt(top), (error <= tol * top) | done
+    sigma, ok = _ritz(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done, tol)
+    idx = jnp.asarray([k for k, _ in links])
+    norms = norms.at[idx].set(sigma)
+    conv = conv.at[idx].set(ok)
+  return norms.T, conv.T
 
-  keys = jax.random.split(jax.random.key(0), block_of_source.shape[0])
-  sigma, conv = jax.lax.map(one_round, (block_of_source, in_round, keys))
-  pick = in_round[..., None]
-  return jnp.sum(jnp.where(pick, sigma, 0), 0).T, jnp.any(pick & conv, 0).T
+
+def _ritz(a, b, done, tol):
+  """Largest Ritz value of each tridiagonal (alphas a, betas b, last axis:
+  steps) and whether it has converged."""
+  tri = (jax.vmap(jax.vmap(jnp.diag))(a) + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], 1)))(b)
+         + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], -1)))(b))
+  theta, vecs = jnp.linalg.eigh(tri)
+  top = jnp.maximum(theta[..., -1], 0)
+  residual = jnp.abs(b[..., -1] * vecs[..., -1, -1])
+  # eigenvalue error <= residual^2 / gap (Parlett, The Symmetric Eigenvalue
+  # Problem, thm 11.7.1), the gap taken to the next distinct Ritz value
+  gap = theta[..., -1] - theta[..., -2]
+  error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, 1e-30))
+  distinct = gap > 1e-3 * top  # a duplicate (no reorthogonalisation) says nothing
+  error = jnp.where(distinct, error, residual)
+  return jnp.sqrt(top), (error <= tol * top) | done
 
 
 def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
@@ -266,16 +275,10 @@ def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
   if not rounds:
     nan = jnp.full((batch, len(names)), jnp.nan)
     return TapJacobians(tuple(names), src_names, nan, jnp.zeros(nan.shape, bool), per_example)
-  block = np.full((len(rounds), len(sources)), -1, np.int32)
-  in_round = np.zeros((len(rounds), len(names)), bool)
-  for r, links in enumerate(rounds):
-    for k in links:
-      in_round[r, k] = True
-      for j in src_of[k]:
-        block[r, j] = k
+  links = tuple(tuple((k, next(iter(src_of[k]))) for k in r) for r in rounds)
   steps = max(2, int(steps))
   norm, conv = _lanczos(model.forward, model.params, x, info, with_input, roles, per_example, steps,
-                        float(tol), jnp.asarray(block), jnp.asarray(in_round))
+                        float(tol), links)
   has_source = jnp.asarray([bool(s) for s in src_of])[None]
   return TapJacobians(tuple(names), src_names, jnp.where(has_source, norm, jnp.nan),
                       conv & has_source, per_example)
