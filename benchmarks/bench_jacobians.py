@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _jacobians  # noqa: E402
+from gradflow_jax import _jacobians, _mlp  # noqa: E402
 from _timing import time_fn  # noqa: E402
 
 QUICK = "--quick" in sys.argv
@@ -83,7 +83,7 @@ def naive_per_depth():
   t0 = time.perf_counter()
   for l in range(1, depth + 1):
     def h_l(xi, l=l):
-      return gf.mlp_apply(cfg, params, xi[None])[1].hidden[l - 1][0]
+      return _mlp.mlp_apply(cfg, params, xi[None])[1].hidden[l - 1][0]
     f = jax.jit(jax.vmap(lambda xi: jnp.linalg.svd(jax.jacfwd(h_l)(xi), compute_uv=False)))
     jax.block_until_ready(f(x))
   naive = time.perf_counter() - t0

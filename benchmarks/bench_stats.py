@@ -11,6 +11,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
+from gradflow_jax import _mlp, _stats  # noqa: E402
 from _timing import interleaved  # noqa: E402
 
 
@@ -23,8 +24,8 @@ def main():
     y = jax.random.randint(jax.random.key(2), (64,), 0, 10)
 
     plain = jax.jit(jax.value_and_grad(
-        lambda p, x, y: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y)))
-    probed = jax.jit(lambda p, x, y: gf.flow_stats_fn(cfg, p, x, y, "cross_entropy"))
+        lambda p, x, y: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, p, x)[0], y)))
+    probed = jax.jit(lambda p, x, y: _stats.flow_stats_fn(cfg, p, x, y, "cross_entropy"))
     t = interleaved({"plain": plain, "stats": probed}, params, x, y, number=100, repeat=21)
     results[act] = t
     print(f"{act:6s} plain value_and_grad {t['plain'] * 1e3:7.3f} ms   all statistics "

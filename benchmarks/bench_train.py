@@ -24,7 +24,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _data, _train  # noqa: E402
+from gradflow_jax import _data, _mlp, _train  # noqa: E402
 from _timing import interleaved  # noqa: E402
 
 CHUNK = 50
@@ -41,7 +41,7 @@ def main():
 
   def bare(params, opt, x, y):
     loss, g = jax.value_and_grad(
-        lambda p: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y))(params)
+        lambda p: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, p, x)[0], y))(params)
     u, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, u), opt, loss
 

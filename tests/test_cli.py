@@ -184,6 +184,8 @@ def test_compare_report(tmp_path, capsys):
   assert page.count('class="f ') - page.count('class="f ok"') == len(found)
   for f in found:
     assert html.escape(f["message"]) in page
+  for r in data["runs"]:  # no run is told both to raise and to lower the weight scale
+    assert len({f["evidence"].get("weight_scale") for f in r["findings"]} - {None}) <= 1
 
 
 def test_diagnose_bad_factories(tmp_path, capsys):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from gradflow_jax import _mlp
 from helpers import np_act
 
 KEY = jax.random.key(0)
@@ -23,7 +24,7 @@ def _setup(batch=3, **kw):
 
 def _all_hidden(cfg, params):
   """x (in_dim,) -> (depth, width): every layer's output, for jacfwd/jacrev."""
-  return lambda xi: gf.mlp_apply(cfg, params, xi[None])[1].hidden[:, 0]
+  return lambda xi: _mlp.mlp_apply(cfg, params, xi[None])[1].hidden[:, 0]
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(activation="gelu", residual=True, norm="layernorm"),

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _data, _train
+from gradflow_jax import _data, _mlp, _train
 
 KEY = jax.random.key(0)
 
@@ -36,7 +36,7 @@ def test_step_logs_match_gradient_stats_and_numpy_update(data):
   norm = float(ref.gradients.global_norm)
   assert norm > 0.05 and bool(log.clipped)
   assert float(log.clipped_grad_norm) == pytest.approx(0.05)
-  grads = jax.grad(lambda p: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y))(params)
+  grads = jax.grad(lambda p: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, p, x)[0], y))(params)
   for i, (g, p, q) in enumerate(zip(grads["layers"], params["layers"], new["layers"])):
     want = np.asarray(p["w"]) - 0.1 * np.asarray(g["w"]) * 0.05 / norm  # clipped SGD by hand
     np.testing.assert_allclose(q["w"], want, rtol=1e-4, atol=1e-7)
@@ -52,7 +52,7 @@ def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
 
   @jax.jit
   def user_step(params, state):
-    grads = jax.grad(lambda p: gf.loss_value("cross_entropy", gf.mlp_apply(cfg, p, x)[0], y))(params)
+    grads = jax.grad(lambda p: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, p, x)[0], y))(params)
     updates, state = user_tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
