@@ -38,7 +38,8 @@ def test_torch_gain_for_tanh_is_off_critical_and_the_fix_is_the_critical_sigma_w
 
 
 @pytest.mark.parametrize("activation, init, sigma_w", [
-    ("tanh", "gaussian", 0.5), ("relu", "gaussian", 2.0), ("sigmoid", "xavier_uniform", None)])
+    ("tanh", "gaussian", 0.5), ("relu", "gaussian", 2.0),
+    ("silu", "he_normal", None)])  # SiLU under He: q* -> 0, chi_1 = 0.5, the signal collapses
 def test_no_contradictory_fixes_in_one_run(activation, init, sigma_w):
   found = _diagnose(depth=20, activation=activation, init=init, sigma_w=sigma_w)
   assert len(_directions(found)) <= 1, [(f.kind, f.fix) for f in found]
