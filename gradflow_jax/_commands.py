@@ -334,6 +334,8 @@ def diagnose(args) -> int:
              "activation_stats": stats.activations, "tap_grad_norm": stats.tap_grad_norm,
              "tap_jacobian": {"sources": [list(s) for s in jac.sources], "norm": jac.norm,
                               "converged": jac.converged, "per_example": jac.per_example},
+             "input_jacobian": {"target": result.input_jacobian[0],
+                                "mean_sq_singular_value": result.input_jacobian[1]},
              "global_norm": stats.global_norm, "loss": stats.loss,
              "findings": [f._asdict() for f in findings]}
   written = _write_outputs(args, "diagnose", payload, {}, extra=[png, report])

@@ -306,7 +306,7 @@ def input_output_mean_sq_singular_value(model: _probe.ProbedModel, x, target: st
   error about sqrt(2 / (probes k)) for a well-spread spectrum).
 
   ``target`` defaults to the last ``post`` tap (the input of the last weight
-  layer, the built-in MLP's h_L). Returns ``(target, (batch,) array)``, or
+  layer, the built-in MLP's h_L), else the last ``tap``-role tap. Returns ``(target, (batch,) array)``, or
   ``(None, None)`` when the input is not one float array or the model has no
   such tap. Where examples interact (BatchNorm in training mode) the
   estimate includes the cross-example terms.
@@ -315,7 +315,7 @@ def input_output_mean_sq_singular_value(model: _probe.ProbedModel, x, target: st
     return None, None
   info, shapes = _model_stats.discover(model, x)
   if target is None:
-    post = [i.name for i in info if i.role == "post"]
+    post = [i.name for i in info if i.role == "post"] or [i.name for i in info if i.role == "tap"]
     if not post:
       return None, None
     target = post[-1]

@@ -228,6 +228,10 @@ def test_every_example_model_is_diagnosed_and_reported(name, tmp_path, capsys):
     assert f["message"] in page
   assert page.count('class="f ') == max(1, len(data["findings"]))
   assert sorted(data["files"]) == ["model_taps.png", "report.html"]
+  io = data["input_jacobian"]  # integer tokens have no input Jacobian
+  assert (io["target"] is None) == (name == "nnx_embed"), io
+  if io["target"] is not None:
+    assert all(v is None or v >= 0 for v in io["mean_sq_singular_value"])
   if name == "linen_cnn":
     assert "dense_act" in out and "Conv_1" in out and "data:image/png;base64," in page
     assert data["activation_names"][data["taps"].index("Conv_1")] == "relu"
