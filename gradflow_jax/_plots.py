@@ -327,7 +327,8 @@ def plot_taps(stats, jac, path) -> None:
   ax.set_yscale("log")
   ax.set_xticks(idx, stats.names, rotation=60, ha="right", fontsize=7)
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8)
-  ax.set_title("Per tap, in the order the model records them")
+  # above the axes, so no marker is hidden behind it
+  ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+  fig.suptitle("Per tap, in the order the model records them")
   fig.tight_layout()
   _io.save_figure(fig, path)
