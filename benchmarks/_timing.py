@@ -33,3 +33,26 @@ def interleaved(fns: dict, *args, number=50, repeat=9):
       jax.block_until_ready(out)
       samples[k].append((time.perf_counter() - t0) / number)
   return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+
+
+def paired_ratio(fn, base, *args, number=20, repeat=41):
+  """Median over ``repeat`` rounds of time(fn) / time(base), each round timing
+  both back to back (``number`` calls each, order alternating), so that slow
+  drifts of a shared machine cancel in each ratio. Returns (ratio, seconds per
+  call of fn, of base) with the seconds as medians."""
+  for f in (fn, base):
+    jax.block_until_ready(f(*args))
+  ratios, t_fn, t_base = [], [], []
+  for r in range(repeat):
+    pair = {}
+    for name, f in (("fn", fn), ("base", base)) if r % 2 else (("base", base), ("fn", fn)):
+      t0 = time.perf_counter()
+      for _ in range(number):
+        out = f(*args)
+      jax.block_until_ready(out)
+      pair[name] = (time.perf_counter() - t0) / number
+    ratios.append(pair["fn"] / pair["base"])
+    t_fn.append(pair["fn"])
+    t_base.append(pair["base"])
+  med = lambda v: sorted(v)[len(v) // 2]
+  return med(ratios), med(t_fn), med(t_base)

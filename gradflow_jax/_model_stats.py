@@ -9,10 +9,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from gradflow_jax import _activations, _losses, _probe
-from gradflow_jax._stats import ActivationStats, leaf_norm, Row, rows_stats
+from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms, Row, rows_stats
 
 
 class ModelFlowStats(NamedTuple):
@@ -74,8 +73,9 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
     act = _activations.get_activation(i.activation) if i.activation else None
     rows.append(Row(taps[i.name], taps[i.name], act))
   stats = rows_stats(rows)
-  return (stats, jnp.stack([leaf_norm(gt[n]) for n in names]), jax.tree.map(leaf_norm, gp),
-          optax.tree.norm(gp), value, gp)
+  leaf_norms = jax.tree.map(leaf_norm, gp)
+  return (stats, jnp.stack([leaf_norm(gt[n]) for n in names]), leaf_norms,
+          norm_of_norms(leaf_norms), value, gp)
 
 
 def discover(model: _probe.ProbedModel, x):

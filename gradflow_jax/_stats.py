@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from gradflow_jax import _losses, _mlp
 from gradflow_jax._config import MLPConfig
@@ -71,40 +71,13 @@ def _slopes(cfg: MLPConfig, params):
 
 
 def _count(mask, dtype):
-  """Number of True entries. Summed as floats (exact below 2**24 entries) when
-  that is exact: XLA:CPU reduces floats with vectorized kernels and integers
-  with a slow generic loop (measured 2-3x slower per reduction)."""
-  if mask.size < 2**24:
-    return jnp.sum(mask.astype(dtype))
-  return jnp.sum(mask, dtype=jnp.int32).astype(dtype)
-
-
-def _moments(post):
-  """mean, std (ddof=1), min, max of one layer over its finite entries, and
-  the number of finite entries, in one pass.
-
-  Sums are shifted by one sample of the layer, so that the variance does not
-  cancel when the mean is large against the spread (a collapsed sigmoid layer).
-  """
-  finite = jnp.isfinite(post)
-  flat = post.reshape(-1)
-  shift = jnp.where(jnp.isfinite(flat[0]), flat[0], 0)
-  d = jnp.where(finite, post - shift, 0)
-  n = _count(finite, post.dtype)
-  s1 = jnp.sum(d)
-  s2 = jnp.sum(d * d)
-  mean_d = s1 / n
-  var = jnp.maximum(s2 - s1 * mean_d, 0) / (n - 1)
-  big = jnp.asarray(jnp.inf, post.dtype)
-  return (mean_d + shift, jnp.sqrt(var), jnp.min(jnp.where(finite, post, big)),
-          jnp.max(jnp.where(finite, post, -big))), n
-
-
-def _dead_fraction(inactive):
-  """Share of units (last axis) inactive on every example (float min over the
-  examples: the fast reduction, see ``_count``)."""
-  units = inactive.reshape(-1, inactive.shape[-1]).astype(jnp.float32)
-  return jnp.mean(jnp.min(units, axis=0))
+  """Per row (leading axis), the number of True entries. Summed as floats
+  (exact below 2**24 entries) when that is exact: XLA:CPU reduces floats with
+  vectorized kernels and integers with a slow generic loop (measured 2-3x
+  slower per reduction)."""
+  if mask[0].size < 2**24:
+    return _per_row(jnp.sum, mask.astype(dtype))
+  return _per_row(jnp.sum, mask.astype(jnp.int32)).astype(dtype)
 
 
 class Row(NamedTuple):
@@ -121,59 +94,173 @@ class Row(NamedTuple):
   slope: object = None
 
 
-def _tests(row: Row, dtype, size):
-  if row.act is None:
-    return jnp.asarray(jnp.nan, dtype), _dead_fraction(row.values == 0)
-  return (_count(row.act.is_saturated(row.tested), dtype) / size,
-          _dead_fraction(row.act.is_inactive(row.tested, row.slope)))
+_GROUP_LIMIT = 2**22  # entries per stacked group: above it, per-row kernels cost nothing extra
 
 
-def _masked_row(row: Row):
-  """Statistics of one row over its finite entries, in ActivationStats order."""
-  values = _acc(row.values)
-  (mean, std, vmin, vmax), _ = _moments(values)
-  bad = ~jnp.isfinite(values)
-  if row.tested is not row.values:
-    bad = bad | ~jnp.isfinite(row.tested)
-  sat, dead = _tests(row, values.dtype, values.size)
-  return (mean, std, vmin, vmax, sat, dead, _count(values == 0, values.dtype) / values.size,
+def _group_rows(rows: list[Row]) -> list[list[int]]:
+  """Indices of rows that can be stacked and reduced together: same shapes,
+  dtypes and tests, no per-row slope, at most ``_GROUP_LIMIT`` entries a group.
+  One reduction over a stack replaces a kernel launch per row, which on CPU
+  costs more than the arithmetic for tensors of ~1e4 entries."""
+  groups, open_groups = [], {}
+  for k, r in enumerate(rows):
+    if r.slope is not None or r.values.size >= _GROUP_LIMIT:
+      groups.append([k])
+      continue
+    same = r.tested is r.values
+    key = (r.values.shape, r.values.dtype, same, None if same else (r.tested.shape, r.tested.dtype),
+           id(r.act))
+    group = open_groups.get(key)
+    if group is None or (len(group) + 1) * r.values.size > _GROUP_LIMIT:
+      group = open_groups[key] = []
+      groups.append(group)
+    group.append(k)
+  return groups
+
+
+def _stack(arrays):
+  return arrays[0][None] if len(arrays) == 1 else jnp.stack(arrays)
+
+
+class _Group(NamedTuple):
+  """Rows of one group stacked on a leading axis: values (G, ...), tested (G, ...)."""
+  values: jax.Array
+  tested: jax.Array
+  act: object
+  slope: object
+  same: bool
+
+
+def _per_row(fn, x):
+  """``fn`` reduced over every axis but the leading (row) one."""
+  return fn(x.reshape(x.shape[0], -1), axis=1)
+
+
+def _units(x):
+  """(rows, examples, units): the last axis holds the units."""
+  return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _tests(g: _Group, dtype, size):
+  """(saturation fraction, dead fraction) per row. A unit is dead when it is
+  inactive on every example; for one-sided bounds that is a test of its
+  largest (or smallest) value, a plain reduction, which XLA:CPU runs several
+  times faster than the reduction of a mask."""
+  rows = g.values.shape[:1]
+  if g.act is None:  # dead: exactly 0 on every example
+    v = _units(g.values)
+    return jnp.full(rows, jnp.nan, dtype), _unit_share((jnp.max(v, axis=1) == 0)
+                                                       & (jnp.min(v, axis=1) == 0))
+  lo, hi = g.act.saturation_bounds
+  if math.isinf(lo) and math.isinf(hi):
+    sat = jnp.zeros(rows, dtype)
+  else:
+    sat = _count(g.act.is_saturated(g.tested), dtype) / size
+  lo, hi = g.act.inactive_bounds
+  t = _units(g.tested)
+  if g.act.name == "prelu":
+    slope = jnp.reshape(g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
+    dead = _dead_fraction(g.act.is_inactive(g.tested, slope))
+  elif math.isinf(lo) and math.isinf(hi):
+    dead = jnp.zeros(rows, jnp.float32)
+  elif math.isinf(hi):  # inactive at z <= lo
+    dead = _unit_share(jnp.max(t, axis=1) <= lo)
+  elif math.isinf(lo):  # inactive at z > hi
+    dead = _unit_share(jnp.min(t, axis=1) > hi)
+  else:
+    dead = _dead_fraction(g.act.is_inactive(g.tested))
+  return sat, dead
+
+
+def _unit_share(mask):
+  """Per row, the share of True among the units of a (rows, units) mask."""
+  return jnp.mean(mask.astype(jnp.float32), axis=1)
+
+
+def _dead_fraction(inactive):
+  """Per row, the share of units (last axis) inactive on every example (float
+  min over the examples: the fast reduction, see ``_count``)."""
+  return jnp.mean(jnp.min(_units(inactive).astype(jnp.float32), axis=1), axis=1)
+
+
+def _masked_group(g: _Group):
+  """Statistics of each row over its finite entries, in ActivationStats order."""
+  values = g.values
+  size = values[0].size
+  finite = jnp.isfinite(values)
+  shift = values.reshape(values.shape[0], -1)[:, 0]
+  shift = jnp.where(jnp.isfinite(shift), shift, 0).reshape((-1,) + (1,) * (values.ndim - 1))
+  d = jnp.where(finite, values - shift, 0)
+  n = _count(finite, values.dtype)
+  s1 = _per_row(jnp.sum, d)
+  s2 = _per_row(jnp.sum, d * d)
+  mean_d = s1 / n
+  var = jnp.maximum(s2 - s1 * mean_d, 0) / (n - 1)
+  big = jnp.asarray(jnp.inf, values.dtype)
+  bad = ~finite
+  if not g.same:
+    bad = bad | ~jnp.isfinite(g.tested)
+  sat, dead = _tests(g, values.dtype, size)
+  return (mean_d + shift.reshape(-1), jnp.sqrt(var),
+          _per_row(jnp.min, jnp.where(finite, values, big)),
+          _per_row(jnp.max, jnp.where(finite, values, -big)), sat, dead,
+          _count(values == 0, values.dtype) / size,
           _count(bad, values.dtype).astype(jnp.int32))
 
 
-def _finite_row(row: Row, shift, s1):
-  """``_masked_row`` of a row known to hold no NaN/Inf: the same sums without
+def _finite_group(g: _Group, shift, s1):
+  """``_masked_group`` of rows known to hold no NaN/Inf: the same sums without
   the finiteness masks, which cost a pass over the tensor each."""
-  values = _acc(row.values)
-  d = values - shift
-  s2 = jnp.sum(d * d)
-  n = values.size
-  mean_d = s1 / n
-  var = jnp.maximum(s2 - s1 * mean_d, 0) / (n - 1)
-  sat, dead = _tests(row, values.dtype, n)
-  return (mean_d + shift, jnp.sqrt(var), jnp.min(values), jnp.max(values), sat, dead,
-          _count(values == 0, values.dtype) / n, jnp.zeros((), jnp.int32))
+  values = g.values
+  size = values[0].size
+  d = values - shift.reshape((-1,) + (1,) * (values.ndim - 1))
+  s2 = _per_row(jnp.sum, d * d)
+  mean_d = s1 / size
+  var = jnp.maximum(s2 - s1 * mean_d, 0) / (size - 1)
+  sat, dead = _tests(g, values.dtype, size)
+  return (mean_d + shift, jnp.sqrt(var), _per_row(jnp.min, values), _per_row(jnp.max, values),
+          sat, dead, _count(values == 0, values.dtype) / size,
+          jnp.zeros(values.shape[:1], jnp.int32))
 
 
 def rows_stats(rows: list[Row]) -> ActivationStats:
   """ActivationStats of every row, stacked (one entry per row).
 
-  A plain sum is NaN/Inf whenever one of its entries is, so when every row's
-  sums are finite the statistics skip the per-entry finiteness masks (exact
-  either way; the masked path runs otherwise).
+  Rows of one shape are reduced together (see ``_group_rows``). A plain sum is
+  NaN/Inf whenever one of its entries is, so when every row's sums are finite
+  the statistics skip the per-entry finiteness masks (exact either way; the
+  masked path runs otherwise).
   """
-  shifts = [_acc(r.values).reshape(-1)[0] for r in rows]
-  s1 = [jnp.sum(_acc(r.values) - c) for r, c in zip(rows, shifts)]
-  tested_sums = [jnp.sum(_acc(r.tested)) for r in rows if r.tested is not r.values]
-  all_finite = jnp.all(jnp.isfinite(jnp.stack(s1 + tested_sums)))
+  index = _group_rows(rows)
+  groups = []
+  for members in index:
+    rs = [rows[k] for k in members]
+    same = rs[0].tested is rs[0].values
+    values = _stack([_acc(r.values) for r in rs])
+    tested = values if same else _stack([r.tested for r in rs])
+    slope = rs[0].slope
+    groups.append(_Group(values, tested, rs[0].act, slope, same))
+  shifts = [g.values.reshape(g.values.shape[0], -1)[:, 0] for g in groups]
+  s1 = [_per_row(jnp.sum, g.values - c.reshape((-1,) + (1,) * (g.values.ndim - 1)))
+        for g, c in zip(groups, shifts)]
+  tested_sums = [_per_row(jnp.sum, _acc(g.tested)) for g in groups if not g.same]
+  all_finite = jnp.all(jnp.isfinite(jnp.concatenate(s1 + tested_sums)))
+  order = [k for members in index for k in members]
+  inverse = [0] * len(order)
+  for pos, k in enumerate(order):
+    inverse[k] = pos
 
-  def stacked(per_row):
-    return ActivationStats(*(jnp.stack(column) for column in zip(*per_row)))
+  def stacked(per_group):
+    columns = [jnp.concatenate(column) for column in zip(*per_group)]
+    if inverse != list(range(len(inverse))):
+      columns = [c[jnp.asarray(inverse)] for c in columns]
+    return ActivationStats(*columns)
 
   def finite():
-    return stacked([_finite_row(r, c, t) for r, c, t in zip(rows, shifts, s1)])
+    return stacked([_finite_group(g, c, t) for g, c, t in zip(groups, shifts, s1)])
 
   def masked():
-    return stacked([_masked_row(r) for r in rows])
+    return stacked([_masked_group(g) for g in groups])
   return jax.lax.cond(all_finite, finite, masked)
 
 
@@ -199,6 +286,13 @@ def leaf_norm(x):
 _norm = leaf_norm
 
 
+def norm_of_norms(leaf_norms):
+  """The global norm (``optax.tree.norm`` of the gradients) from per-leaf
+  norms, without a second pass over the gradients."""
+  leaves = jax.tree.leaves(leaf_norms)
+  return jnp.sqrt(sum(jnp.square(n) for n in leaves)) if leaves else jnp.zeros(())
+
+
 def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
   """Unjitted body of :func:`flow_stats` (for use inside a caller's jit)."""
   return probe(cfg, params, x, y, loss)[0]
@@ -218,12 +312,14 @@ def probe(cfg: MLPConfig, params, x, y, loss: str):
   layers = gp["layers"]
   w_norm = jnp.stack([_norm(g["w"]) for g in layers])
   b_norm = jnp.stack([_norm(g["b"]) for g in layers])
+  others = {k: v for k, v in gp.items() if k != "layers"}  # e.g. PReLU slopes
   grads = GradientStats(
       weight_grad_norm=w_norm,
       bias_grad_norm=b_norm,
       preact_grad_norm=jnp.stack([_norm(g) for g in gz.pre]),
       postact_grad_norm=jnp.stack([_norm(g) for g in gz.post]),
-      global_norm=optax.tree.norm(gp),
+      global_norm=jnp.sqrt(jnp.sum(w_norm**2) + jnp.sum(b_norm**2)
+                           + norm_of_norms(jax.tree.map(_norm, others))**2),
       loss=value,
       nonfinite=~jnp.isfinite(w_norm + b_norm))
   return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads), gp

@@ -225,3 +225,42 @@ def test_finite_and_masked_paths_agree_with_numpy():
         assert float(getattr(stats, field)[l]) == pytest.approx(want[field], rel=1e-5, abs=1e-6), field
       sat = np.mean((p < cfg.act.saturation_bounds[0]) | (p > cfg.act.saturation_bounds[1]))
       assert float(stats.saturation_fraction[l]) == pytest.approx(sat)
+
+
+def test_rows_of_mixed_shapes_and_tests_match_numpy():
+  """rows_stats groups rows of one shape and test into one reduction; each row
+  must still get its own numbers, in its own place, on both paths. Dead units
+  are read from the derivative in the reference (not from column extremes)."""
+  rng = np.random.default_rng(0)
+  z = [rng.normal(size=(9, 7)).astype(np.float32) for _ in range(6)]
+  z[0][:, :3] -= 8.0  # relu: three dead units
+  z[2][:, 1] = 9.0 * np.sign(rng.normal(size=9))  # tanh: a unit in both flat tails
+  z[3][:, :2] = 0.0  # no activation: two units exactly 0
+  z[4] = rng.normal(size=(9, 4)).astype(np.float32)  # another shape, between the others
+  z[5][:, 4] -= 9.0  # gelu: one dead unit
+  acts = ["relu", None, "tanh", None, "relu", "gelu"]
+  for bad in (False, True):
+    vals = [v.copy() for v in z]
+    if bad:
+      vals[1][2, 2] = np.nan
+    fns = [a and _activations.get_activation(a) for a in acts]
+    s = jax.jit(lambda vs: _stats.rows_stats([_stats.Row(v, v, f) for v, f in zip(vs, fns)]))(
+        [jnp.asarray(v) for v in vals])
+    for k, (v, a) in enumerate(zip(vals, acts)):
+      keep = v[np.isfinite(v)]
+      want = dict(mean=keep.mean(), std=keep.std(ddof=1), min=keep.min(), max=keep.max(),
+                  zero_fraction=(v == 0).mean(), nonfinite=(~np.isfinite(v)).sum())
+      if a is None:
+        want["dead_fraction"] = (v == 0).all(axis=0).mean()
+      else:
+        want.update(_np_layer_stats(_activations.get_activation(a), v, v))
+        for f in ("mean", "std", "min", "max"):
+          want[f] = dict(mean=keep.mean(), std=keep.std(ddof=1), min=keep.min(),
+                         max=keep.max())[f]
+      for field, w in want.items():
+        assert float(getattr(s, field)[k]) == pytest.approx(float(w), rel=1e-5, abs=1e-6), \
+            (bad, k, field)
+    assert float(s.dead_fraction[0]) == pytest.approx(3 / 7)
+    assert float(s.dead_fraction[2]) == pytest.approx(1 / 7)
+    assert float(s.dead_fraction[3]) == pytest.approx(2 / 7)
+    assert np.isnan(float(s.saturation_fraction[1]))
