@@ -7,6 +7,7 @@ runs ``compare``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -21,9 +22,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _csv(text: str) -> tuple[str, ...]:
-  items = tuple(s.strip() for s in text.split(",") if s.strip())
-  if not items:
+  items = tuple(s.strip() for s in text.split(","))
+  if not any(items):
     raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+  if not all(items):
+    raise argparse.ArgumentTypeError(f"expected a comma-separated list without empty items, "
+                                     f"got {text!r}")
   return items
 
 
@@ -46,9 +50,13 @@ def _nonneg_float(text: str) -> float:
   return _number(text, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
+def _seed(text: str) -> int:
+  return _number(text, int, lambda v: 0 <= v < 2**32, "a seed in [0, 2**32)")
+
+
 def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
   p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
-  p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+  p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
   p.add_argument("--quiet", action="store_true", help="no tables or progress; print only paths")
   p.add_argument("--json", action="store_true",
                  help="print results.json to stdout instead of tables")
@@ -112,17 +120,27 @@ def _diagnose_parser(sub) -> None:
   p.set_defaults(run=lambda args: _commands().diagnose(args))
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _floats(text: str, positive: bool = False) -> tuple[float, ...]:
+  """Comma-separated finite numbers >= 0 (> 0 with ``positive``)."""
+  what = "positive" if positive else "non-negative"
   try:
-    return tuple(float(v) for v in _csv(text))
+    values = tuple(float(v) for v in _csv(text))
   except ValueError:
     raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+  if not all(0 <= v < float("inf") and (v > 0 or not positive) for v in values):
+    raise argparse.ArgumentTypeError(f"expected comma-separated finite {what} numbers, got "
+                                     f"{text!r}")
+  return values
+
+
+def _positive_floats(text: str) -> tuple[float, ...]:
+  return _floats(text, positive=True)
 
 
 def _gains(text: str) -> tuple[float | None, ...]:
   if text.strip().lower() in ("default", "auto", "none"):
     return (None,)
-  return _floats(text)
+  return _positive_floats(text)
 
 
 def _depth_parser(sub) -> None:
@@ -143,6 +161,8 @@ def _depth_parser(sub) -> None:
                  help="log-spaced depths at which full spectra are computed (default 16)")
   p.add_argument("--x64", action="store_true", help="float64 (singular values below float32 resolution)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  p.add_argument("--force", action="store_true",
+                 help="run even when the memory estimate exceeds what is available")
   add_common(p, "gradflow_out/depth")
   p.set_defaults(run=lambda args: _commands().depth(args))
 
@@ -151,7 +171,7 @@ def _rnn_parser(sub) -> None:
   p = sub.add_parser("rnn", help="vanilla RNN: gradients through time against the scale of W")
   p.add_argument("--activation", default="tanh", choices=["tanh", "sigmoid"])
   p.add_argument("--init", default="orthogonal", help="initializer of W (default orthogonal)")
-  p.add_argument("--scales", type=_floats, default=(0.5, 0.8, 1.0, 1.2, 1.5, 2.0),
+  p.add_argument("--scales", type=_positive_floats, default=(0.5, 0.8, 1.0, 1.2, 1.5, 2.0),
                  help="comma-separated scales of W (default 0.5,0.8,1,1.2,1.5,2)")
   p.add_argument("--scale-kind", default="spectral_norm", choices=["spectral_norm", "spectral_radius"])
   p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units (default 32)")
@@ -208,6 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def prepare_output_folder(out: str) -> tuple[str | None, bool]:
+  """(why ``--out`` cannot receive files or None, whether it was created now),
+  checked before anything is computed. Temporaries that a killed run left in
+  it (``.tmp-*``) are removed."""
+  if os.path.exists(out) and not os.path.isdir(out):
+    return f"expected --out to be a folder, got the file {out!r}", False
+  created = not os.path.exists(out)
+  try:
+    os.makedirs(out, exist_ok=True)
+    probe = os.path.join(out, f".tmp-probe-{os.getpid()}")
+    with open(probe, "wb"):
+      pass
+    os.unlink(probe)
+  except OSError as e:
+    return f"expected a writable --out folder, got {out!r} ({e.strerror})", False
+  for name in os.listdir(out):
+    if name.startswith(".tmp-"):
+      with contextlib.suppress(OSError):
+        os.unlink(os.path.join(out, name))
+  return None, created
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
@@ -215,10 +257,24 @@ def main(argv: list[str] | None = None) -> int:
   if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
     argv = ["compare"] + argv
   args = parser.parse_args(argv)
+  problem, created = prepare_output_folder(args.out)
+  if problem:
+    print(f"analyze.py {args.command}: error: {problem}", file=sys.stderr)
+    return 2
+  status = _run(args)
+  if status and created and not os.listdir(args.out):
+    os.rmdir(args.out)  # a refused run leaves no empty folder behind
+  return status
+
+
+def _run(args) -> int:
+  import warnings
   import matplotlib
   matplotlib.use("Agg")  # files only; the library itself leaves the backend alone
   try:
-    return int(args.run(args) or 0)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # what matters is in the tables, findings and files
+      return int(args.run(args) or 0)
   except (ValueError, TypeError, OSError) as e:
     msg = " ".join(str(e).split())
     print(f"analyze.py {args.command}: error: {msg}", file=sys.stderr)

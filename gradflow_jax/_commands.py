@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 
 import numpy as np
 from rich.console import Console
@@ -23,6 +24,15 @@ def _console(args) -> Console:
 def progress_bar(args, total: int, what: str):
   """A rich progress bar (silent with --quiet/--json); yields ``advance(label)``."""
   console = Console(stderr=True, quiet=args.quiet or args.json)
+  if not console.is_terminal:  # a log: one plain line per step, nothing redrawn
+    count = {"n": 0}
+
+    def advance_plain(label: str):
+      count["n"] += 1
+      if not console.quiet:
+        print(f"{what}: {label} ({count['n']}/{total})", file=sys.stderr, flush=True)
+    yield advance_plain
+    return
   cols = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
   with Progress(*cols, console=console, transient=True) as prog:
@@ -38,24 +48,45 @@ def progress_bar(args, total: int, what: str):
     prog.update(task, completed=total)
 
 
+def _draw_plots(args, plots: dict) -> tuple[list[str], dict]:
+  """Draws each plot into ``args.out``: (paths written, {file: why skipped}).
+  A plot that cannot be drawn is skipped with a note on stderr; it never
+  costs the results (written before any plot)."""
+  written, skipped = [], {}
+  if getattr(args, "no_plots", False):
+    return written, skipped
+  for fname, draw in plots.items():
+    path = os.path.join(args.out, fname)
+    try:
+      draw(path)
+    except Exception as e:  # any plotting failure: the numbers are already saved
+      skipped[fname] = " ".join(f"{type(e).__name__}: {e}".split())
+      print(f"note: {fname} not drawn ({skipped[fname]})", file=sys.stderr)
+    else:
+      written.append(path)
+  return written, skipped
+
+
 def _write_outputs(args, name: str, payload: dict, plots: dict, extra=(),
                    after_plots=None) -> list[str]:
-  """Plots, then ``after_plots(written) -> path`` (a report that embeds
-  them), then results.json listing every file written (``extra`` too)."""
+  """results.json first, then the plots, then ``after_plots(written) -> path``
+  (a report that embeds them), then results.json again listing every file
+  written (``extra`` too) and any plot that could not be drawn."""
   from gradflow_jax import _io
   os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.json")
+  head = {"command": name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+          **_versions(), **payload}
   written = list(extra)
-  if not getattr(args, "no_plots", False):
-    for fname, draw in plots.items():
-      path = os.path.join(args.out, fname)
-      draw(path)
-      written.append(path)
+  _io.write_json(path, {**head, "files": [os.path.basename(p) for p in written]})
+  drawn, skipped = _draw_plots(args, plots)
+  written += drawn
   if after_plots is not None:
     written.append(after_plots(list(written)))
-  path = os.path.join(args.out, "results.json")
-  payload = {"command": name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
-             **_versions(), **payload, "files": [os.path.basename(p) for p in written]}
-  _io.write_json(path, payload)
+  final = {**head, "files": [os.path.basename(p) for p in written]}
+  if skipped:
+    final["plots_not_drawn"] = skipped
+  _io.write_json(path, final)
   return [path] + written
 
 
@@ -152,7 +183,8 @@ def depth(args) -> int:
       batch=args.batch_size, seeds=args.seeds, spectrum_depths=args.spectrum_depths,
       dtype="float64" if args.x64 else "float32", seed=args.seed)
   groups = settings.groups()  # validates names before anything is compiled
-  with progress_bar(args, 2 * len(groups), "depth sweep") as advance:
+  _check_memory(settings.estimated_bytes(), getattr(args, "force", False))
+  with progress_bar(args, len(groups) + 1, "depth sweep") as advance:
     result = _sweep.run_sweep(settings, on_group=advance)
     curves = _sweep.layer_curves(settings)
     advance("per-layer Jacobians")
@@ -165,6 +197,28 @@ def depth(args) -> int:
   payload = {**result, "layer_jacobians": curves}
   _finish(args, console, _write_outputs(args, "depth", payload, plots))
   return 0
+
+
+def available_bytes() -> int | None:
+  """Memory available to this process now (Linux MemAvailable), or None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    return None
+  return None
+
+
+def _check_memory(need: int, force: bool) -> None:
+  """Refuses (ValueError) a computation estimated to need more memory than is
+  available, before it starts, unless ``force``."""
+  have = available_bytes()
+  if have is not None and need > 0.8 * have and not force:
+    raise ValueError(f"expected the sweep to fit in memory: it needs about {need / 2**30:.1f} "
+                     f"GiB and {have / 2**30:.1f} GiB is available; lower --max-depth, --width, "
+                     "--seeds or the number of --sigma-w/--sigma-b values (or pass --force)")
 
 
 def rnn(args) -> int:
@@ -260,7 +314,7 @@ def train(args) -> int:
   pconsole = Console(stderr=True, quiet=args.quiet or args.json)
   with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                 TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
-                console=pconsole, transient=True) as prog:
+                console=pconsole, transient=True, disable=not pconsole.is_terminal) as prog:
     task = prog.add_task(f"train {args.experiment}", total=total)
     offset = 0
     for label, cfg, tc in runs:
@@ -271,6 +325,9 @@ def train(args) -> int:
         records[-1] = _run_record(label, cfg, tc, result)
         prog.update(task, completed=offset + done)
         save(partial=True)
+        if not pconsole.is_terminal and not pconsole.quiet:  # a log: a plain line a chunk
+          print(f"train {args.experiment}: {label}: step {done}/{tc.steps} "
+                f"({offset + done}/{total} in all)", file=sys.stderr, flush=True)
 
       _train.train(cfg, tc, data, on_chunk=on_chunk)
       offset += tc.steps
@@ -280,13 +337,11 @@ def train(args) -> int:
       if r["stopped_at"] is not None:
         console.print(_nonfinite_message(r, tc.on_nonfinite))
   save(partial=False)
-  written = [os.path.join(args.out, "results.json")]
-  for fname, draw in {"training_curves.png": _plots.plot_training,
-                      "grad_heatmap.png": _plots.plot_grad_heatmap,
-                      "activation_fractions.png": _plots.plot_fractions}.items():
-    draw(records, os.path.join(args.out, fname))
-    written.append(os.path.join(args.out, fname))
-  _finish(args, console, written)
+  drawn, _ = _draw_plots(args, {
+      "training_curves.png": lambda p: _plots.plot_training(records, p),
+      "grad_heatmap.png": lambda p: _plots.plot_grad_heatmap(records, p),
+      "activation_fractions.png": lambda p: _plots.plot_fractions(records, p)})
+  _finish(args, console, [os.path.join(args.out, "results.json")] + drawn)
   return 0
 
 
@@ -304,6 +359,7 @@ def parse_activations(items) -> dict[str, str]:
 def diagnose(args) -> int:
   """Any model from a factory: measured once, then table, findings, plot,
   report and results.json from the same measurements."""
+  from flax.errors import FlaxError
   from gradflow_jax import _analyze, _flax, _loading, _plots, _render, _report
   console = _console(args)
   factory = _loading.load_factory(args.model)
@@ -313,9 +369,9 @@ def diagnose(args) -> int:
     advance("statistics, Jacobians and findings")
     try:
       result = _analyze.analyze_model(probed, x, y, args.loss, parse_activations(args.activation))
-    except (TypeError, AttributeError, IndexError, KeyError) as e:
-      raise ValueError(f"expected the model to run on the factory's batch, got "
-                       f"{type(e).__name__}: {e}") from None
+    except (TypeError, AttributeError, IndexError, KeyError, FlaxError) as e:
+      raise ValueError(f"expected the model to run on the factory's batch with its params, "
+                       f"got {type(e).__name__}: {e}") from None
   stats, jac = result.stats, result.jacobians
   findings = result.findings
   if not args.quiet and not args.json:
@@ -323,12 +379,11 @@ def diagnose(args) -> int:
     _render.print_findings(console, [{"label": args.model, "findings": findings}])
     if not findings:
       console.print("[green]no warnings[/]")
-  os.makedirs(args.out, exist_ok=True)
-  png = os.path.join(args.out, "model_taps.png")
-  _plots.plot_taps(stats, jac, png)
-  report = os.path.join(args.out, "report.html")
-  _report.write_report(report, f"gradflow_jax: {args.model}", [(args.model, findings)],
-                       [("Taps", _report.taps_html(stats, jac))], [png])
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    _report.write_report(path, f"gradflow_jax: {args.model}", [(args.model, findings)],
+                         [("Taps", _report.taps_html(stats, jac))], pngs)
+    return path
   payload = {"model": args.model, "taps": list(stats.names), "roles": list(stats.roles),
              "activation_names": list(stats.activation_names),
              "activation_stats": stats.activations, "tap_grad_norm": stats.tap_grad_norm,
@@ -338,7 +393,9 @@ def diagnose(args) -> int:
                                 "mean_sq_singular_value": result.input_jacobian[1]},
              "global_norm": stats.global_norm, "loss": stats.loss,
              "findings": [f._asdict() for f in findings]}
-  written = _write_outputs(args, "diagnose", payload, {}, extra=[png, report])
+  written = _write_outputs(args, "diagnose", payload,
+                           {"model_taps.png": lambda p: _plots.plot_taps(stats, jac, p)},
+                           after_plots=report)
   _finish(args, console, written)
   return 0
 

@@ -64,6 +64,14 @@ def load_npz_dataset(path: str) -> Dataset:
     raise ValueError(f"expected 2-D x_train/x_test with equal features, got {xs[0].shape}, {xs[1].shape}")
   if not all(np.issubdtype(v.dtype, np.integer) for v in ys):
     raise ValueError("expected integer labels in y_train and y_test")
+  for part, x, y in (("train", xs[0], ys[0]), ("test", xs[1], ys[1])):
+    if y.ndim != 1 or len(y) != len(x):
+      raise ValueError(f"expected one label per example in y_{part}, got {len(x)} x_{part} rows "
+                       f"and y_{part} of shape {y.shape}")
+    if len(x) == 0:
+      raise ValueError(f"expected at least one example in x_{part}, got none")
+  if not all(np.issubdtype(v.dtype, np.number) for v in xs):
+    raise ValueError(f"expected numeric x_train/x_test, got {xs[0].dtype}, {xs[1].dtype}")
   classes = int(max(ys[0].max(), ys[1].max())) + 1
   return Dataset(xs[0].astype(np.float32), ys[0].astype(np.int32), xs[1].astype(np.float32),
                  ys[1].astype(np.int32), classes, path)

@@ -84,14 +84,28 @@ def log_spaced_depths(max_depth: int, n: int = 16) -> tuple[int, ...]:
   return tuple(sorted({int(round(d)) for d in np.geomspace(1, max_depth, n)}))
 
 
+def finite_matrices(m: jax.Array):
+  """(m with every matrix holding a NaN/Inf replaced by zeros, which matrices
+  were finite): LAPACK must never see a non-finite matrix (it prints
+  "illegal value" and can loop without end)."""
+  ok = jnp.all(jnp.isfinite(m), axis=(-2, -1))
+  return jnp.where(ok[..., None, None], m, 0), ok
+
+
 def singular_values(j: jax.Array, gram: bool = False) -> jax.Array:
   """Singular values of ``j``, descending: LAPACK's SVD, or with ``gram`` the
   square roots of the eigenvalues of the smaller Gram matrix (accurate for
-  the large ones; the smallest lose precision below sqrt(eps) * sigma_max)."""
+  the large ones; the smallest lose precision below sqrt(eps) * sigma_max).
+  NaN for a matrix holding NaN/Inf."""
+  j, ok = finite_matrices(j)
   if not gram:
-    return jnp.linalg.svd(j, compute_uv=False)
-  g = j.T @ j if j.shape[-1] <= j.shape[-2] else j @ j.T
-  return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g), 0))[::-1]
+    sv = jnp.linalg.svd(j, compute_uv=False)
+  else:
+    g = jnp.swapaxes(j, -1, -2) @ j if j.shape[-1] <= j.shape[-2] else j @ jnp.swapaxes(j, -1, -2)
+    g, ok_g = finite_matrices(g)  # the product itself may overflow
+    ok = ok & ok_g
+    sv = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(g), 0))[..., ::-1]
+  return jnp.where(ok[..., None], sv, jnp.nan)
 
 
 def _exact_one(cfg: MLPConfig, lp0, stacked, x, wanted: tuple[bool, ...], gram: bool = False):
@@ -219,8 +233,9 @@ def lanczos_top_singular_value(matvec, rmatvec, v0, steps: int, tol: float):
   init = (basis, zeros, zeros, v, jnp.zeros_like(v), zero, zero, jnp.zeros((), bool))
   _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
   tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+  tri, finite = finite_matrices(tri)
   theta, vecs = jnp.linalg.eigh(tri)
-  top = jnp.maximum(theta[-1], 0)
+  top = jnp.where(finite, jnp.maximum(theta[-1], 0), jnp.nan)
   residual = jnp.abs(betas[-1] * vecs[-1, -1])
   converged = (residual <= tol * top) | done | (steps == n)
   return jnp.sqrt(top), converged & jnp.isfinite(top)
@@ -336,6 +351,10 @@ def layer_norms_stacked(cfg: MLPConfig, lp0, stacked, x, method: str, tol: float
     return jax.vmap(_step_fn(cfg, lp))(h), h
 
   _, inputs = jax.lax.scan(forward, h0, stacked)  # input of layers 1..depth-1
+  # The layers' loops must run after layer 0's, not beside it: XLA:CPU running
+  # the two independent while loops at once deadlocked (0% CPU, for good) in
+  # about half of the runs on 2 cores. A zero that depends on layer 0 orders them.
+  inputs = inputs + (0 * jnp.nan_to_num(first[0])).astype(inputs.dtype)
   rest, conv = jax.vmap(per_example)(stacked, inputs, keys[1:])
   return (jnp.concatenate([first[None], rest]).T, jnp.concatenate([conv0[None], conv]).T)
 
@@ -367,7 +386,7 @@ def layer_jacobian_norms(cfg: MLPConfig, params, x: jax.Array, method: str = "la
 
 def weight_spectral_norms(params) -> jax.Array:
   """||W_l||_2 of every dense layer in ``params["layers"]`` order."""
-  return jnp.stack([jnp.linalg.norm(l["w"], ord=2) for l in params["layers"]])
+  return jnp.stack([singular_values(l["w"])[0] for l in params["layers"]])
 
 
 def product_bound(cfg: MLPConfig, params) -> jax.Array:

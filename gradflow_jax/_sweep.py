@@ -51,6 +51,14 @@ class SweepSettings:
       if init != "auto":
         _initializers.canonical_init(init)
 
+  def estimated_bytes(self) -> int:
+    """Peak memory of the largest group's program, about: per (seed, point) the
+    weights and the per-depth Jacobians of every depth, x4 for the scan's
+    buffers (measured: 27.1 GB asked for at depth 100000, width 64, 4 seeds)."""
+    itemsize = 8 if self.dtype == "float64" else 4
+    points = len(self.sigma_ws) * len(self.sigma_bs)
+    return 4 * self.seeds * points * self.max_depth * (self.width**2 + self.width) * itemsize
+
   def groups(self) -> list[tuple[MLPConfig, list[tuple[float, float]]]]:
     """(config, [(gain, sigma_b), ...]): one compiled program per config."""
     out = []

@@ -402,7 +402,8 @@ def mean_sq_singular_value_by_depth(activation: str, sigma_w: float, sigma_b: fl
   act = _act(activation, **kw)
   q0 = q_star(activation, sigma_w, sigma_b, **kw) if q0 is None else q0
   qs, chis = _q_trajectory(act, float(sigma_w), float(sigma_b), float(q0), int(depth))
-  return np.cumprod(np.asarray(chis))
+  with np.errstate(over="ignore", invalid="ignore"):  # beyond float range: inf, quietly
+    return np.cumprod(np.asarray(chis))
 
 
 def pre_activation_variance_by_depth(activation: str, sigma_w: float, sigma_b: float,

@@ -140,9 +140,9 @@ def test_depth_and_rnn_subcommands(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["depth", "--sigma-b", "-1"], "sigma_b values >= 0"),
+    (["depth", "--sigma-b", "-1"], "finite non-negative numbers"),
     (["depth", "--activations", "nope"], "unknown activation"),
-    (["rnn", "--scales", "0,1"], "scales > 0"),
+    (["rnn", "--scales", "0,1"], "finite positive numbers"),
     (["rnn", "--steps", "1"], "--steps >= 2"),
 ])
 def test_subcommand_bad_input(args, fragment, tmp_path, capsys):
@@ -243,3 +243,22 @@ def test_bad_activation_options(tmp_path, capsys):
                         ("Conv_1=swishy", "unknown activation")):
     _expect_one_line_exit_2(["diagnose", "--model", f"{example}:make", "--activation", bad,
                              "--out", str(tmp_path), "--quiet"], fragment, capsys)
+
+
+def test_a_plot_that_cannot_be_drawn_never_costs_the_results(tmp_path, capsys, monkeypatch):
+  """A plot that raises (as matplotlib's "Data cannot be log-scaled" did for
+  rnn --hidden 1) is skipped with a note; results.json is written anyway and
+  says so. Off a terminal, progress is plain lines."""
+  from gradflow_jax import _plots
+
+  def broken(*a, **k):
+    raise ValueError("Data cannot be log-scaled because all values are <= 0.")
+  monkeypatch.setattr(_plots, "plot_rnn_through_time", broken)
+  code, _, err = _run(["rnn", "--hidden", "1", "--steps", "5", "--batch-size", "2",
+                       "--scales", "0.5", "--out", str(tmp_path)], capsys)
+  data = json.loads((tmp_path / "results.json").read_text())
+  assert code == 0 and data["files"] == [] and len(data["runs"]) == 1
+  assert "log-scaled" in data["plots_not_drawn"]["rnn_through_time.png"]
+  assert "note: rnn_through_time.png not drawn (ValueError: Data cannot" in err
+  assert not (tmp_path / "rnn_through_time.png").exists()
+  assert "rnn: " in err and "(1/1)" in err

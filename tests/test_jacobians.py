@@ -165,3 +165,15 @@ def test_lanczos_on_a_rank_one_matrix_is_exact_and_converged():
                                            jax.random.normal(KEY, (30,)), 20, 1e-6)
   assert float(sigma) == pytest.approx(float(jnp.linalg.norm(u) * jnp.linalg.norm(v)), rel=1e-5)
   assert bool(conv)
+
+
+def test_nonfinite_matrices_never_reach_lapack():
+  """A Jacobian holding Inf/NaN (an overflowing sweep) gets NaN singular values,
+  both ways, and its neighbours in the batch keep their exact values."""
+  from gradflow_jax import _jacobians
+  m = np.stack([np.diag([3.0, 2.0, 1.0]), np.full((3, 3), np.inf), np.eye(3)]).astype(np.float32)
+  m[2, 0, 1] = np.nan
+  for gram in (False, True):
+    sv = np.asarray(_jacobians.singular_values(jnp.asarray(m), gram=gram))
+    np.testing.assert_allclose(sv[0], [3, 2, 1], rtol=1e-6)
+    assert np.isnan(sv[1]).all() and np.isnan(sv[2]).all()

@@ -1,0 +1,125 @@
+"""Hostile command lines: each is refused with exit status 2 and one line on
+stderr naming what was wrong, before anything is computed, and leaves no file
+(and no folder) behind in --out."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gradflow_jax import _cli
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+@pytest.fixture
+def files(tmp_path):
+  f = tmp_path / "in"
+  f.mkdir()
+  (f / "text.txt").write_text("hello\n")
+  (f / "text.npy").write_text("not numpy\n")
+  np.save(f / "one_d.npy", np.zeros(5, np.float32))
+  np.save(f / "three.npy", np.zeros((4, 3), np.float32))
+  np.savez(f / "x.npz", a=np.zeros(3))
+  np.savez(f / "one_w.npz", w0=np.zeros((4, 4)), b0=np.zeros(4))
+  z = lambda *s: np.zeros(s, np.float32)
+  np.savez(f / "mismatch.npz", x_train=z(150, 4), y_train=np.zeros(100, np.int64),
+           x_test=z(5, 4), y_test=np.zeros(5, np.int64))
+  np.savez(f / "empty_test.npz", x_train=z(150, 4), y_train=np.zeros(150, np.int64),
+           x_test=z(0, 4), y_test=np.zeros(0, np.int64))
+  np.savez(f / "float_labels.npz", x_train=z(10, 4), y_train=z(10), x_test=z(5, 4), y_test=z(5))
+  (f / "broken.py").write_text("def make(:\n")
+  (f / "raises.py").write_text("def make():\n  raise RuntimeError('no data here')\n")
+  (f / "two.py").write_text("def make():\n  return 1, 2\n")
+  return f
+
+
+def _cases(f):
+  c = ["compare"]
+  return [
+      (c + ["--seed", "99999999999999999999999"], "seed in [0, 2**32)"),
+      (c + ["--seed", "-1"], "seed in [0, 2**32)"),
+      (c + ["--seed", "abc"], "seed in"),
+      (c + ["--activations", "relu,,tanh"], "without empty items"),
+      (c + ["--activations", ","], "got nothing"),
+      (c + ["--activations", "relu6"], "unknown activation"),
+      (c + ["--depth", "0"], "positive integer"),
+      (c + ["--width", "-3"], "positive integer"),
+      (c + ["--batch-size", "1.5"], "positive integer"),
+      (c + ["--batch-size", "1"], "batch size >= 2"),
+      (c + ["--sigma-b", "inf"], "finite number"),
+      (c + ["--sigma-b", "nan"], "finite number"),
+      (c + ["--init", "kaiming_magic"], "unknown initializer"),
+      (c + ["--norm", "groupnorm"], "invalid choice"),
+      (c + ["--loss", "hinge"], "invalid choice"),
+      (c + ["--inputs", str(f / "x.npz")], ".npy inputs file"),
+      (c + ["--inputs", str(f / "missing.npy")], "readable .npy"),
+      (c + ["--inputs", str(f / "text.npy")], "readable .npy"),
+      (c + ["--inputs", str(f / "one_d.npy")], "shape (batch >= 2, in_dim)"),
+      (c + ["--inputs", str(f / "three.npy")], "128 features, got 3"),
+      (c + ["--weights", str(f / "text.txt")], "readable .npz weights"),
+      (c + ["--weights", str(f / "missing.npz")], "readable .npz weights"),
+      (c + ["--weights", str(f / "one_w.npz")], "2-D weights w0..w{n-1} (n >= 2)"),
+      (c + ["--out", str(f / "text.txt")], "expected --out to be a folder"),
+      (c + ["--out", str(f / "text.txt" / "sub")], "writable --out folder"),
+      (c + ["--bogus"], "unrecognized arguments"),
+      (["depth", "--sigma-w", "inf"], "finite positive numbers"),
+      (["depth", "--sigma-w", "0"], "finite positive numbers"),
+      (["depth", "--sigma-w", "1,,2"], "without empty items"),
+      (["depth", "--sigma-b", "-1"], "finite non-negative numbers"),
+      (["depth", "--max-depth", "100000000"], "expected the sweep to fit in memory"),
+      (["depth", "--inits", "nope"], "unknown initializer"),
+      (["depth", "--activations", "bogus"], "unknown activation"),
+      (["depth", "--spectrum-depths", "0"], "positive integer"),
+      (["rnn", "--scales", "1,inf"], "finite positive numbers"),
+      (["rnn", "--scales", "0"], "finite positive numbers"),
+      (["rnn", "--activation", "relu"], "invalid choice"),
+      (["rnn", "--steps", "1"], "--steps >= 2"),
+      (["rnn", "--scale-kind", "trace"], "invalid choice"),
+      (["train", "--data", "nope"], "expected --data digits, teacher or a .npz"),
+      (["train", "--data", str(f / "mismatch.npz")], "one label per example in y_train"),
+      (["train", "--data", str(f / "empty_test.npz")], "at least one example in x_test"),
+      (["train", "--data", str(f / "x.npz")], "expected keys x_train"),
+      (["train", "--data", str(f / "float_labels.npz")], "integer labels"),
+      (["train", "--lr", "0"], "finite number > 0"),
+      (["train", "--lr", "nan"], "finite number > 0"),
+      (["train", "--optimizer", "lion"], "invalid choice"),
+      (["train", "--experiment", "nope"], "invalid choice"),
+      (["train", "--on-nonfinite", "ignore"], "invalid choice"),
+      (["diagnose"], "required: --model"),
+      (["diagnose", "--model", str(f / "none.py") + ":make"], "existing Python file"),
+      (["diagnose", "--model", f"{EXAMPLES}/nnx_mlp.py:nothere"], "a function 'nothere'"),
+      (["diagnose", "--model", str(f / "broken.py") + ":make"], "importable module"),
+      (["diagnose", "--model", str(f / "raises.py") + ":make"], "RuntimeError at raises.py:2"),
+      (["diagnose", "--model", str(f / "two.py") + ":make"], "got a tuple of 2"),
+      (["report", "--model", str(f / "none.py") + ":make"], "existing Python file"),
+  ]
+
+
+def test_hostile_command_lines_are_refused_cleanly(files, capsys):
+  cases = _cases(files)
+  assert len(cases) >= 40
+  for i, (args, fragment) in enumerate(cases):
+    out = files.parent / f"out{i}"
+    argv = list(args) if "--out" in args else list(args) + ["--out", str(out)]
+    try:
+      code = _cli.main(argv)
+    except SystemExit as e:
+      code = e.code
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (args, err)
+    assert len(lines) == 1 and "Traceback" not in err, (args, err)
+    assert fragment in err, (args, err)
+    assert not out.exists(), (args, sorted(os.listdir(out)))
+
+
+def test_stale_temporaries_are_cleaned_and_out_checked_first(tmp_path):
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / ".tmp-abc-results.json").write_text("{")  # what a SIGKILL mid-write leaves
+  (out / "keep.txt").write_text("mine")
+  assert _cli.prepare_output_folder(str(out)) == (None, False)
+  assert sorted(os.listdir(out)) == ["keep.txt"]
+  problem, _ = _cli.prepare_output_folder(str(out / "keep.txt"))
+  assert "to be a folder" in problem
