@@ -105,7 +105,8 @@ def run_compare(settings: CompareSettings, x: np.ndarray | None = None,
     acts, grads = stats.activations._asdict(), stats.gradients._asdict()
     spec = cfg.init_spec
     runs.append({
-        "label": label, "activation": cfg.activation, "role": role,
+        "label": label, "activation": cfg.activation,
+        "role": "weights file" if params_from is not None else role,
         "init": "weights file" if params_from else spec.name,
         "gain": None if params_from else spec.gain,
         "activation_stats": acts, "gradient_stats": grads,

@@ -136,7 +136,8 @@ def _band(ax, x, samples, colour, label, log=True):
   flat = np.where(np.isfinite(flat), flat, np.nan)
   if log:
     flat = np.where(flat > 0, flat, np.nan)
-  with np.errstate(all="ignore"):
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: a gap, not a warning
     lo, med, hi = np.nanpercentile(flat, [10, 50, 90], axis=0)
   ax.plot(x, med, color=colour, label=label)
   ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
@@ -176,13 +177,22 @@ def plot_layer_jacobians(curves: list[dict], path) -> None:
   cmap = plt.get_cmap("tab10")
   for i, c in enumerate(curves):
     norms = np.asarray(c["norms"], float)
-    _band(ax, np.arange(norms.shape[-1]), norms, cmap(i % 10), c["label"])
-  ax.axhline(1.0, color="grey", lw=0.8)
+    conv = np.asarray(c.get("converged", np.ones(norms.shape, bool)), bool)
+    label = c["label"]
+    if (~conv).any():  # an estimate that did not converge is not a measurement
+      norms = np.where(conv, norms, np.nan)
+      label += f" ({int((~conv).sum())} unconverged, not drawn)"
+    _band(ax, np.arange(norms.shape[-1]), norms, cmap(i % 10), label)
+    chi1 = c.get("chi1")
+    if chi1 is not None and np.isfinite(chi1) and chi1 > 0:
+      ax.axhline(np.sqrt(chi1), color=cmap(i % 10), ls="--", lw=0.9)
+  ax.plot([], [], "k--", lw=0.9, label="mean-field RMS singular value sqrt(chi_1)")
   ax.set_yscale("log")
   ax.set_xlabel("layer l")
   ax.set_ylabel("||dh_l / dh_(l-1)||_2")
-  ax.set_title("Per-layer Jacobian spectral norms (Lanczos): above 1 amplifies, "
-               "below 1 attenuates", fontsize=10)
+  ax.set_title("Per-layer Jacobian spectral norms (Lanczos; median, 10-90% band over "
+               "examples). The norm of a random layer\nsits above its RMS singular value "
+               "(He-ReLU: ~2.3 vs 1); compare each curve with its dashed line", fontsize=9)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)
   _io.save_figure(fig, path)
@@ -214,11 +224,12 @@ def plot_rnn_through_time(runs: list[dict], path) -> None:
                   label="||W|| = 1/gamma (bound = 1)")
   axes[1].set_yscale("log")
   axes[1].set_xlabel(f"{runs[0]['scale_kind']} of W")
-  axes[1].set_title("Over the whole sequence: vanishing below, exploding above")
+  axes[1].set_title("Over the whole sequence. Below 1/gamma it must vanish; above, it may\n"
+                    "explode or still vanish (the bound is necessary, not sufficient)", fontsize=10)
   axes[1].legend(fontsize=8)
   for ax in axes:
     ax.grid(alpha=0.3, which="both")
-  fig.suptitle(f"Vanilla {runs[0]['activation']} RNN: gradients through time")
+  fig.suptitle(f"Vanilla {runs[0]['activation']} RNN: gradients through time", y=1.04)
   _io.save_figure(fig, path)
 
 
@@ -240,7 +251,12 @@ def plot_training(runs: list[dict], path) -> None:
                       ms=4, label=f"{r['label']}: clipped")
     if r.get("stopped_at") is not None:
       axes[0, 0].axvline(r["stopped_at"], color=c, ls=":", lw=1)
-  titles = [("loss (dotted: NaN/Inf guard stopped the run)", True),
+    if r.get("clip"):
+      axes[1, 1].axhline(r["clip"], color=c, ls="--", lw=0.9,
+                         label=f"{r['label']}: clip threshold {r['clip']:g}")
+  stopped = any(r.get("stopped_at") is not None for r in runs)
+  titles = [("mini-batch training loss" + (" (dotted: the NaN/Inf guard stopped the run)"
+                                           if stopped else ""), True),
             ("test accuracy", False), ("||dL/dz|| at the first hidden layer", True),
             ("global gradient norm before clipping (x: clipping fired)", True)]
   for ax, (title, log) in zip(axes.flat, titles):
@@ -258,23 +274,32 @@ def plot_training(runs: list[dict], path) -> None:
 
 
 def plot_grad_heatmap(runs: list[dict], path) -> None:
-  """Layer x step heat maps of ||dL/dz_l|| (log colour scale), one per run,
-  on a shared colour scale."""
+  """Layer x step heat maps of ||dL/dz_l|| / ||dL/dz_last||, the backward
+  signal relative to the last hidden layer at the same step (log colour scale
+  symmetric about 1), one per run: a loss that falls as the run converges
+  scales every layer alike and leaves the map unchanged; only a signal that
+  shrinks (or grows) toward the input shows."""
   from matplotlib.colors import LogNorm
-  maps = [np.asarray(r["logs"]["preact_grad_norm"], float).T for r in runs]
-  vals = np.concatenate([m[np.isfinite(m) & (m > 0)] for m in maps] or [np.ones(1)])
-  vals = vals if vals.size else np.ones(1)
-  norm = LogNorm(vmin=max(np.percentile(vals, 1), 1e-30), vmax=np.percentile(vals, 99.5))
-  fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.2 * len(runs) + 0.6), squeeze=False)
+  maps = []
+  for r in runs:
+    g = np.asarray(r["logs"]["preact_grad_norm"], float).T  # (layers, steps)
+    with np.errstate(all="ignore"):
+      rel = g / g[-1:]
+    maps.append(np.where(np.isfinite(rel) & (rel > 0), rel, np.nan))
+  vals = np.concatenate([np.abs(np.log10(m[np.isfinite(m)])) for m in maps] or [np.ones(1)])
+  span = 10 ** max(float(np.percentile(vals, 99.5)) if vals.size else 1.0, 0.5)
+  norm = LogNorm(vmin=1 / span, vmax=span)
+  fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.4 * len(runs) + 0.8), squeeze=False,
+                           gridspec_kw={"hspace": 0.55})
   for ax, r, m in zip(axes[:, 0], runs, maps):
-    m = np.where(np.isfinite(m) & (m > 0), m, np.nan)
-    im = ax.imshow(m, aspect="auto", origin="lower", norm=norm, cmap="magma",
+    im = ax.imshow(m, aspect="auto", origin="lower", norm=norm, cmap="RdBu_r",
                    interpolation="nearest")
     ax.set_ylabel("layer")
     ax.set_title(r["label"], fontsize=10, loc="left")
   axes[-1, 0].set_xlabel("step")
-  fig.colorbar(im, ax=axes[:, 0].tolist(), label="||dL/dz_l||", shrink=0.9)
-  fig.suptitle("Backward signal per layer over training (dark: vanishing)")
+  fig.colorbar(im, ax=axes[:, 0].tolist(), label="||dL/dz_l|| / ||dL/dz_last||", shrink=0.9)
+  fig.suptitle("Backward signal per layer over training, relative to the last hidden layer "
+               "(blue: vanishing toward the input, red: growing)", fontsize=11)
   _io.save_figure(fig, path)
 
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -62,8 +63,10 @@ def print_findings(console: Console, runs: list[dict]) -> None:
   for run in runs:
     for f in run["findings"]:
       style = SEVERITY_STYLE[f.severity]
-      console.print(f"[{style}]{f.severity.upper()}[/] {run['label']}: {f.message} "
-                    f"(layers {list(f.layers)}). Fix: {f.fix}")
+      layers = f" (layers {list(f.layers)})" if len(f.layers) else ""
+      fix = f" Fix: {f.fix}" if f.fix else ""
+      console.print(f"[{style}]{f.severity.upper()}[/] "
+                    + escape(f"{run['label']}: {f.message}{layers}.{fix}"), highlight=False)
 
 
 def depth_table(points: list[dict]) -> Table:

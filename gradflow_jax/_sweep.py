@@ -134,10 +134,20 @@ def layer_curves(settings: SweepSettings, method: str = "lanczos") -> list[dict]
     norms, conv = jax.jit(jax.vmap(one))(jnp.asarray([p[0] for p in points], jnp.float32),
                                          jnp.asarray([p[1] for p in points], jnp.float32))
     for i, (gain, sb) in enumerate(points):
-      curves.append({"label": f"{cfg.activation} · {cfg.init} · σw "
-                              f"{effective_sigma_w(cfg, gain):.3g} · σb {sb:.3g}",
-                     "norms": np.asarray(norms[i]), "converged": np.asarray(conv[i])})
+      sw = effective_sigma_w(cfg, gain)
+      curves.append({"label": f"{cfg.activation} · {cfg.init} · σw {sw:.3g} · σb {sb:.3g}",
+                     "norms": np.asarray(norms[i]), "converged": np.asarray(conv[i]),
+                     "chi1": _chi1_or_nan(cfg.activation, sw, sb)})
   return curves
+
+
+def _chi1_or_nan(activation: str, sigma_w: float, sigma_b: float) -> float:
+  """Mean-field chi_1 at the fixed point (the mean squared singular value of a
+  layer Jacobian there), NaN where the theory has no value for it."""
+  try:
+    return float(theory.chi1(activation, sigma_w, sigma_b))
+  except (ValueError, ArithmeticError):
+    return float("nan")
 
 
 def _grid_sharding():

@@ -128,3 +128,20 @@ def test_init_rnn_under_x64_scales_w_to_its_spectral_norm():
     p = gf.init_rnn(jax.random.key(0), cfg)
     assert p["w"].dtype == jnp.float64
     np.testing.assert_allclose(np.linalg.norm(np.asarray(p["w"]), 2), 1.2, rtol=1e-12)
+
+
+def test_layer_curves_carry_their_mean_field_reference(tmp_path):
+  """Each per-layer curve carries chi_1 of its own (activation, sigma_w,
+  sigma_b), the reference its plot draws (He-ReLU: 1, not the spectral norm's
+  ~2); an unconverged value is left out of the plot, not drawn as measured."""
+  from gradflow_jax import _plots, _sweep, theory
+  s = _sweep.SweepSettings(activations=("relu",), sigma_bs=(0.0, 0.3), max_depth=3, width=8,
+                           batch=2, seeds=1)
+  curves = _sweep.layer_curves(s)
+  assert len(curves) == 2
+  for c, sb in zip(curves, (0.0, 0.3)):
+    assert c["chi1"] == pytest.approx(theory.chi1("relu", np.sqrt(2.0), sb), rel=1e-5)
+    assert np.all(np.asarray(c["norms"]) > np.sqrt(c["chi1"]))  # the norm sits above the RMS
+  curves[0]["converged"] = np.zeros_like(curves[0]["converged"])
+  _plots.plot_layer_jacobians(curves, tmp_path / "l.png")
+  assert (tmp_path / "l.png").stat().st_size > 0
