@@ -20,16 +20,71 @@ table{border-collapse:collapse;font-size:.85em;margin:.6em 0}
 td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right}th{background:#f0f0f0}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
 .ev{color:#555;font-size:.85em}
+.matrix td,.matrix th{text-align:center}.matrix td:first-child{text-align:left}
+.matrix th{font-weight:normal;font-size:.8em;writing-mode:vertical-rl;transform:rotate(180deg)}
+.matrix th:first-child{writing-mode:horizontal-tb;transform:none;vertical-align:bottom}
+td.error{background:#fdecea;color:#c62828}td.warning{background:#fff8e1;color:#a66f00}
+td.info{background:#e8f1fb;color:#1565c0}.okm{color:#2e7d32}
 """
 
 
-def _finding_html(label: str, f) -> str:
-  ev = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
-                 for k, v in f.evidence.items())
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+_MARK = {"error": "&#10006;", "warning": "&#9888;", "info": "i"}
+
+
+def _evidence(f) -> str:
+  return ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
+                   for k, v in f.evidence.items())
+
+
+def _finding_html(labels: list[str], f, evidence: list[str]) -> str:
+  """One card for a finding that ``labels`` (one run or several) share."""
   layers = f" (layers {', '.join(map(str, f.layers))})" if f.layers else ""
-  return (f'<div class="f {f.severity}"><b>{f.severity.upper()}</b> '
-          f'<b>{html.escape(label)}</b>: {html.escape(f.message)}{html.escape(layers)}<br>'
-          f'Fix: {html.escape(f.fix)}<div class="ev">{html.escape(ev)}</div></div>')
+  who = html.escape(labels[0]) if len(labels) == 1 else (
+      f"{len(labels)} runs: " + html.escape("; ".join(labels)))
+  ev = "<br>".join(html.escape(e) for e in dict.fromkeys(evidence) if e)
+  return (f'<div class="f {f.severity}"><b>{f.severity.upper()}</b> <b>{who}</b>: '
+          f'{html.escape(f.message)}{html.escape(layers)}<br>'
+          f'Fix: {html.escape(f.fix)}<div class="ev">{ev}</div></div>')
+
+
+def grouped_findings(findings: list[tuple[str, list]]) -> list[tuple[list[str], object, list]]:
+  """Findings that say the same thing (kind, message, layers, fix) of several
+  runs, merged: [(run labels, finding, evidence texts)], most severe first."""
+  groups: dict = {}
+  for label, found in findings:
+    for f in found:
+      key = (f.severity, f.kind, f.message, tuple(f.layers), f.fix)
+      labels, first, ev = groups.setdefault(key, ([], f, []))
+      labels.append(label)
+      ev.append(_evidence(f))
+  return sorted(groups.values(), key=lambda g: _SEVERITY_RANK.get(g[1].severity, 3))
+
+
+def summary_matrix_html(findings: list[tuple[str, list]]) -> str:
+  """Runs x finding kinds: how many findings of each kind each run has, marked
+  by the most severe; the kinds ordered most severe first."""
+  kinds: dict[str, str] = {}
+  for _, found in findings:
+    for f in found:
+      if f.kind not in kinds or _SEVERITY_RANK[f.severity] < _SEVERITY_RANK[kinds[f.kind]]:
+        kinds[f.kind] = f.severity
+  order = sorted(kinds, key=lambda k: (_SEVERITY_RANK[kinds[k]], k))
+  head = "<th>run</th>" + "".join(f"<th class='{kinds[k]}'>{html.escape(k)}</th>" for k in order)
+  rows = []
+  for label, found in findings:
+    cells = []
+    for k in order:
+      mine = [f for f in found if f.kind == k]
+      if not mine:
+        cells.append("<td></td>")
+        continue
+      worst = min((f.severity for f in mine), key=_SEVERITY_RANK.get)
+      n = f" {len(mine)}" if len(mine) > 1 else ""
+      cells.append(f"<td class='{worst}' title='{worst}'>{_MARK[worst]}{n}</td>")
+    status = "" if found else " <span class='okm'>&#10004; no findings</span>"
+    rows.append(f"<tr><td>{html.escape(label)}{status}</td>{''.join(cells)}</tr>")
+  return f"<table class='matrix'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def table_html(headers: list[str], rows: list[list]) -> str:
@@ -53,11 +108,15 @@ def write_report(path, title: str, findings: list[tuple[str, list]], tables: lis
            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
   if notes:
     parts.append(f"<p>{html.escape(notes)}</p>")
+  if any(found for _, found in findings):
+    parts.append("<h2>At a glance</h2><p>Each run against each kind of finding (&#10006; error, "
+                 "&#9888; warning, i info; a number counts several of one kind). The details "
+                 "follow, a card per distinct finding.</p>" + summary_matrix_html(findings))
   parts.append("<h2>Findings</h2>")
   for label, found in findings:
     if not found:
       parts.append(f'<div class="f ok"><b>OK</b> <b>{html.escape(label)}</b>: no warnings</div>')
-    parts.extend(_finding_html(label, f) for f in found)
+  parts.extend(_finding_html(labels, f, ev) for labels, f, ev in grouped_findings(findings))
   for heading, table in tables:
     parts.append(f"<h2>{html.escape(heading)}</h2>{table}")
   if images:

@@ -181,7 +181,11 @@ def test_compare_report(tmp_path, capsys):
   data = json.loads((tmp_path / "r" / "results.json").read_text())
   assert "report.html" in data["files"]
   found = [f for r in data["runs"] for f in r["findings"]]  # measured once: the same everywhere
-  assert page.count('class="f ') - page.count('class="f ok"') == len(found)
+  distinct = {(f["severity"], f["kind"], f["message"], tuple(f["layers"]), f["fix"]) for f in found}
+  assert page.count('class="f ') - page.count('class="f ok"') == len(distinct)  # one card each
+  assert page.index("At a glance") < page.index("<h2>Findings")  # the summary leads
+  for r in data["runs"]:
+    assert html.escape(r["label"]) in page[:page.index("<h2>Findings")]
   for f in found:
     assert html.escape(f["message"]) in page
   for r in data["runs"]:  # no run is told both to raise and to lower the weight scale
@@ -226,7 +230,8 @@ def test_every_example_model_is_diagnosed_and_reported(name, tmp_path, capsys):
   assert len(data["taps"]) >= 3 and data["loss"] is not None
   for f in data["findings"]:
     assert f["message"] in page
-  assert page.count('class="f ') == max(1, len(data["findings"]))
+  distinct = {(f["severity"], f["kind"], f["message"], tuple(f["layers"])) for f in data["findings"]}
+  assert page.count('class="f ') == max(1, len(distinct))
   assert sorted(data["files"]) == ["model_taps.png", "report.html"]
   io = data["input_jacobian"]  # integer tokens have no input Jacobian
   assert (io["target"] is None) == (name == "nnx_embed"), io
