@@ -360,16 +360,26 @@ def diagnose(args) -> int:
   """Any model from a factory: measured once, then table, findings, plot,
   report and results.json from the same measurements."""
   from flax.errors import FlaxError
-  from gradflow_jax import _analyze, _flax, _loading, _plots, _render, _report
+  from gradflow_jax import (_activations, _analyze, _flax, _loading, _model_stats, _plots,
+                            _render, _report)
   console = _console(args)
   factory = _loading.load_factory(args.model)
   model, params, (x, y) = _loading.call_factory(factory)
   probed = _flax.as_probed(model, params, output=args.output)
+  named = parse_activations(args.activation)
+  failures = (TypeError, AttributeError, IndexError, KeyError, FlaxError)
+  try:  # before any progress line: a model that cannot run is one line of error
+    for act in named.values():
+      _activations.get_activation(act)
+    _model_stats.discover(probed.with_activations(named), x)
+  except failures as e:
+    raise ValueError(f"expected the model to run on the factory's batch with its params, "
+                     f"got {type(e).__name__}: {e}") from None
   with progress_bar(args, 1, "diagnose") as advance:
     advance("statistics, Jacobians and findings")
     try:
-      result = _analyze.analyze_model(probed, x, y, args.loss, parse_activations(args.activation))
-    except (TypeError, AttributeError, IndexError, KeyError, FlaxError) as e:
+      result = _analyze.analyze_model(probed, x, y, args.loss, named)
+    except failures as e:
       raise ValueError(f"expected the model to run on the factory's batch with its params, "
                        f"got {type(e).__name__}: {e}") from None
   stats, jac = result.stats, result.jacobians

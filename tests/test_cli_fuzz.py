@@ -31,6 +31,11 @@ def files(tmp_path):
   (f / "broken.py").write_text("def make(:\n")
   (f / "raises.py").write_text("def make():\n  raise RuntimeError('no data here')\n")
   (f / "two.py").write_text("def make():\n  return 1, 2\n")
+  (f / "wrong_params.py").write_text(
+      "import jax, jax.numpy as jnp\nfrom flax import linen as nn\n"
+      "def make():\n  x = jnp.ones((4, 5))\n"
+      "  other = nn.Dense(3).init(jax.random.key(0), jnp.ones((4, 7)))\n"
+      "  return nn.Dense(3), other, (x, jnp.zeros(4, jnp.int32))\n")
   return f
 
 
@@ -93,6 +98,8 @@ def _cases(f):
       (["diagnose", "--model", str(f / "raises.py") + ":make"], "RuntimeError at raises.py:2"),
       (["diagnose", "--model", str(f / "two.py") + ":make"], "got a tuple of 2"),
       (["report", "--model", str(f / "none.py") + ":make"], "existing Python file"),
+      (["diagnose", "--model", str(f / "wrong_params.py") + ":make"],
+       "expected the model to run on the factory's batch with its params"),
   ]
 
 
