@@ -356,10 +356,21 @@ def parse_activations(items) -> dict[str, str]:
   return out
 
 
+@contextlib.contextmanager
+def _model_errors():
+  """What a user's model raises on a batch or params it cannot take, as the
+  one-line ValueError the CLI reports."""
+  from flax.errors import FlaxError
+  try:
+    yield
+  except (TypeError, AttributeError, IndexError, KeyError, FlaxError) as e:
+    raise ValueError(f"expected the model to run on the factory's batch with its params, "
+                     f"got {type(e).__name__}: {e}") from None
+
+
 def diagnose(args) -> int:
   """Any model from a factory: measured once, then table, findings, plot,
   report and results.json from the same measurements."""
-  from flax.errors import FlaxError
   from gradflow_jax import (_activations, _analyze, _flax, _loading, _model_stats, _plots,
                             _render, _report)
   console = _console(args)
@@ -367,21 +378,13 @@ def diagnose(args) -> int:
   model, params, (x, y) = _loading.call_factory(factory)
   probed = _flax.as_probed(model, params, output=args.output)
   named = parse_activations(args.activation)
-  failures = (TypeError, AttributeError, IndexError, KeyError, FlaxError)
-  try:  # before any progress line: a model that cannot run is one line of error
+  with _model_errors():  # traced before any progress line: a model that cannot run is one line
     for act in named.values():
       _activations.get_activation(act)
     _model_stats.discover(probed.with_activations(named), x)
-  except failures as e:
-    raise ValueError(f"expected the model to run on the factory's batch with its params, "
-                     f"got {type(e).__name__}: {e}") from None
-  with progress_bar(args, 1, "diagnose") as advance:
+  with progress_bar(args, 1, "diagnose") as advance, _model_errors():
     advance("statistics, Jacobians and findings")
-    try:
-      result = _analyze.analyze_model(probed, x, y, args.loss, named)
-    except failures as e:
-      raise ValueError(f"expected the model to run on the factory's batch with its params, "
-                       f"got {type(e).__name__}: {e}") from None
+    result = _analyze.analyze_model(probed, x, y, args.loss, named)
   stats, jac = result.stats, result.jacobians
   findings = result.findings
   if not args.quiet and not args.json:
@@ -389,6 +392,7 @@ def diagnose(args) -> int:
     _render.print_findings(console, [{"label": args.model, "findings": findings}])
     if not findings:
       console.print("[green]no warnings[/]")
+
   def report(pngs):
     path = os.path.join(args.out, "report.html")
     _report.write_report(path, f"gradflow_jax: {args.model}", [(args.model, findings)],

@@ -136,6 +136,11 @@ def _per_row(fn, x):
   return fn(x.reshape(x.shape[0], -1), axis=1)
 
 
+def _per_row_value(c, like):
+  """Per-row scalars (rows,) shaped to broadcast against ``like`` (rows, ...)."""
+  return c.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
 def _units(x):
   """(rows, examples, units): the last axis holds the units."""
   return x.reshape(x.shape[0], -1, x.shape[-1])
@@ -189,7 +194,7 @@ def _masked_group(g: _Group):
   size = values[0].size
   finite = jnp.isfinite(values)
   shift = values.reshape(values.shape[0], -1)[:, 0]
-  shift = jnp.where(jnp.isfinite(shift), shift, 0).reshape((-1,) + (1,) * (values.ndim - 1))
+  shift = _per_row_value(jnp.where(jnp.isfinite(shift), shift, 0), values)
   d = jnp.where(finite, values - shift, 0)
   n = _count(finite, values.dtype)
   s1 = _per_row(jnp.sum, d)
@@ -213,7 +218,7 @@ def _finite_group(g: _Group, shift, s1):
   the finiteness masks, which cost a pass over the tensor each."""
   values = g.values
   size = values[0].size
-  d = values - shift.reshape((-1,) + (1,) * (values.ndim - 1))
+  d = values - _per_row_value(shift, values)
   s2 = _per_row(jnp.sum, d * d)
   mean_d = s1 / size
   var = jnp.maximum(s2 - s1 * mean_d, 0) / (size - 1)
@@ -241,7 +246,7 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
     slope = rs[0].slope
     groups.append(_Group(values, tested, rs[0].act, slope, same))
   shifts = [g.values.reshape(g.values.shape[0], -1)[:, 0] for g in groups]
-  s1 = [_per_row(jnp.sum, g.values - c.reshape((-1,) + (1,) * (g.values.ndim - 1)))
+  s1 = [_per_row(jnp.sum, g.values - _per_row_value(c, g.values))
         for g, c in zip(groups, shifts)]
   tested_sums = [_per_row(jnp.sum, _acc(g.tested)) for g in groups if not g.same]
   all_finite = jnp.all(jnp.isfinite(jnp.concatenate(s1 + tested_sums)))
