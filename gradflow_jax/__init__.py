@@ -4,6 +4,9 @@ One interface at the core: a :class:`ProbedModel`, ``forward(params, x,
 perturb) -> (output, taps)``. Producers turn models into one (``from_linen``,
 ``from_nnx``, ``probed`` with ``tap``, ``mlp_model``); consumers measure any of
 them (``model_flow_stats``, ``tap_jacobian_norms``, ``diagnose_model``).
+In a user's own training step, ``value_and_grad`` / ``nnx_value_and_grad``
+return the same statistics from the step's own forward/backward pass, and
+``log_step`` sends them to JSON Lines, TensorBoard or any CLU-style writer.
 """
 
 from gradflow_jax import theory
@@ -52,6 +55,19 @@ from gradflow_jax._tap_jacobians import tap_jacobian_norms
 from gradflow_jax._train import make_step
 from gradflow_jax._train import train
 from gradflow_jax._train import TrainConfig
+from gradflow_jax._watch import FlowStep
+from gradflow_jax._watch import HISTOGRAM_EDGES
+from gradflow_jax._watch import histogram as watch_histogram
+from gradflow_jax._watch import nnx_value_and_grad
+from gradflow_jax._watch import update_ratios
+from gradflow_jax._watch import UPDATE_RATIO_RULE
+from gradflow_jax._watch import value_and_grad
+from gradflow_jax._writers import flat_metrics
+from gradflow_jax._writers import JsonlWriter
+from gradflow_jax._writers import log_step
+from gradflow_jax._writers import MetricWriter
+from gradflow_jax._writers import read_jsonl
+from gradflow_jax._writers import TensorBoardWriter
 
 __version__ = "0.3.0"
 
@@ -64,31 +80,39 @@ __all__ = (
     "diagnose_model",
     "diagnose_rnn",
     "find_monitor_state",
+    "flat_metrics",
     "flow_stats",
+    "FlowStep",
     "from_linen",
     "from_nnx",
     "get_activation",
     "gradient_flow_monitor",
     "gradient_stats",
+    "HISTOGRAM_EDGES",
     "infer_activations",
     "init_mlp",
     "init_rnn",
     "initializer",
     "INITIALIZERS",
     "jacobian_spectra",
+    "JsonlWriter",
     "layer_jacobian_norms",
     "load_digits",
     "load_npz",
+    "log_step",
     "loss_value",
     "make_step",
     "mlp_forward",
     "mlp_model",
+    "MetricWriter",
     "MLPConfig",
+    "nnx_value_and_grad",
     "model_flow_stats",
     "ProbedModel",
     "probed",
     "product_bound",
     "recommended_init",
+    "read_jsonl",
     "rnn_model",
     "rnn_through_time",
     "RNNConfig",
@@ -96,10 +120,15 @@ __all__ = (
     "SweepSettings",
     "tap",
     "tap_jacobian_norms",
+    "TensorBoardWriter",
     "TapInfo",
     "theory",
     "types",
     "train",
     "TrainConfig",
+    "update_ratios",
+    "UPDATE_RATIO_RULE",
+    "value_and_grad",
+    "watch_histogram",
     "weight_spectral_norms",
 )

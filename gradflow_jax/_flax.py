@@ -69,6 +69,9 @@ def _tap_layer(name: str, call, x, *args, **kwargs):
 
 def _linen_interceptor(next_fun, args, kwargs, context):
   kind = type(context.module).__name__
+  c = _probe.current()
+  if c is not None and not context.module.path and context.method_name == "__call__":
+    c.mark(*jax.tree.leaves((args, kwargs)))  # the top module's input is the data, not a tap
   if context.method_name != "__call__" or kind not in _LINEN_LAYERS + _NORMS or not args:
     return next_fun(*args, **kwargs)
   path = "/".join(str(p) for p in context.module.path) or kind
@@ -141,6 +144,18 @@ def _tapped_class(cls):
   return _NNX_TAPPED[cls]
 
 
+def tap_nnx_layers(m) -> None:
+  """Swaps the class of every Flax weight and normalization layer inside
+  ``m`` (a merged copy, never the user's model) for its tapped subclass."""
+  from flax import nnx
+  for path, mod in nnx.iter_graph(m):
+    if isinstance(mod, nnx.Module) and type(mod).__name__ in _NNX_LAYERS + _NORMS and type(
+        mod).__module__.startswith("flax."):
+      mod.__class__ = _tapped_class(type(mod))
+      object.__setattr__(mod, "_gradflow_name", "/".join(str(p) for p in path)
+                         or type(mod).__name__)
+
+
 def from_nnx(model, *, output=None, auto: bool = True, name: str | None = None,
              call: Callable | None = None) -> _probe.ProbedModel:
   """A probed model for a Flax NNX module.
@@ -167,12 +182,7 @@ def from_nnx(model, *, output=None, auto: bool = True, name: str | None = None,
     fresh = lambda state: jax.tree.map(lambda a: a, state)  # new Variables, of this trace
     m = nnx.merge(graphdef, fresh(params), fresh(rest))
     if auto:
-      for path, mod in nnx.iter_graph(m):
-        if isinstance(mod, nnx.Module) and type(mod).__name__ in _NNX_LAYERS + _NORMS and type(
-            mod).__module__.startswith("flax."):
-          mod.__class__ = _tapped_class(type(mod))
-          object.__setattr__(mod, "_gradflow_name", "/".join(str(p) for p in path)
-                             or type(mod).__name__)
+      tap_nnx_layers(m)
     out = call(m, x) if call is not None else m(x)
     return select_output(out, output)
   return _probe.probed(apply_fn, params, name or type(model).__name__)

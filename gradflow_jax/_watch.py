@@ -1,0 +1,318 @@
+"""Gradient-flow statistics from the training step a user already has.
+
+:func:`value_and_grad` is ``jax.value_and_grad`` for a loss function of the
+parameters that also returns, from the *same* forward/backward pass, what
+every tap saw: activation statistics, ||dL/d tap||, per-leaf ||dL/dp|| and
+the global norm. Taps are the ``gf.tap`` calls inside the loss and, with
+``auto=True``, every Flax linen weight layer the loss applies (see
+``_flax``). :func:`nnx_value_and_grad` is the same for a loss of an NNX
+module (as ``nnx.value_and_grad``). Everything is traced: call them inside
+``jax.jit`` / ``nnx.jit``; nothing leaves the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradflow_jax import _activations, _probe
+from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms, Row, rows_stats
+
+# Signed, log-spaced bin edges for in-jit histograms: 0, then +-10^k for k in
+# [-10, 4] at 4 bins per decade. They cover activations and gradients of any
+# usual scale with one fixed set of bins (the outer bins take everything
+# beyond +-10^4; |v| < 1e-10 falls in the two bins beside 0).
+_DECADES = np.arange(-10.0, 4.0 + 1e-9, 0.25)
+HISTOGRAM_EDGES = np.concatenate([-10.0 ** _DECADES[::-1], [0.0], 10.0 ** _DECADES])
+
+
+@dataclasses.dataclass(frozen=True)
+class Histogram:
+  """Counts of a tensor's finite entries in ``HISTOGRAM_EDGES`` bins (the
+  first and last bin also take everything beyond the outermost edges), with
+  the sums TensorBoard's histogram summary needs."""
+  counts: jax.Array
+  min: jax.Array
+  max: jax.Array
+  sum: jax.Array
+  sum_squares: jax.Array
+
+
+jax.tree_util.register_dataclass(Histogram, data_fields=[f.name for f in dataclasses.fields(
+    Histogram)], meta_fields=[])
+
+
+def histogram(x) -> Histogram:
+  """The :class:`Histogram` of one tensor, traced (fixed bins: no host sync)."""
+  v = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(-1)
+  finite = jnp.isfinite(v)
+  edges = jnp.asarray(HISTOGRAM_EDGES, v.dtype)
+  clipped = jnp.clip(v, edges[0], edges[-1])
+  index = jnp.clip(jnp.searchsorted(edges, clipped, side="right") - 1, 0, edges.size - 2)
+  counts = jnp.zeros(edges.size - 1, jnp.int32).at[index].add(finite.astype(jnp.int32))
+  zero = jnp.where(finite, v, 0)
+  return Histogram(counts, jnp.min(jnp.where(finite, v, jnp.inf)),
+                   jnp.max(jnp.where(finite, v, -jnp.inf)), jnp.sum(zero), jnp.sum(zero * zero))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowStep:
+  """What one monitored step measured. Per-tap arrays have shape (n_taps,),
+  in the order the loss recorded its taps (``names``).
+
+  Attributes:
+    names, roles, activation_names: per tap (static): its name, its role
+      (``"pre"``: a layer's output, ``"post"``: a layer's input, ``"tap"``) and
+      the activation known to follow it, or None.
+    activations: :class:`ActivationStats` of each tapped tensor (mean, std,
+      min, max, saturation/dead/zero fractions, non-finite count). Saturation
+      and dead units use the activation's tests where it is known; otherwise
+      saturation is NaN and a dead unit is one exactly 0 on every example.
+    tap_grad_norm: ||dL/d tap||, the backward signal reaching each tap.
+    param_grad_norms: like the parameters, ||dL/dp|| per leaf.
+    global_norm: ``optax.tree.norm`` of the gradients (before any clipping).
+    loss: the loss value.
+    measured: False on a step that ``every`` skipped: then every statistic
+      above except ``loss`` is NaN.
+    histograms: ``{"act/NAME": Histogram, "grad/NAME": Histogram}`` of each
+      tap's values and of dL/d tap, when asked for (``histograms=True``), else
+      ``{}``.
+  """
+  names: tuple[str, ...]
+  roles: tuple[str, ...]
+  activation_names: tuple
+  activations: ActivationStats
+  tap_grad_norm: jax.Array
+  param_grad_norms: Any
+  global_norm: jax.Array
+  loss: jax.Array
+  measured: jax.Array
+  histograms: dict
+
+  def _repr_html_(self) -> str:
+    from gradflow_jax import _writers
+    return _writers.flow_step_html(self)
+
+
+jax.tree_util.register_dataclass(
+    FlowStep, data_fields=["activations", "tap_grad_norm", "param_grad_norms", "global_norm",
+                           "loss", "measured", "histograms"],
+    meta_fields=["names", "roles", "activation_names"])
+
+
+def _check_every(every):
+  if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    raise ValueError(f"expected every to be an integer >= 1, got {every!r}")
+
+
+def _check_activations(activations):
+  for name in (activations or {}).values():
+    _activations.get_activation(name)  # a clear error for an unknown name
+  return dict(activations or {})
+
+
+def _run_collecting(fun, perturb, auto, args):
+  """``fun(*args)`` with taps recorded (and linen layers tapped when
+  ``auto``); returns (fun's output, taps, infos in recording order)."""
+  with _probe.collecting(perturb) as c:
+    c.mark(*jax.tree.leaves(args[1:]))  # the data is never a layer's input tap
+    if auto:
+      from flax import linen as nn
+      from gradflow_jax import _flax
+      with nn.intercept_methods(_flax._linen_interceptor):
+        out = fun(*args)
+    else:
+      out = fun(*args)
+  return out, dict(c.taps), dict(c.info)
+
+
+def _split_output(out, has_aux):
+  if not has_aux:
+    return out, None
+  if not isinstance(out, (tuple, list)) or len(out) != 2:
+    raise ValueError(f"expected has_aux=True's loss to return (loss, aux), got "
+                     f"{type(out).__name__}")
+  return out[0], out[1]
+
+
+def _check_scalar(loss):
+  shape = getattr(loss, "shape", None)
+  if shape != ():
+    raise ValueError(f"expected the loss function to return a scalar, got shape {shape}")
+
+
+def _discover(fun, auto, args, activations):
+  """(TapInfo per tap in order, tap shapes) of ``fun`` on ``args`` (traced)."""
+  found = {}
+
+  def shapes(*a):
+    out, taps, info = _run_collecting(fun, None, auto, a)
+    found.update(info)
+    return out, taps
+  out, taps = jax.eval_shape(shapes, *args)
+  return out, tuple(_with_activation(found[n], activations) for n in found), taps
+
+
+def _with_activation(info: _probe.TapInfo, activations):
+  act = activations.get(info.name, info.activation)
+  role = "pre" if act and info.role == "tap" else info.role
+  return info._replace(activation=act, role=role)
+
+
+def _nan_like(tree):
+  return jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype)
+                      if jnp.issubdtype(s.dtype, jnp.inexact) else jnp.zeros(s.shape, s.dtype),
+                      tree)
+
+
+def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
+                   activations: dict[str, str] | None = None, auto: bool = True,
+                   histograms: bool = False) -> Callable:
+  """``jax.value_and_grad(fun)`` that also returns the step's gradient flow.
+
+  Args:
+    fun: ``fun(params, *args) -> loss`` (or ``(loss, aux)`` with
+      ``has_aux``); differentiated with respect to ``params``. Taps are its
+      ``gf.tap`` calls and, with ``auto``, the input and output of every linen
+      weight layer it applies and the input of every linen normalization layer.
+    has_aux: as in ``jax.value_and_grad``.
+    every: measure on steps where ``step % every == 0`` (``lax.cond``): other
+      steps cost a plain ``value_and_grad``, and their statistics are NaN with
+      ``measured=False``. With ``every > 1`` pass ``step=``.
+    activations: ``{tap name: activation name}`` for taps that are an
+      activation's input (their saturation and dead-unit tests are used).
+    auto: tap linen weight layers automatically.
+    histograms: also return in-jit histograms of every tap's values and of
+      dL/d tap (fixed bins, ``HISTOGRAM_EDGES``).
+
+  Returns:
+    ``f(params, *args, step=None) -> (value, grads, FlowStep)`` where
+    ``value`` is ``loss`` or ``(loss, aux)`` and ``grads`` are dL/dparams, as
+    ``jax.value_and_grad`` would return them.
+
+  Example:
+    >>> def loss_fn(params, x, y):
+    ...   return jnp.mean((model.apply(params, x) - y) ** 2)
+    >>> @jax.jit
+    ... def train_step(params, opt_state, x, y):
+    ...   loss, grads, flow = gf.value_and_grad(loss_fn)(params, x, y)
+    ...   updates, opt_state = tx.update(grads, opt_state, params)
+    ...   return optax.apply_updates(params, updates), opt_state, flow
+  """
+  _check_every(every)
+  activations = _check_activations(activations)
+
+  def wrapped(params, *args, step=None):
+    if every > 1 and step is None:
+      raise ValueError(f"expected step= (the step number) with every={every}")
+    full = (params,) + args
+    out_shape, info, shapes = _discover(fun, auto, full, activations)
+    _check_scalar(_split_output(out_shape, has_aux)[0])
+    names = tuple(i.name for i in info)
+
+    def measured(params, args):
+      perturb = _probe.zero_perturbations(shapes)
+
+      def objective(p, pt):
+        out, taps, _ = _run_collecting(fun, pt, auto, (p,) + args)
+        loss, aux = _split_output(out, has_aux)
+        return loss, (aux, taps)
+      (loss, (aux, taps)), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1),
+                                                         has_aux=True)(params, perturb)
+      rows = [Row(taps[i.name], taps[i.name],
+                  _activations.get_activation(i.activation) if i.activation else None)
+              for i in info]
+      stats = (rows_stats(rows) if rows else
+               ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32)))
+      leaf_norms = jax.tree.map(leaf_norm, gp)
+      tap_norms = (jnp.stack([leaf_norm(gt[n]) for n in names]) if names
+                   else jnp.zeros((0,), jnp.float32))
+      hist = {}
+      if histograms:
+        for n in names:
+          hist[f"act/{n}"] = histogram(taps[n])
+          hist[f"grad/{n}"] = histogram(gt[n])
+      flow = (stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), jnp.asarray(True), hist)
+      return (loss, aux), gp, flow
+
+    if every == 1:
+      (loss, aux), grads, flow = measured(params, args)
+    else:
+      flow_shape = jax.eval_shape(lambda p, a: measured(p, a)[2], params, args)
+
+      def bare(params, args):
+        (loss, aux), gp = jax.value_and_grad(
+            lambda p: _split_output(fun(p, *args), has_aux), has_aux=True)(params)
+        flow = _nan_like(flow_shape[:4]) + (jnp.asarray(False), _nan_like(flow_shape[5]))
+        return (loss, aux), gp, flow
+
+      (loss, aux), grads, flow = jax.lax.cond(jnp.asarray(step) % every == 0, measured, bare,
+                                              params, args)
+    stats, tap_norms, leaf_norms, gnorm, done, hist = flow
+    step_stats = FlowStep(names, tuple(i.role for i in info), tuple(i.activation for i in info),
+                          stats, tap_norms, leaf_norms, gnorm, loss, done, hist)
+    return ((loss, aux) if has_aux else loss), grads, step_stats
+
+  return wrapped
+
+
+def nnx_value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
+                       activations: dict[str, str] | None = None, auto: bool = True,
+                       histograms: bool = False) -> Callable:
+  """``nnx.value_and_grad(fun)`` (gradients of the ``nnx.Param`` state) that
+  also returns the step's gradient flow (see :func:`value_and_grad`).
+
+  Weight layers (``Linear``, ``LinearGeneral``, ``Conv``, ``Einsum``,
+  ``Embed``) and normalization inputs are tapped on the copy of the model the
+  loss runs on; the user's classes are never patched. The model's other state
+  (RNG counts, BatchNorm statistics) is updated in place, as
+  ``nnx.value_and_grad`` does.
+
+  Returns:
+    ``f(model, *args, step=None) -> (value, grads, FlowStep)``; ``grads`` is
+    an ``nnx.State`` of the parameters, for ``optimizer.update(model, grads)``.
+  """
+  from flax import nnx
+  from gradflow_jax import _flax
+  _check_every(every)
+
+  def wrapped(model, *args, step=None):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def pure(p, rest, *a):
+      fresh = lambda state: jax.tree.map(lambda v: v, state)  # Variables of this trace
+      m = nnx.merge(graphdef, fresh(p), fresh(rest))
+      if auto:
+        _flax.tap_nnx_layers(m)
+      out = fun(m, *a)
+      loss, aux = _split_output(out, has_aux)
+      return loss, (aux, nnx.state(m, nnx.Not(nnx.Param)))
+
+    inner = value_and_grad(pure, has_aux=True, every=every, activations=activations, auto=False,
+                           histograms=histograms)
+    (loss, (aux, new_rest)), grads, flow = inner(params, rest, *args, step=step)
+    nnx.update(model, new_rest)
+    return ((loss, aux) if has_aux else loss), grads, flow
+
+  return wrapped
+
+
+def update_ratios(old_params, new_params):
+  """Per leaf ||new - old|| / ||old||, the update-to-weight ratio (a pytree
+  like the parameters; ~1e-3 per step is the usual rule of thumb, far below:
+  the layer barely learns, far above: it is unstable). A leaf with
+  ||old|| = 0 gives inf (or NaN if it did not move)."""
+  def ratio(old, new):
+    if not jnp.issubdtype(jnp.result_type(old), jnp.inexact):
+      return jnp.asarray(jnp.nan, jnp.float32)
+    return leaf_norm(new - old) / leaf_norm(old)
+  return jax.tree.map(ratio, old_params, new_params)
+
+
+UPDATE_RATIO_RULE = 1e-3  # the rule-of-thumb update-to-weight ratio per step
+assert math.isclose(HISTOGRAM_EDGES[len(HISTOGRAM_EDGES) // 2], 0.0)

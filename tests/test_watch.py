@@ -1,0 +1,323 @@
+"""The monitored step (gf.value_and_grad / gf.nnx_value_and_grad) against
+independent references: jax.grad of the plain loss, NumPy on tensors Flax
+captures itself, a plain nnx.value_and_grad training run, explicit
+perturbations of a scan over layers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import gradflow_jax as gf
+from helpers import tol
+
+
+class _LinenNet(nn.Module):
+  """Dropout and BatchNorm in training mode: the everyday model."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.relu(nn.Dense(16)(x))
+    x = nn.Dropout(0.25, deterministic=not train)(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    return nn.Dense(3)(x)
+
+
+def _batch(n=8, d=5, seed=0):
+  x = jax.random.normal(jax.random.key(seed), (n, d))
+  return x, jnp.arange(n) % 3
+
+
+def _ce(logits, y):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@pytest.fixture(scope="module")
+def linen_case():
+  m = _LinenNet()
+  x, y = _batch()
+  v = m.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x)
+
+  def loss_fn(p, bs, x, y, key):
+    out, upd = m.apply({"params": p, "batch_stats": bs}, x, mutable=["batch_stats"],
+                       rngs={"dropout": key})
+    return _ce(out, y), upd
+  step = jax.jit(gf.value_and_grad(loss_fn, has_aux=True, activations={"Dense_0": "relu"},
+                                   histograms=True))
+  key = jax.random.key(3)
+  return m, v, x, y, key, loss_fn, step(v["params"], v["batch_stats"], x, y, key)
+
+
+def test_linen_step_gives_jax_grad_and_flax_updates(linen_case):
+  m, v, x, y, key, loss_fn, ((loss, upd), grads, flow) = linen_case
+  (ref_loss, ref_upd), ref = jax.value_and_grad(loss_fn, has_aux=True)(
+      v["params"], v["batch_stats"], x, y, key)
+  np.testing.assert_allclose(loss, ref_loss, **tol())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()), grads, ref)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()), upd, ref_upd)
+  assert flow.names == ("Dense_0", "BatchNorm_0/input", "Dense_1/input", "Dense_1")
+  assert flow.roles == ("pre", "tap", "post", "pre")
+  assert flow.activation_names == ("relu", None, None, None)
+  assert bool(flow.measured)
+  leaves = jax.tree.leaves(ref)
+  np.testing.assert_allclose(flow.global_norm, np.sqrt(sum(np.sum(np.square(g)) for g in leaves)),
+                             **tol())
+  jax.tree.map(lambda n, g: np.testing.assert_allclose(n, np.linalg.norm(np.ravel(g)), **tol()),
+               flow.param_grad_norms, ref)
+
+
+def test_linen_tap_statistics_match_numpy_on_flax_captured_tensors(linen_case):
+  m, v, x, y, key, loss_fn, (_, _, flow) = linen_case
+  _, state = m.apply(v, x, mutable=["batch_stats", "intermediates"], rngs={"dropout": key},
+                     capture_intermediates=True)
+  inter = state["intermediates"]
+  z0 = np.asarray(inter["Dense_0"]["__call__"][0], np.float64)
+  out = np.asarray(inter["Dense_1"]["__call__"][0], np.float64)
+  a = flow.activations
+  np.testing.assert_allclose(a.mean[0], z0.mean(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(a.std[0], z0.std(ddof=1), rtol=1e-5)
+  np.testing.assert_allclose(a.min[0], z0.min(), rtol=1e-6)
+  np.testing.assert_allclose(a.max[0], z0.max(), rtol=1e-6)
+  # relu's tests on its input: a unit is dead when z <= 0 on every example
+  np.testing.assert_allclose(a.dead_fraction[0], np.mean(np.all(z0 <= 0, axis=0)))
+  np.testing.assert_allclose(a.saturation_fraction[0], 0.0)  # relu has no flat tail above
+  assert np.isnan(a.saturation_fraction[3])  # no activation known: no saturation test
+  # dL/dlogits of a mean cross-entropy is (softmax - onehot) / batch
+  p = np.exp(out - out.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  d = (p - np.eye(3)[np.asarray(y)]) / len(y)
+  np.testing.assert_allclose(flow.tap_grad_norm[3], np.linalg.norm(d), rtol=1e-5)
+
+
+def test_histograms_are_numpy_histograms_of_the_same_bins(linen_case):
+  m, v, x, y, key, loss_fn, (_, _, flow) = linen_case
+  _, state = m.apply(v, x, mutable=["batch_stats", "intermediates"], rngs={"dropout": key},
+                     capture_intermediates=True)
+  z0 = np.asarray(state["intermediates"]["Dense_0"]["__call__"][0]).ravel()
+  h = flow.histograms["act/Dense_0"]
+  edges = gf.HISTOGRAM_EDGES
+  ref, _ = np.histogram(np.clip(z0, edges[0], edges[-1]), bins=edges)
+  np.testing.assert_array_equal(h.counts, ref)
+  assert int(h.counts.sum()) == z0.size
+  np.testing.assert_allclose([h.min, h.max, h.sum, h.sum_squares],
+                             [z0.min(), z0.max(), z0.sum(), np.sum(z0.astype(np.float64) ** 2)],
+                             rtol=1e-5, atol=1e-5)
+  assert set(flow.histograms) == {f"{k}/{n}" for k in ("act", "grad") for n in flow.names}
+
+
+def test_nonfinite_entries_are_counted_and_left_out_of_histograms():
+  x = jnp.array([[1.0, jnp.nan, 3.0, jnp.inf]])
+  h = gf.watch_histogram(x)
+  assert int(h.counts.sum()) == 2 and float(h.min) == 1.0 and float(h.max) == 3.0
+
+  def loss_fn(p, x):
+    return jnp.sum(gf.tap("h", x * p))
+  loss, _, flow = jax.jit(gf.value_and_grad(loss_fn))(jnp.float32(2.0), x)
+  assert int(flow.activations.nonfinite[0]) == 2 and not np.isfinite(loss)
+
+
+def test_every_skips_statistics_but_never_gradients():
+  """every=3: steps 0 and 3 measured, 1 and 2 NaN with measured=False; the
+  gradients are those of every=1 on every step, and the step is traced once."""
+  traces = []
+  w = {"w1": jnp.ones((5, 4)) * 0.3, "w2": jnp.ones((4, 3)) * 0.2}
+  x, y = _batch()
+
+  def loss_fn(p, x, y):
+    traces.append(1)
+    h = gf.tap("h", jnp.tanh(gf.tap("z", x @ p["w1"], activation="tanh")))
+    return _ce(h @ p["w2"], y)
+  every3 = jax.jit(gf.value_and_grad(loss_fn, every=3))
+  every1 = jax.jit(gf.value_and_grad(loss_fn))
+  ref_loss, ref_grads, ref_flow = every1(w, x, y)
+  for step in range(4):
+    loss, grads, flow = every3(w, x, y, step=jnp.int32(step))
+    np.testing.assert_allclose(loss, ref_loss)
+    jax.tree.map(np.testing.assert_allclose, grads, ref_grads)
+    assert bool(flow.measured) == (step % 3 == 0)
+    if step % 3 == 0:
+      np.testing.assert_allclose(flow.tap_grad_norm, ref_flow.tap_grad_norm)
+      np.testing.assert_allclose(flow.activations.std, ref_flow.activations.std)
+    else:
+      assert np.all(np.isnan(flow.tap_grad_norm)) and np.isnan(flow.global_norm)
+  n_traces = len(traces)
+  every3(w, x, y, step=jnp.int32(7))
+  assert len(traces) == n_traces  # a new step number does not retrace
+
+
+def test_taps_through_a_scan_over_layers_match_explicit_perturbations():
+  """gf.tap inside lax.scan: one tap per layer, ||dL/dh_l|| equal to jax.grad
+  with respect to explicit additive perturbations."""
+  depth, width = 4, 6
+  ws = jax.random.normal(jax.random.key(0), (depth, width, width)) / np.sqrt(width)
+  x = jax.random.normal(jax.random.key(1), (3, width))
+
+  def loss_fn(ws, x):
+    def layer(h, w):
+      return gf.tap("h", jnp.tanh(h @ w)), None
+    h, _ = jax.lax.scan(layer, x, ws)
+    return jnp.sum(h ** 2)
+
+  def explicit(eps, ws, x):
+    def layer(h, we):
+      w, e = we
+      return jnp.tanh(h @ w) + e, None
+    h, _ = jax.lax.scan(layer, x, (ws, eps))
+    return jnp.sum(h ** 2)
+  _, _, flow = jax.jit(gf.value_and_grad(loss_fn))(ws, x)
+  ref = jax.grad(explicit)(jnp.zeros((depth, 3, width)), ws, x)
+  assert flow.names == tuple(f"h/layer_{i}" for i in range(depth))
+  np.testing.assert_allclose(flow.tap_grad_norm, np.linalg.norm(ref.reshape(depth, -1), axis=1),
+                             **tol())
+
+
+class _NNXNet(nnx.Module):
+  def __init__(self, rngs):
+    self.l1 = nnx.Linear(5, 16, rngs=rngs)
+    self.drop = nnx.Dropout(0.25, rngs=rngs)
+    self.bn = nnx.BatchNorm(16, rngs=rngs)
+    self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(self.bn(self.drop(jnp.tanh(self.l1(x)))))
+
+
+def _nnx_loss(model, x, y):
+  return _ce(model(x), y)
+
+
+def test_nnx_optimizer_run_equals_a_plain_nnx_value_and_grad_run():
+  """Three nnx.Optimizer steps under nnx.jit with Dropout (the model's own
+  rngs) and BatchNorm in training mode: parameters, batch statistics and
+  losses equal those of the same loop written with nnx.value_and_grad."""
+  x, y = _batch()
+  ours, ref = _NNXNet(nnx.Rngs(0, dropout=1)), _NNXNet(nnx.Rngs(0, dropout=1))
+  opt_ours = nnx.Optimizer(ours, optax.adam(1e-2), wrt=nnx.Param)
+  opt_ref = nnx.Optimizer(ref, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step_ours(model, opt, x, y):
+    loss, grads, flow = gf.nnx_value_and_grad(_nnx_loss, activations={"l1": "tanh"})(model, x, y)
+    opt.update(model, grads)
+    return loss, flow
+
+  @nnx.jit
+  def step_ref(model, opt, x, y):
+    loss, grads = nnx.value_and_grad(_nnx_loss)(model, x, y)
+    opt.update(model, grads)
+    return loss
+
+  for _ in range(3):
+    loss, flow = step_ours(ours, opt_ours, x, y)
+    np.testing.assert_allclose(loss, step_ref(ref, opt_ref, x, y), **tol())
+  def same(a, b):
+    if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_allclose(a, b, **tol())
+  jax.tree.map(same, nnx.state(ours), nnx.state(ref))
+  assert flow.names == ("l1", "bn/input", "l2/input", "l2")
+  assert flow.activation_names[0] == "tanh" and 0.0 <= float(
+      flow.activations.saturation_fraction[0]) <= 1.0
+  assert type(ours.l1) is nnx.Linear  # the user's model keeps its classes
+
+
+def test_update_ratios_match_numpy():
+  old = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  new = {"a": old["a"] * 1.01, "b": old["b"] + 0.5}
+  r = gf.update_ratios(old, new)
+  np.testing.assert_allclose(r["a"], 0.01, rtol=1e-5)
+  np.testing.assert_allclose(r["b"], 0.5, rtol=1e-6)
+
+
+def test_bad_arguments_are_clear_errors():
+  f = lambda p, x: jnp.sum(p * x)
+  with pytest.raises(ValueError, match="every"):
+    gf.value_and_grad(f, every=0)
+  with pytest.raises(ValueError, match="unknown activation"):
+    gf.value_and_grad(f, activations={"h": "swishy"})
+  with pytest.raises(ValueError, match="step="):
+    gf.value_and_grad(f, every=2)(jnp.ones(2), jnp.ones(2))
+  with pytest.raises(ValueError, match="scalar"):
+    gf.value_and_grad(lambda p, x: p * x)(jnp.ones(2), jnp.ones(2))
+  with pytest.raises(ValueError, match=r"\(loss, aux\)"):
+    gf.value_and_grad(f, has_aux=True)(jnp.ones(2), jnp.ones(2))
+
+
+def _read_event_file(folder):
+  """Every (tag, step, value or histogram) in a TensorBoard event file, read
+  with the TFRecord framing and the Event protobuf (not tensorboardX's
+  writer code)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  (path,) = glob.glob(f"{folder}/events.out.tfevents.*")
+  data, out, at = open(path, "rb").read(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+    at += 12 + length + 4
+    for v in event.summary.value:
+      out.append((v.tag, event.step, v.histo if v.HasField("histo") else v.simple_value))
+  return out
+
+
+def test_metrics_reach_jsonl_and_tensorboard_unchanged(linen_case, tmp_path):
+  m, v, x, y, key, loss_fn, (_, grads, flow) = linen_case
+  new = jax.tree.map(lambda p, g: p - 0.1 * g, v["params"], grads)
+  ratios = gf.update_ratios(v["params"], new)
+  flat = gf.flat_metrics(flow, ratios)
+  assert flat["loss"] == float(flow.loss)
+  assert flat["grad_norm/Dense_0/kernel"] == float(flow.param_grad_norms["Dense_0"]["kernel"])
+  assert flat["act/dead/Dense_0"] == float(flow.activations.dead_fraction[0])
+  assert flat["tap_grad_norm/Dense_1"] == float(flow.tap_grad_norm[3])
+  assert "act/saturated/Dense_1" not in flat and "act/saturated/Dense_0" in flat
+  np.testing.assert_allclose(flat["update_ratio/Dense_1/kernel"],
+                             0.1 * np.linalg.norm(grads["Dense_1"]["kernel"])
+                             / np.linalg.norm(v["params"]["Dense_1"]["kernel"]), rtol=1e-5)
+  with gf.JsonlWriter(tmp_path / "log.jsonl") as w:
+    gf.log_step(w, 7, flow, ratios)
+  records = gf.read_jsonl(tmp_path / "log.jsonl")
+  assert records[0]["histogram_edges"] == gf.HISTOGRAM_EDGES.tolist()
+  assert records[1]["step"] == 7 and set(records[1]["scalars"]) == set(flat)
+  for k, val in flat.items():  # strict JSON: a non-finite value is written as null
+    assert records[1]["scalars"][k] == val or (np.isnan(records[1]["scalars"][k])
+                                               and not np.isfinite(val)), k
+  hist = {r["histogram"]: r for r in records[2:]}
+  assert hist["act/Dense_0"]["counts"] == np.asarray(flow.histograms["act/Dense_0"].counts).tolist()
+
+  with gf.TensorBoardWriter(tmp_path / "tb") as w:
+    gf.log_step(w, 7, flow, ratios)
+  events = _read_event_file(tmp_path / "tb")
+  scalars = {tag: val for tag, step, val in events if not hasattr(val, "bucket")}
+  assert {tag for tag in scalars} == set(flat) and all(s == 7 for _, s, _ in events)
+  for tag, val in scalars.items():
+    np.testing.assert_allclose(val, flat[tag], rtol=1e-7)  # inf stays inf
+  histo = {tag: val for tag, _, val in events if hasattr(val, "bucket")}
+  assert sum(histo["act/Dense_0"].bucket) == 8 * 16
+  np.testing.assert_allclose(histo["act/Dense_0"].max, flow.histograms["act/Dense_0"].max)
+
+
+class _Recorder:
+  """A CLU-style writer (write_scalars only): what wandb/CLU adapters look like."""
+
+  def __init__(self):
+    self.calls = []
+
+  def write_scalars(self, step, scalars):
+    self.calls.append((step, dict(scalars)))
+
+
+def test_skipped_steps_log_only_the_loss_to_any_writer():
+  w = {"w": jnp.ones((5, 3)) * 0.1}
+  x, y = _batch()
+  f = jax.jit(gf.value_and_grad(lambda p, x, y: _ce(gf.tap("out", x @ p["w"]), y), every=2))
+  rec = _Recorder()
+  for step in range(2):
+    _, _, flow = f(w, x, y, step=step)
+    gf.log_step(rec, step, flow)
+  assert set(rec.calls[0][1]) > {"loss", "grad_norm/global", "act/std/out"}
+  assert set(rec.calls[1][1]) == {"loss"}
+  assert "<table>" in flow._repr_html_() or "not measured" in flow._repr_html_()
