@@ -38,6 +38,9 @@ from gradflow_jax._model_stats import infer_activations
 from gradflow_jax._model_stats import model_flow_stats
 from gradflow_jax._monitor import find_monitor_state
 from gradflow_jax._monitor import gradient_flow_monitor
+from gradflow_jax._monitor import moment_norms
+from gradflow_jax._monitor import stop_if_nonfinite
+from gradflow_jax._monitor import stopped
 from gradflow_jax._probe import ProbedModel
 from gradflow_jax._probe import probed
 from gradflow_jax._probe import tap
@@ -106,6 +109,7 @@ __all__ = (
     "mlp_model",
     "MetricWriter",
     "MLPConfig",
+    "moment_norms",
     "nnx_value_and_grad",
     "model_flow_stats",
     "ProbedModel",
@@ -117,6 +121,8 @@ __all__ = (
     "rnn_through_time",
     "RNNConfig",
     "run_sweep",
+    "stop_if_nonfinite",
+    "stopped",
     "SweepSettings",
     "tap",
     "tap_jacobian_norms",

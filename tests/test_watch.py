@@ -321,3 +321,69 @@ def test_skipped_steps_log_only_the_loss_to_any_writer():
   assert set(rec.calls[0][1]) > {"loss", "grad_norm/global", "act/std/out"}
   assert set(rec.calls[1][1]) == {"loss"}
   assert "<table>" in flow._repr_html_() or "not measured" in flow._repr_html_()
+
+
+def test_stop_if_nonfinite_keeps_the_last_finite_parameters_for_good():
+  """A NaN gradient at step 2 of plain SGD with momentum: from then on no
+  update, the momentum frozen; the parameters are those after step 1."""
+  tx = gf.stop_if_nonfinite(optax.chain(gf.gradient_flow_monitor(), optax.sgd(0.1, 0.9)))
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  grads = [jnp.full(3, 1.0), jnp.full(3, 2.0), jnp.array([1.0, jnp.nan, 1.0]), jnp.full(3, 1.0)]
+  history = []
+  update = jax.jit(tx.update)
+  for g in grads:
+    updates, state = update({"w": g}, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append((params["w"], bool(gf.stopped(state))))
+  # numpy SGD with momentum for the two good steps
+  w, m = np.ones(3), np.zeros(3)
+  for g in (1.0, 2.0):
+    m = 0.9 * m + g
+    w = w - 0.1 * m
+  np.testing.assert_allclose(history[1][0], w, rtol=1e-6)
+  assert [s for _, s in history] == [False, False, True, True]
+  np.testing.assert_array_equal(history[3][0], history[1][0])
+  reading = gf.find_monitor_state(state)
+  assert int(reading.count) == 2 and not bool(reading.nonfinite)  # frozen at the last good step
+
+
+def test_monitor_state_keeps_its_structure_from_init_so_a_scan_can_carry_it():
+  tx = optax.chain(gf.gradient_flow_monitor(), optax.adam(1e-2))
+  params = {"w": jnp.ones(4)}
+
+  def body(carry, g):
+    p, s = carry
+    u, s = tx.update({"w": g}, s, p)
+    return (optax.apply_updates(p, u), s), optax.tree.get(s, "gradflow/global_norm")
+  gs = jnp.arange(12.0).reshape(3, 4)
+  (_, state), norms = jax.lax.scan(body, (params, tx.init(params)), gs)
+  np.testing.assert_allclose(norms, np.linalg.norm(np.asarray(gs), axis=1), rtol=1e-6)
+  moments = gf.moment_norms(state)
+  mu = np.zeros(4)
+  nu = np.zeros(4)
+  for g in np.asarray(gs):
+    mu, nu = 0.9 * mu + 0.1 * g, 0.999 * nu + 0.001 * g * g
+  np.testing.assert_allclose(moments["mu"]["w"], np.linalg.norm(mu), rtol=1e-5)
+  np.testing.assert_allclose(moments["nu"]["w"], np.linalg.norm(nu), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["watch_nnx", "watch_linen", "watch_optax"])
+def test_training_examples_run_and_log_every_nth_step(name, tmp_path):
+  """Each examples/watch_*.py trains a few steps in its own loop (nnx.Optimizer,
+  a linen TrainState, a plain optax chain) and logs steps 0, 5, 10."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(__file__), "..", "examples", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  log = module.main(steps=12, out=str(tmp_path), every=5)
+  records = gf.read_jsonl(log)
+  steps = [r["step"] for r in records if "scalars" in r]
+  assert steps == [0, 5, 10]
+  for r in records[1:]:
+    s = r["scalars"]
+    assert np.isfinite(s["loss"]) and np.isfinite(s["grad_norm/global"])
+    assert any(k.startswith("act/std/") for k in s) and any(k.startswith("update_ratio/")
+                                                            for k in s)
