@@ -57,7 +57,7 @@ def main(steps: int = 300, out: str = "runs/linen", every: int = 10, batch: int 
     (loss, updates), grads, flow = gf.value_and_grad(
         loss_fn, has_aux=True, every=every)(state.params, step=step)
     new = state.apply_gradients(grads=grads).replace(batch_stats=updates["batch_stats"])
-    return new, loss, flow, gf.update_ratios(state.params, new.params)
+    return new, loss, flow, gf.update_ratios(state.params, new.params, when=flow.measured)
 
   path = os.path.join(out, "log.jsonl")
   n = len(data.x_train)

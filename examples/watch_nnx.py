@@ -52,7 +52,7 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
     old = nnx.state(model, nnx.Param)
     loss, grads, flow = watched(model, x, y, step=step)
     optimizer.update(model, grads)
-    return loss, flow, gf.update_ratios(old, nnx.state(model, nnx.Param))
+    return loss, flow, gf.update_ratios(old, nnx.state(model, nnx.Param), when=flow.measured)
 
   writers = [gf.JsonlWriter(os.path.join(out, "log.jsonl"))]
   if tensorboard:

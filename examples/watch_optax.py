@@ -50,7 +50,7 @@ def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int 
     loss, grads, flow = watched(params, x, y, step=step)
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    return new, opt_state, loss, flow, gf.update_ratios(params, new)
+    return new, opt_state, loss, flow, gf.update_ratios(params, new, when=flow.measured)
 
   path = os.path.join(out, "log.jsonl")
   n = len(data.x_train)

@@ -181,9 +181,10 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
       ``gf.tap`` calls and, with ``auto``, the input and output of every linen
       weight layer it applies and the input of every linen normalization layer.
     has_aux: as in ``jax.value_and_grad``.
-    every: measure on steps where ``step % every == 0`` (``lax.cond``): other
-      steps cost a plain ``value_and_grad``, and their statistics are NaN with
-      ``measured=False``. With ``every > 1`` pass ``step=``.
+    every: compute the statistics on steps where ``step % every == 0``
+      (``lax.cond``): other steps cost about a plain ``value_and_grad``, and
+      their statistics are NaN with ``measured=False``. With ``every > 1``
+      pass ``step=``.
     activations: ``{tap name: activation name}`` for taps that are an
       activation's input (their saturation and dead-unit tests are used).
     auto: tap linen weight layers automatically.
@@ -215,15 +216,18 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
     _check_scalar(_split_output(out_shape, has_aux)[0])
     names = tuple(i.name for i in info)
 
-    def measured(params, args):
-      perturb = _probe.zero_perturbations(shapes)
+    def objective(p, pt):
+      out, taps, _ = _run_collecting(fun, pt, auto, (p,) + args)
+      loss, aux = _split_output(out, has_aux)
+      return loss, (aux, taps)
+    # the forward/backward is the user's (zero perturbations fold away, and
+    # dL/d tap is a cotangent the backward computes anyway); only the
+    # statistics below are extra, and only they sit under ``every``'s cond
+    (loss, (aux, taps)), (grads, gt) = jax.value_and_grad(objective, argnums=(0, 1),
+                                                          has_aux=True)(
+        params, _probe.zero_perturbations(shapes))
 
-      def objective(p, pt):
-        out, taps, _ = _run_collecting(fun, pt, auto, (p,) + args)
-        loss, aux = _split_output(out, has_aux)
-        return loss, (aux, taps)
-      (loss, (aux, taps)), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1),
-                                                         has_aux=True)(params, perturb)
+    def statistics(taps, gt, gp):
       rows = [Row(taps[i.name], taps[i.name],
                   _activations.get_activation(i.activation) if i.activation else None)
               for i in info]
@@ -237,22 +241,16 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
         for n in names:
           hist[f"act/{n}"] = histogram(taps[n])
           hist[f"grad/{n}"] = histogram(gt[n])
-      flow = (stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), jnp.asarray(True), hist)
-      return (loss, aux), gp, flow
+      return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), jnp.asarray(True), hist
 
     if every == 1:
-      (loss, aux), grads, flow = measured(params, args)
+      flow = statistics(taps, gt, grads)
     else:
-      flow_shape = jax.eval_shape(lambda p, a: measured(p, a)[2], params, args)
+      flow_shape = jax.eval_shape(statistics, taps, gt, grads)
 
-      def bare(params, args):
-        (loss, aux), gp = jax.value_and_grad(
-            lambda p: _split_output(fun(p, *args), has_aux), has_aux=True)(params)
-        flow = _nan_like(flow_shape[:4]) + (jnp.asarray(False), _nan_like(flow_shape[5]))
-        return (loss, aux), gp, flow
-
-      (loss, aux), grads, flow = jax.lax.cond(jnp.asarray(step) % every == 0, measured, bare,
-                                              params, args)
+      def skipped(taps, gt, gp):
+        return _nan_like(flow_shape[:4]) + (jnp.asarray(False), _nan_like(flow_shape[5]))
+      flow = jax.lax.cond(jnp.asarray(step) % every == 0, statistics, skipped, taps, gt, grads)
     stats, tap_norms, leaf_norms, gnorm, done, hist = flow
     step_stats = FlowStep(names, tuple(i.role for i in info), tuple(i.activation for i in info),
                           stats, tap_norms, leaf_norms, gnorm, loss, done, hist)
@@ -302,16 +300,27 @@ def nnx_value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
   return wrapped
 
 
-def update_ratios(old_params, new_params):
+def update_ratios(old_params, new_params, when=None):
   """Per leaf ||new - old|| / ||old||, the update-to-weight ratio (a pytree
   like the parameters; ~1e-3 per step is the usual rule of thumb, far below:
   the layer barely learns, far above: it is unstable). A leaf with
-  ||old|| = 0 gives inf (or NaN if it did not move)."""
-  def ratio(old, new):
-    if not jnp.issubdtype(jnp.result_type(old), jnp.inexact):
-      return jnp.asarray(jnp.nan, jnp.float32)
-    return leaf_norm(new - old) / leaf_norm(old)
-  return jax.tree.map(ratio, old_params, new_params)
+  ||old|| = 0 (a zero-initialised bias on the first step) gives inf.
+
+  Args:
+    when: optional traced bool (e.g. a :class:`FlowStep`'s ``measured``):
+      the ratios are computed only where it is True (``lax.cond``), NaN
+      otherwise, so steps that ``every`` skips pay nothing for them.
+  """
+  def ratios(old, new):
+    def ratio(o, n):
+      if not jnp.issubdtype(jnp.result_type(o), jnp.inexact):
+        return jnp.asarray(jnp.nan, jnp.float32)
+      return leaf_norm(n - o) / leaf_norm(o)
+    return jax.tree.map(ratio, old, new)
+  if when is None:
+    return ratios(old_params, new_params)
+  shape = jax.eval_shape(ratios, old_params, new_params)
+  return jax.lax.cond(when, ratios, lambda o, n: _nan_like(shape), old_params, new_params)
 
 
 UPDATE_RATIO_RULE = 1e-3  # the rule-of-thumb update-to-weight ratio per step
