@@ -132,8 +132,14 @@ class _Group(NamedTuple):
 
 
 def _per_row(fn, x):
-  """``fn`` reduced over every axis but the leading (row) one."""
-  return fn(x.reshape(x.shape[0], -1), axis=1)
+  """``fn`` reduced over every axis but the leading (row) one (no reshape: a
+  reshape that merges sharded axes would gather the tensor onto one device)."""
+  return fn(x, axis=tuple(range(1, x.ndim)))
+
+
+def _first_entry(x):
+  """Per row, its first entry."""
+  return x[(slice(None),) + (0,) * (x.ndim - 1)]
 
 
 def _per_row_value(c, like):
@@ -141,9 +147,10 @@ def _per_row_value(c, like):
   return c.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def _units(x):
-  """(rows, examples, units): the last axis holds the units."""
-  return x.reshape(x.shape[0], -1, x.shape[-1])
+def _over_examples(fn, x):
+  """(rows, units): ``fn`` reduced over every axis but the first (rows) and
+  the last (units)."""
+  return fn(x, axis=tuple(range(1, x.ndim - 1)))
 
 
 def _tests(g: _Group, dtype, size):
@@ -153,39 +160,39 @@ def _tests(g: _Group, dtype, size):
   times faster than the reduction of a mask."""
   rows = g.values.shape[:1]
   if g.act is None:  # dead: exactly 0 on every example
-    v = _units(g.values)
-    return jnp.full(rows, jnp.nan, dtype), _unit_share((jnp.max(v, axis=1) == 0)
-                                                       & (jnp.min(v, axis=1) == 0))
+    v = g.values
+    return jnp.full(rows, jnp.nan, dtype), _unit_share((_over_examples(jnp.max, v) == 0)
+                                                       & (_over_examples(jnp.min, v) == 0))
   lo, hi = g.act.saturation_bounds
   if math.isinf(lo) and math.isinf(hi):
     sat = jnp.zeros(rows, dtype)
   else:
     sat = _count(g.act.is_saturated(g.tested), dtype) / size
   lo, hi = g.act.inactive_bounds
-  t = _units(g.tested)
+  t = g.tested
   if g.act.name == "prelu":
     slope = jnp.reshape(g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
     dead = _dead_fraction(g.act.is_inactive(g.tested, slope))
   elif math.isinf(lo) and math.isinf(hi):
     dead = jnp.zeros(rows, jnp.float32)
   elif math.isinf(hi):  # inactive at z <= lo
-    dead = _unit_share(jnp.max(t, axis=1) <= lo)
+    dead = _unit_share(_over_examples(jnp.max, t) <= lo)
   elif math.isinf(lo):  # inactive at z > hi
-    dead = _unit_share(jnp.min(t, axis=1) > hi)
+    dead = _unit_share(_over_examples(jnp.min, t) > hi)
   else:
     dead = _dead_fraction(g.act.is_inactive(g.tested))
   return sat, dead
 
 
 def _unit_share(mask):
-  """Per row, the share of True among the units of a (rows, units) mask."""
-  return jnp.mean(mask.astype(jnp.float32), axis=1)
+  """Per row, the share of True among the units of a (rows, ..., units) mask."""
+  return _per_row(jnp.mean, mask.astype(jnp.float32))
 
 
 def _dead_fraction(inactive):
   """Per row, the share of units (last axis) inactive on every example (float
   min over the examples: the fast reduction, see ``_count``)."""
-  return jnp.mean(jnp.min(_units(inactive).astype(jnp.float32), axis=1), axis=1)
+  return _unit_share(_over_examples(jnp.min, inactive.astype(jnp.float32)))
 
 
 def _masked_group(g: _Group):
@@ -193,7 +200,7 @@ def _masked_group(g: _Group):
   values = g.values
   size = values[0].size
   finite = jnp.isfinite(values)
-  shift = values.reshape(values.shape[0], -1)[:, 0]
+  shift = _first_entry(values)
   shift = _per_row_value(jnp.where(jnp.isfinite(shift), shift, 0), values)
   d = jnp.where(finite, values - shift, 0)
   n = _count(finite, values.dtype)
@@ -245,7 +252,7 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
     tested = values if same else _stack([r.tested for r in rs])
     slope = rs[0].slope
     groups.append(_Group(values, tested, rs[0].act, slope, same))
-  shifts = [g.values.reshape(g.values.shape[0], -1)[:, 0] for g in groups]
+  shifts = [_first_entry(g.values) for g in groups]
   s1 = [_per_row(jnp.sum, g.values - _per_row_value(c, g.values))
         for g, c in zip(groups, shifts)]
   tested_sums = [_per_row(jnp.sum, _acc(g.tested)) for g in groups if not g.same]

@@ -49,7 +49,7 @@ jax.tree_util.register_dataclass(Histogram, data_fields=[f.name for f in datacla
 
 def histogram(x) -> Histogram:
   """The :class:`Histogram` of one tensor, traced (fixed bins: no host sync)."""
-  v = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(-1)
+  v = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # not flattened: see _stats._per_row
   finite = jnp.isfinite(v)
   edges = jnp.asarray(HISTOGRAM_EDGES, v.dtype)
   clipped = jnp.clip(v, edges[0], edges[-1])
