@@ -37,23 +37,35 @@ def _figure_legend(fig, ax, runs):
   """One legend under the panels: a colour/marker per activation, solid or dashed by init."""
   if any(r["role"] != "recommended" for r in runs):
     ax.plot([], [], "k-", label="recommended init")
-    ax.plot([], [], "k--", label="shared init")
+    shared = sorted({str(r.get("init")) for r in runs if r["role"] != "recommended"})
+    ax.plot([], [], "k--", label=f"{' / '.join(shared)} init")
   handles, labels = ax.get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), fontsize=9,
              bbox_to_anchor=(0.5, -0.06), frameon=False)
 
 
+def _no_finite_note(ax, values) -> None:
+  """Writes on an axis whose every value is non-finite (NaN weights) that it
+  is empty for that reason, not blank by mistake."""
+  if not any(np.isfinite(np.asarray(v, float)).any() for v in values):
+    ax.text(0.5, 0.5, "all values non-finite", transform=ax.transAxes, ha="center",
+            va="center", color="firebrick")
+
+
 def plot_activation_stats(runs: list[dict], path) -> None:
-  """std, saturation and dead fractions against layer index, a line per run."""
+  """std, saturation and dead fractions against layer index, a line per run;
+  the diagnosis thresholds drawn on the fraction panels."""
+  from gradflow_jax import _diagnose
   colours = _colours([r["activation"] for r in runs])
   markers = _markers([r["activation"] for r in runs])
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-  panels = [("std", "activation std (ddof=1)", True),
-            ("saturation_fraction", "saturated fraction", False),
-            ("dead_fraction", "dead-unit fraction", False)]
-  for ax, (field, title, log) in zip(axes, panels):
-    for r in runs:
-      v = np.asarray(r["activation_stats"][field], float)
+  panels = [("std", "activation std (ddof=1)", True, None),
+            ("saturation_fraction", "saturated fraction", False,
+             _diagnose.SATURATION_WARN_FRACTION),
+            ("dead_fraction", "dead-unit fraction", False, _diagnose.DEAD_WARN_FRACTION)]
+  for ax, (field, title, log, threshold) in zip(axes, panels):
+    values = [np.asarray(r["activation_stats"][field], float) for r in runs]
+    for r, v in zip(runs, values):
       ax.plot(np.arange(len(v)), v, _style(r), **_line_kw(r, colours, markers))
     ax.set_title(title)
     ax.set_xlabel("hidden layer")
@@ -61,6 +73,11 @@ def plot_activation_stats(runs: list[dict], path) -> None:
       ax.set_yscale("log")
     else:
       ax.set_ylim(-0.03, 1.03)
+    if threshold is not None:
+      ax.axhline(threshold, color="firebrick", ls=":", lw=1)
+      ax.text(0.99, threshold, f"warning above {threshold:g}", transform=ax.get_yaxis_transform(),
+              ha="right", va="bottom", fontsize=8, color="firebrick")
+    _no_finite_note(ax, values)
     ax.grid(alpha=0.3)
   _figure_legend(fig, axes[0], runs)
   fig.suptitle("Activation statistics per hidden layer")
@@ -87,9 +104,10 @@ def plot_grad_norms(runs: list[dict], path) -> None:
   axes[0].set_xlabel("hidden layer")
   axes[1].set_title("||dL/dW|| per dense layer (last = output layer)")
   axes[1].set_xlabel("dense layer")
-  for ax in axes:
+  for ax, field in zip(axes, ("preact_grad_norm", "weight_grad_norm")):
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
+    _no_finite_note(ax, [_positive(r["gradient_stats"][field]) for r in runs])
   _figure_legend(fig, axes[0], runs)
   fig.suptitle("Gradient norms at initialization: a line falling toward layer 0 = vanishing, "
                "rising = exploding")
@@ -97,41 +115,50 @@ def plot_grad_norms(runs: list[dict], path) -> None:
 
 
 def plot_activation_curves(names, path, zmax: float = 6.0) -> None:
-  """Each activation and its derivative; saturated regions shaded red, the
-  zero-gradient (dead) region grey."""
+  """Each activation and its derivative. Red: the saturated tails (what the
+  saturation fraction counts); orange: any other region where |phi'| < 5% of
+  its maximum (GELU/SiLU's dip, leaky ReLU's negative side); grey: phi' = 0
+  (a unit always there is dead)."""
   names = list(dict.fromkeys(_activations.canonical_name(n) for n in names))
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
   z = np.linspace(-zmax, zmax, 1201, dtype=np.float32)
+  band = dict(transform=None, alpha=0.2, lw=0)
   for ax, name in zip(axes.flat, names):
     act = _activations.get_activation(name)
+    d = np.asarray(act.derivative(jnp.asarray(z), None))
     ax.plot(z, np.asarray(act(jnp.asarray(z))), color="C0", label="phi(z)")
-    ax.plot(z, np.asarray(act.derivative(jnp.asarray(z), None)), color="C1", label="phi'(z)")
+    ax.plot(z, d, color="C1", label="phi'(z)")
     lo, hi = act.saturation_bounds
-    if lo > -zmax:
-      ax.axvspan(-zmax, lo, color="red", alpha=0.15, label="saturated")
-    if hi < zmax:
-      ax.axvspan(hi, zmax, color="red", alpha=0.15)
-    dead = np.asarray(act.is_inactive(jnp.asarray(z)))
-    if dead.any() and act.saturates == "none":
-      ax.fill_between(z, 0, 1, where=dead, transform=ax.get_xaxis_transform(),
-                      color="grey", alpha=0.2, label="zero gradient")
-    ax.axhline(act.max_derivative, color="C1", ls=":", lw=0.8)
+    tails = (z <= lo) | (z >= hi)
+    zero = d == 0
+    low = (np.abs(d) < 0.05 * act.max_derivative) & ~tails & ~zero
+    band["transform"] = ax.get_xaxis_transform()
+    for mask, colour, label in ((tails, "red", "saturated (counted)"),
+                                (low, "orange", "other |phi'| < 5%"),
+                                (zero & ~tails, "grey", "phi' = 0")):
+      if mask.any():
+        ax.fill_between(z, 0, 1, where=mask, color=colour, label=label, **band)
+    ax.axhline(act.max_derivative, color="C1", ls=":", lw=0.8, label="max phi'")
     ax.set_title(f"{name}: max phi' = {act.max_derivative:.3g}")
     ax.set_ylim(-1.6, 3.2)
     ax.set_xlim(-zmax, zmax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper left")
   for ax in list(axes.flat)[len(names):]:
     ax.axis("off")
-  fig.suptitle("Activations and their derivatives (red: |phi'| < 5% of its maximum)")
+  fig.suptitle("Activations and their derivatives. Red: saturated tails (what the saturated "
+               "fraction counts); orange: other |phi'| < 5% of its maximum; grey: phi' = 0",
+               fontsize=10)
   fig.tight_layout()
   _io.save_figure(fig, path)
 
 
-def _band(ax, x, samples, colour, label, log=True):
-  """Median line and 10-90% band of ``samples`` (..., len(x)) over leading axes."""
+def _band(ax, x, samples, colour, label, log=True) -> np.ndarray:
+  """Median line and 10-90% band of ``samples`` (..., len(x)) over leading
+  axes. Returns the samples as drawn, (n, len(x)), NaN where one could not
+  be: non-finite, or (on a log axis) 0 (underflow) or negative."""
   flat = np.asarray(samples, float).reshape(-1, len(x))
   flat = np.where(np.isfinite(flat), flat, np.nan)
   if log:
@@ -141,6 +168,20 @@ def _band(ax, x, samples, colour, label, log=True):
     lo, med, hi = np.nanpercentile(flat, [10, 50, 90], axis=0)
   ax.plot(x, med, color=colour, label=label)
   ax.fill_between(x, lo, hi, color=colour, alpha=0.2, lw=0)
+  return flat
+
+
+def _fit_log_limits(ax, drawn: list, fallback: list = ()) -> None:
+  """Log y limits spanning every finite positive value in ``drawn`` (or in
+  ``fallback`` when it has none): matplotlib's autoscale collapses when
+  fills hold NaN gaps and values span 60 decades."""
+  for arrays in (drawn, fallback):
+    values = np.concatenate([np.ravel(np.asarray(v, float)) for v in arrays] or [[]])
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size:
+      lo, hi = max(values.min(), 1e-300), min(values.max(), 1e300)
+      ax.set_ylim(lo / 3, hi * 3 if hi > lo else lo * 10)
+      return
 
 
 def plot_depth_sweep(points: list[dict], path) -> None:
@@ -148,14 +189,24 @@ def plot_depth_sweep(points: list[dict], path) -> None:
   median over seeds and examples, 10-90% band, mean-field theory dashed."""
   fig, axes = plt.subplots(1, 2, figsize=(14, 5.2))
   cmap = plt.get_cmap("tab10")
+  drawn, theory = [[], []], []
   for i, p in enumerate(points):
     c = cmap(i % 10)
-    _band(axes[0], p["spectrum_depths"], p["spectral_norm"], c, p["label"])
-    _band(axes[1], p["depths"], p["mean_sq_singular_value"], c, p["label"])
+    drawn[0].append(_band(axes[0], p["spectrum_depths"], p["spectral_norm"], c, p["label"]))
+    drawn[1].append(_band(axes[1], p["depths"], p["mean_sq_singular_value"], c, p["label"]))
     theory_line = np.asarray(p["theory_mean_sq_singular_value"], float)
     if np.isfinite(theory_line).any():
       axes[1].plot(p["depths"], theory_line, "--", color=c, lw=1.2)
+      theory.append(theory_line)
   axes[1].plot([], [], "k--", label="mean-field theory (mean)")
+  axes[1].fill_between([], [], [], color="grey", alpha=0.3, lw=0,
+                       label="line: median, band: 10-90% over seeds and examples")
+  for ax, arrays, extra in zip(axes, drawn, ([], theory)):
+    _fit_log_limits(ax, arrays, fallback=extra)  # theory beyond the measurements runs off
+    n = sum(int(np.isnan(a).sum()) for a in arrays)
+    if n:
+      ax.text(0.01, 0.01, f"{n} values not drawn: underflowed to 0 or not finite",
+              transform=ax.transAxes, fontsize=8, color="firebrick", va="bottom")
   for ax, title in zip(axes, ["spectral norm of dh_l/dx", "mean squared singular value of dh_l/dx"]):
     ax.set_yscale("log")
     ax.set_xscale("log")
