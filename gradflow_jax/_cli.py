@@ -189,11 +189,26 @@ def _positive_float(text: str) -> float:
 
 def _train_parser(sub) -> None:
   from gradflow_jax import _experiments, _train
-  p = sub.add_parser("train", help="train with gradient-flow logging on every step")
+  p = sub.add_parser("train", help="train with gradient-flow logging: the built-in MLP "
+                                    "experiments, or your own model with --model")
   p.add_argument("--experiment", default="residual", choices=_experiments.EXPERIMENTS,
                  help="which comparison to run (default residual)")
-  p.add_argument("--data", default="digits",
-                 help="digits (default), teacher, or a .npz with x_train,y_train,x_test,y_test")
+  p.add_argument("--model", help="train your own model instead: " + _MODEL_HELP)
+  p.add_argument("--data", default=None,
+                 help="digits (default; with --model: digits for 64-feature vector inputs, "
+                      "else the factory's batch), teacher, or a .npz with "
+                      "x_train,y_train,x_test,y_test")
+  p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"],
+                 help="with --model (default cross_entropy)")
+  p.add_argument("--every", type=_positive_int,
+                 help="with --model: log every N-th step (default 10)")
+  p.add_argument("--window", type=_positive_int,
+                 help="with --model: findings must hold on each of the last N logged steps "
+                      "(default 5)")
+  p.add_argument("--tensorboard", metavar="DIR",
+                 help="with --model: also write TensorBoard event files (needs tensorboardX)")
+  p.add_argument("--output", help="with --model: key or index of the model output the loss "
+                                  "uses")
   p.add_argument("--lr", type=_positive_float, help="learning rate (experiment default)")
   p.add_argument("--steps", type=_positive_int, help="training steps (experiment default)")
   p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default 64)")
@@ -201,7 +216,8 @@ def _train_parser(sub) -> None:
   p.add_argument("--clip", type=_positive_float, help="clip_by_global_norm max_norm")
   p.add_argument("--depth", type=_positive_int, help="hidden layers (experiment default)")
   p.add_argument("--width", type=_positive_int, help="hidden units (default 64)")
-  p.add_argument("--activation", help="activation (experiment default)")
+  p.add_argument("--activation", action="append",
+                 help="activation (experiment default); with --model: TAP=NAME, repeatable")
   p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations (default 25)")
   p.add_argument("--on-nonfinite", default="stop", choices=_train.ON_NONFINITE,
                  help="NaN/Inf loss or gradients: stop (default) or skip the update")

@@ -284,11 +284,24 @@ def _nonfinite_message(r: dict, on_nonfinite: str) -> str:
           f"{where}; {done}")
 
 
+_MLP_ONLY = ("depth", "width", "eval_every", "schedule")
+
+
 def train(args) -> int:
   from gradflow_jax import _experiments, _io, _plots, _render, _train
+  if args.model:
+    return train_model(args)
+  given = [f"--{k.replace('_', '-')}" for k in ("every", "window", "tensorboard", "output")
+           if getattr(args, k) is not None]
+  if given:
+    raise ValueError(f"expected {', '.join(given)} only with --model")
+  activation = args.activation[-1] if args.activation else None
+  if args.activation and (len(args.activation) > 1 or "=" in activation):
+    raise ValueError("expected one --activation NAME for the built-in MLP (TAP=NAME is for "
+                     f"--model), got {args.activation}")
   console = _console(args)
-  data = _load_data(args.data, args.seed)
-  overrides = dict(depth=args.depth, width=args.width, activation=args.activation,
+  data = _load_data(args.data or "digits", args.seed)
+  overrides = dict(depth=args.depth, width=args.width, activation=activation,
                    optimizer=args.optimizer, lr=args.lr, steps=args.steps, clip=args.clip,
                    batch_size=args.batch_size, eval_every=args.eval_every, seed=args.seed)
   runs = _experiments.experiment_runs(args.experiment, data.x_train.shape[1], data.classes,
@@ -342,6 +355,109 @@ def train(args) -> int:
       "grad_heatmap.png": lambda p: _plots.plot_grad_heatmap(records, p),
       "activation_fractions.png": lambda p: _plots.plot_fractions(records, p)})
   _finish(args, console, [os.path.join(args.out, "results.json")] + drawn)
+  return 0
+
+
+def _model_data(args, x, y):
+  """The training data of a --model run: --data; else digits for 64-feature
+  vector inputs; else the factory's own batch (train and test)."""
+  from gradflow_jax import _data
+  x_np = np.asarray(x) if hasattr(x, "shape") else None
+  if args.data:
+    data = _load_data(args.data, args.seed)
+  elif x_np is not None and x_np.ndim == 2 and x_np.shape[1] == 64 and np.issubdtype(
+      x_np.dtype, np.floating):
+    data = _data.load_digits(args.seed)
+  else:
+    if x_np is None:
+      raise ValueError("expected the factory's x to be an array to train on (or pass --data)")
+    y_np = np.asarray(y)
+    classes = int(y_np.max()) + 1 if np.issubdtype(y_np.dtype, np.integer) else 0
+    return _data.Dataset(x_np, y_np, x_np, y_np, classes, f"the factory's batch ({len(x_np)})")
+  if x_np is not None and data.x_train.shape[1:] != x_np.shape[1:]:
+    raise ValueError(f"expected --data inputs shaped like the factory's batch "
+                     f"{tuple(x_np.shape[1:])}, got {tuple(data.x_train.shape[1:])}")
+  return data
+
+
+def train_model(args) -> int:
+  """``train --model``: a user's model trained with the monitored step,
+  logged every --every steps (JSON Lines, optionally TensorBoard), with
+  plots, findings over the last --window logged steps and a report."""
+  import dataclasses
+  import jax.numpy as jnp
+  from gradflow_jax import (_activations, _flax, _loading, _model_stats, _model_train, _plots,
+                            _render, _report, _writers)
+  given = [f"--{k.replace('_', '-')}" for k in _MLP_ONLY if getattr(args, k, None) is not None]
+  if given:
+    raise ValueError(f"expected {', '.join(given)} only for the built-in MLP (a --model sets "
+                     "its own architecture)")
+  tc = _model_train.ModelTrainConfig(
+      optimizer=args.optimizer or "adam", lr=args.lr or 1e-3, clip=args.clip,
+      steps=args.steps or 200, batch_size=args.batch_size or 64, every=args.every or 10,
+      window=args.window or 5, seed=args.seed)
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  model, params, (x, y) = _loading.call_factory(factory)
+  probed = _flax.as_probed(model, params, output=args.output)
+  named = parse_activations(args.activation)
+  data = _model_data(args, x, y)
+  with _model_errors():
+    for act in named.values():
+      _activations.get_activation(act)
+    probed = probed.with_activations(named)
+    _model_stats.discover(probed, jnp.asarray(data.x_train[:2]))
+  loss = _model_stats.loss_fn(args.loss)
+  writers = [_writers.JsonlWriter(os.path.join(args.out, "log.jsonl"))]
+  if args.tensorboard:
+    writers.append(_writers.TensorBoardWriter(args.tensorboard))
+  try:
+    with progress_bar(args, tc.steps // tc.every + 1, f"train {args.model}") as advance, \
+        _model_errors():
+      result = _model_train.train_model(probed, data, loss, tc, writers,
+                                        on_log=lambda i: advance(f"step {i}/{tc.steps}"))
+  finally:
+    for w in writers:
+      w.close()
+  findings = _model_train.window_findings(result, tc.window)
+  label = args.model
+  if not args.quiet and not args.json:
+    console.print(_render.model_train_table(result))
+    _render.print_findings(console, [{"label": label, "findings": findings}])
+    if not findings:
+      console.print("[green]no warnings[/]")
+  taps = {name: {k: [float(getattr(f.activations, k)[i]) for f in result.flows]
+                 for k in ("std", "saturation_fraction", "dead_fraction", "zero_fraction")}
+          for i, name in enumerate(result.names)}
+  for i, name in enumerate(result.names):
+    taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in result.flows]
+  payload = {"model": args.model, "data": data.name, "settings": dataclasses.asdict(tc),
+             "loss_name": args.loss, "taps": list(result.names), "roles": list(result.roles),
+             "activation_names": list(result.activation_names),
+             "steps_run": len(result.losses), "stopped_at": result.stopped_at,
+             "first_nonfinite_tap": result.first_nonfinite_tap,
+             "final_loss": float(result.losses[-1]) if len(result.losses) else None,
+             "test_accuracy": result.accuracy, "loss": result.losses,
+             "logged_steps": result.steps, "tap_stats": taps,
+             "update_ratio": {k.split("/", 1)[1]: [m.get(k) for m in result.metrics]
+                              for k in (result.metrics[-1] if result.metrics else {})
+                              if k.startswith("update_ratio/")},
+             "global_norm": [m.get("grad_norm/global") for m in result.metrics],
+             "findings": [f._asdict() for f in findings]}
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    _report.write_report(path, f"gradflow_jax: training {label}", [(label, findings)], [],
+                         pngs, notes=f"{len(result.losses)} steps on {data.name}, logged every "
+                                     f"{tc.every}; findings hold on each of the last "
+                                     f"{tc.window} logged steps.")
+    return path
+  written = _write_outputs(args, "train", payload, {
+      "training_curves.png": lambda p: _plots.plot_model_training(payload, p),
+      "tap_grad_heatmap.png": lambda p: _plots.plot_tap_heatmap(payload, p),
+      "update_ratios.png": lambda p: _plots.plot_update_ratios(payload, p)},
+      extra=[os.path.join(args.out, "log.jsonl")], after_plots=report)
+  _finish(args, console, written)
   return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import matplotlib.pyplot as plt
@@ -407,4 +408,83 @@ def plot_taps(stats, jac, path) -> None:
   ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
   fig.suptitle("Per tap, in the order the model records them")
   fig.tight_layout()
+  _io.save_figure(fig, path)
+
+
+def plot_model_training(run: dict, path) -> None:
+  """A --model run: the mini-batch loss per step and the global gradient
+  norm at the logged steps."""
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+  loss = np.asarray(run["loss"], float)
+  axes[0].plot(np.arange(len(loss)), loss, color="C0", lw=1)
+  if np.all(loss[np.isfinite(loss)] > 0):
+    axes[0].set_yscale("log")
+  if run["stopped_at"] is not None:
+    axes[0].axvline(run["stopped_at"], color="firebrick", ls=":", label="NaN/Inf: stopped")
+    axes[0].legend(fontsize=8)
+  axes[0].set_title("mini-batch training loss")
+  axes[0].set_xlabel("step")
+  norms = _positive([np.nan if v is None else v for v in run["global_norm"]])
+  axes[1].plot(run["logged_steps"], norms, "o-", color="C1", ms=3)
+  axes[1].set_yscale("log")
+  axes[1].set_title("global gradient norm (before clipping), logged steps")
+  axes[1].set_xlabel("step")
+  _no_finite_note(axes[1], [norms])
+  for ax in axes:
+    ax.grid(alpha=0.3, which="both")
+  fig.suptitle(f"Training {os.path.basename(run['model'])} on {run['data']}")
+  fig.tight_layout()
+  _io.save_figure(fig, path)
+
+
+def plot_tap_heatmap(run: dict, path) -> None:
+  """log10 ||dL/d tap|| for every tap (rows, in forward order) at every
+  logged step (columns)."""
+  names = run["taps"]
+  grid = np.asarray([[np.nan if v is None else v for v in run["tap_stats"][n]["grad_norm"]]
+                     for n in names], float)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    logs = np.where(np.isfinite(grid) & (grid > 0), np.log10(grid), np.nan)
+  steps = run["logged_steps"]
+  fig, ax = plt.subplots(figsize=(min(14, 4 + 0.25 * len(steps)), 1.5 + 0.28 * len(names)))
+  if np.isfinite(logs).any():
+    image = ax.imshow(logs, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="log10 ||dL/d tap||")
+  else:
+    ax.text(0.5, 0.5, "all values non-finite", transform=ax.transAxes, ha="center",
+            color="firebrick")
+  stride = max(1, len(names) // 40)
+  ax.set_yticks(range(0, len(names), stride), [names[i] for i in range(0, len(names), stride)],
+                fontsize=7)
+  ticks = range(0, len(steps), max(1, len(steps) // 12))
+  ax.set_xticks(list(ticks), [str(steps[i]) for i in ticks])
+  ax.set_xlabel("step")
+  ax.set_title("Backward signal at every tap over training (top: first tap; a row far darker "
+               "than the rest stays vanishing)", fontsize=10)
+  _io.save_figure(fig, path)
+
+
+def plot_update_ratios(run: dict, path) -> None:
+  """||dW|| / ||W|| per parameter leaf at the logged steps, with the ~1e-3
+  rule of thumb and the finding thresholds."""
+  from gradflow_jax import _model_train, _watch
+  fig, ax = plt.subplots(figsize=(10, 4.6))
+  leaves = run["update_ratio"]
+  drawn = []
+  for i, (name, values) in enumerate(leaves.items()):
+    v = _positive([np.nan if x is None else x for x in values])
+    drawn.append(v)
+    ax.plot(run["logged_steps"], v, "-", marker=_MARKERS[i % len(_MARKERS)], ms=3, lw=1,
+            label=name if len(leaves) <= 12 else None)
+  ax.set_yscale("log")
+  ax.axhline(_watch.UPDATE_RATIO_RULE, color="k", ls="--", lw=1, label="rule of thumb 1e-3")
+  for bound in (_model_train.UPDATE_RATIO_LOW, _model_train.UPDATE_RATIO_HIGH):
+    ax.axhline(bound, color="firebrick", ls=":", lw=1)
+  ax.plot([], [], color="firebrick", ls=":", label="finding thresholds")
+  _no_finite_note(ax, drawn)
+  ax.set_xlabel("step")
+  ax.set_title("Update-to-weight ratio ||dW|| / ||W|| per parameter"
+               + ("" if len(leaves) <= 12 else f" ({len(leaves)} leaves, unlabelled)"))
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
   _io.save_figure(fig, path)

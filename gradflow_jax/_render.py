@@ -144,3 +144,26 @@ def taps_table(stats, jac=None) -> Table:
               fmt(a.zero_fraction[i], True), fmt(stats.tap_grad_norm[i]), j,
               str(int(a.nonfinite[i])))
   return t
+
+
+def model_train_table(result) -> Table:
+  """A --model training run: per tap, its first and last logged
+  ||dL/d tap||, activation std and dead fraction."""
+  t = Table(title=f"{len(result.losses)} steps, final loss "
+                  f"{fmt(result.losses[-1]) if len(result.losses) else '-'}"
+                  + (f", test accuracy {fmt(result.accuracy, pct=True)}"
+                     if result.accuracy is not None else "")
+                  + (f", stopped at step {result.stopped_at}" if result.stopped_at is not None
+                     else ""))
+  for col in ("tap", "role", "activation", "||dL/d tap|| first", "last", "std first", "last",
+              "dead first", "last"):
+    t.add_column(col, justify="left" if col in ("tap", "role", "activation") else "right")
+  flows = result.flows
+  for i, name in enumerate(result.names):
+    cells = [escape(name), result.roles[i], escape(str(result.activation_names[i] or "-"))]
+    for get, pct in ((lambda f: f.tap_grad_norm[i], False), (lambda f: f.activations.std[i], False),
+                     (lambda f: f.activations.dead_fraction[i], True)):
+      cells += [fmt(float(get(flows[0])), pct) if flows else "-",
+                fmt(float(get(flows[-1])), pct) if flows else "-"]
+    t.add_row(*cells)
+  return t

@@ -208,16 +208,49 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
   _check_every(every)
   activations = _check_activations(activations)
 
+  def run(p, pt, *args):
+    return _run_collecting(fun, pt, auto, (p,) + args)[:2]
+
+  def discover(params, *args):
+    out_shape, info, shapes = _discover(fun, auto, (params,) + args, activations)
+    _check_scalar(_split_output(out_shape, has_aux)[0])
+    return info, shapes
+  return _monitored(run, discover, has_aux, every, histograms)
+
+
+def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: int = 1,
+                         histograms: bool = False) -> Callable:
+  """:func:`value_and_grad` for a :class:`ProbedModel` (``gf.from_linen``,
+  ``gf.from_nnx``, ``gf.mlp_model``...) and ``loss(output, y)``: its taps
+  and their known activations.
+
+  Returns:
+    ``f(params, x, y, step=None) -> (loss, grads, FlowStep)``.
+  """
+  from gradflow_jax import _model_stats
+  _check_every(every)
+
+  def run(p, pt, x, y):
+    out, taps = model.forward(p, x, pt)
+    return loss(out, y), taps
+
+  def discover(params, x, y):
+    return _model_stats.discover(model._replace(params=params), x)
+  return _monitored(run, discover, False, every, histograms)
+
+
+def _monitored(run, discover, has_aux: bool, every: int, histograms: bool) -> Callable:
+  """The monitored step of ``run(params, perturb, *args) -> (out, taps)``;
+  ``discover(params, *args) -> (TapInfo per tap, tap shapes)``."""
+
   def wrapped(params, *args, step=None):
     if every > 1 and step is None:
       raise ValueError(f"expected step= (the step number) with every={every}")
-    full = (params,) + args
-    out_shape, info, shapes = _discover(fun, auto, full, activations)
-    _check_scalar(_split_output(out_shape, has_aux)[0])
+    info, shapes = discover(params, *args)
     names = tuple(i.name for i in info)
 
     def objective(p, pt):
-      out, taps, _ = _run_collecting(fun, pt, auto, (p,) + args)
+      out, taps = run(p, pt, *args)
       loss, aux = _split_output(out, has_aux)
       return loss, (aux, taps)
     # the forward/backward is the user's (zero perturbations fold away, and

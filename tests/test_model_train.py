@@ -1,0 +1,101 @@
+"""Training any probed model (analyze.py train --model): the logged numbers
+against an independent measurement, the NaN stop, the window findings."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow_jax as gf
+from gradflow_jax import _cli, _data, _model_stats, _model_train
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def _relu_net(bias: float):
+  """A plain-JAX ReLU net with taps; a negative first-layer bias kills units."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  params = {"w1": jax.random.normal(k1, (8, 32)) / np.sqrt(8), "b1": jnp.full((1, 32), bias),
+            "w2": jax.random.normal(k2, (32, 3)) / np.sqrt(32)}
+
+  def apply(p, x):
+    z = gf.tap("z", x @ p["w1"] + p["b1"], role="pre", activation="relu")
+    return gf.tap("out", jax.nn.relu(z) @ p["w2"])
+  return gf.probed(apply, params, "relu_net")
+
+
+def _data_set(n=96):
+  x = np.asarray(jax.random.normal(jax.random.key(1), (n, 8)), np.float32)
+  y = (np.arange(n) % 3).astype(np.int32)
+  return _data.Dataset(x, y, x[:32], y[:32], 3, "synthetic")
+
+
+def test_logged_steps_equal_an_independent_measurement_of_the_same_batch():
+  """Step 0's logged statistics equal model_flow_stats (a separate jitted
+  path) on step 0's batch at the initial parameters; steps 0, 4, 8 logged."""
+  model, data = _relu_net(0.0), _data_set()
+  tc = _model_train.ModelTrainConfig(steps=10, every=4, batch_size=32, lr=1e-2)
+  loss = _model_stats.loss_fn("cross_entropy")
+  result = _model_train.train_model(model, data, loss, tc)
+  assert result.steps == [0, 4, 8] and len(result.losses) == 10
+  idx = next(_model_train._batches(len(data.x_train), 32, tc.seed))
+  ref = gf.model_flow_stats(model, jnp.asarray(data.x_train[idx]), jnp.asarray(data.y_train[idx]))
+  first = result.flows[0]
+  np.testing.assert_allclose(first.tap_grad_norm, ref.tap_grad_norm, rtol=1e-5)
+  np.testing.assert_allclose(first.activations.std, ref.activations.std, rtol=1e-5)
+  np.testing.assert_allclose(first.activations.dead_fraction, ref.activations.dead_fraction)
+  np.testing.assert_allclose(result.losses[0], ref.loss, rtol=1e-6)
+  assert result.metrics[0]["tap_grad_norm/z"] == float(first.tap_grad_norm[0])
+  assert result.accuracy is not None and 0 <= result.accuracy <= 1
+
+
+def test_dead_units_found_only_when_dead_on_every_step_of_the_window():
+  model, data = _relu_net(-6.0), _data_set()  # z = xW - 6: every unit below 0
+  tc = _model_train.ModelTrainConfig(steps=9, every=2, batch_size=32, lr=1e-3, window=3)
+  loss = _model_stats.loss_fn("cross_entropy")
+  result = _model_train.train_model(model, data, loss, tc)
+  found = _model_train.window_findings(result, window=3)
+  dead = [f for f in found if f.kind == "dead_units"]
+  assert len(dead) == 1 and "last 3 logged steps (4-8)" in dead[0].message
+  assert dead[0].evidence["window_steps"] == [4, 8]
+  healthy = _model_train.train_model(_relu_net(0.0), data, loss, tc)
+  mixed = result._replace(flows=result.flows[:-1] + [healthy.flows[-1]])
+  assert not [f for f in _model_train.window_findings(mixed, 3) if f.kind == "dead_units"]
+
+
+def test_a_diverging_run_stops_with_finite_parameters_and_names_the_first_tap():
+  model, data = _relu_net(0.0), _data_set()
+  tc = _model_train.ModelTrainConfig(steps=50, every=1, batch_size=32, lr=1e6, optimizer="sgd")
+  result = _model_train.train_model(model, data, _model_stats.loss_fn("cross_entropy"), tc)
+  assert result.stopped_at is not None and result.stopped_at < 50
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(result.params))
+  assert not np.isfinite(result.losses[-1]) or result.first_nonfinite_tap is not None
+  kinds = [f.kind for f in _model_train.window_findings(result, 5)]
+  assert kinds[0] == "nonfinite_training"
+
+
+def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path, capsys):
+  out = tmp_path / "o"
+  code = _cli.main(["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--steps", "12",
+                    "--every", "5", "--batch-size", "32", "--out", str(out),
+                    "--tensorboard", str(tmp_path / "tb")])
+  text = capsys.readouterr().out
+  assert code == 0, text
+  data = json.loads((out / "results.json").read_text())
+  assert data["data"] == "digits" and data["logged_steps"] == [0, 5, 10]
+  assert data["steps_run"] == 12 and len(data["loss"]) == 12
+  records = gf.read_jsonl(out / "log.jsonl")
+  logged = [r for r in records if "scalars" in r]
+  assert [r["step"] for r in logged] == [0, 5, 10]
+  for name in data["taps"]:
+    assert [r["scalars"][f"tap_grad_norm/{name}"] for r in logged] == pytest.approx(
+        data["tap_stats"][name]["grad_norm"])
+  assert sorted(data["files"]) == ["log.jsonl", "report.html", "tap_grad_heatmap.png",
+                                   "training_curves.png", "update_ratios.png"]
+  assert "test accuracy" in text and os.listdir(tmp_path / "tb")
+  page = (out / "report.html").read_text()
+  for f in data["findings"]:
+    assert f["message"] in page
