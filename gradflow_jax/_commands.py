@@ -455,7 +455,11 @@ def train_model(args) -> int:
   written = _write_outputs(args, "train", payload, {
       "training_curves.png": lambda p: _plots.plot_model_training(payload, p),
       "tap_grad_heatmap.png": lambda p: _plots.plot_tap_heatmap(payload, p),
-      "update_ratios.png": lambda p: _plots.plot_update_ratios(payload, p)},
+      "update_ratios.png": lambda p: _plots.plot_update_ratios(payload, p),
+      "activation_histograms.png": lambda p: _plots.plot_histograms_over_steps(
+          _model_train.histogram_series(result, "act"), result.steps, "Tap values", p),
+      "gradient_histograms.png": lambda p: _plots.plot_histograms_over_steps(
+          _model_train.histogram_series(result, "grad"), result.steps, "dL/d tap", p)},
       extra=[os.path.join(args.out, "log.jsonl")], after_plots=report)
   _finish(args, console, written)
   return 0

@@ -102,7 +102,7 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
   """Trains ``model.params`` on ``data`` (host loop, one jitted step),
   logging every ``tc.every``-th step to ``writers`` (``gf.log_step``)."""
   tx = _optimizer(tc)
-  watched = _watch.model_value_and_grad(model, loss, every=tc.every)
+  watched = _watch.model_value_and_grad(model, loss, every=tc.every, histograms=True)
 
   @jax.jit
   def step(params, opt_state, x, y, i):
@@ -130,6 +130,9 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
       scalars = _writers.flat_metrics(flow, ratios)
       for w in writers:
         w.write_scalars(i, scalars)
+        if hasattr(w, "write_histogram_counts"):
+          for name, h in flow.histograms.items():
+            w.write_histogram_counts(i, name, h)
       steps.append(i)
       metrics.append(scalars)
       flows.append(flow)
@@ -156,6 +159,13 @@ def _as_model_stats(flow):
   from gradflow_jax._model_stats import ModelFlowStats
   return ModelFlowStats(flow.names, flow.roles, flow.activation_names, flow.activations,
                         flow.tap_grad_norm, flow.param_grad_norms, flow.global_norm, flow.loss)
+
+
+def histogram_series(result: ModelTrainResult, kind: str) -> dict[str, np.ndarray]:
+  """Per tap, the (logged steps, bins) histogram counts of its values
+  (``kind="act"``) or of dL/d tap (``"grad"``), bins ``HISTOGRAM_EDGES``."""
+  return {name: np.stack([np.asarray(f.histograms[f"{kind}/{name}"].counts) for f in result.flows])
+          for name in result.names} if result.flows else {}
 
 
 def window_findings(result: ModelTrainResult, window: int) -> list[_diagnose.Finding]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import matplotlib
 import matplotlib.pyplot as plt
 import jax.numpy as jnp
 import numpy as np
@@ -487,4 +488,56 @@ def plot_update_ratios(run: dict, path) -> None:
                + ("" if len(leaves) <= 12 else f" ({len(leaves)} leaves, unlabelled)"))
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+  _io.save_figure(fig, path)
+
+
+def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
+                               max_taps: int = 12) -> None:
+  """Small multiples, one per tap (the first ``max_taps`` in forward order):
+  the share of entries in each signed-log bin (rows, ``HISTOGRAM_EDGES``) at
+  each logged step (columns)."""
+  from gradflow_jax import _watch
+  names = list(series)[:max_taps]
+  cols = min(4, len(names))
+  rows = -(-len(names) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+  edges = _watch.HISTOGRAM_EDGES
+  centre = len(edges) // 2  # the index of the edge at 0
+  image = None
+  for ax, name in zip(axes.flat, names):
+    counts = np.asarray(series[name], float).T  # (bins, steps)
+    total = counts.sum(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      share = np.where(total > 0, counts / total, np.nan)
+      shown = np.where(share > 0, share, np.nan)
+    image = ax.imshow(shown, aspect="auto", origin="lower", cmap="magma",
+                      norm=matplotlib.colors.LogNorm(1e-4, 1), interpolation="nearest")
+    if not np.isfinite(shown).any():
+      ax.text(0.5, 0.5, "no finite entries", transform=ax.transAxes, ha="center",
+              color="firebrick")
+    occupied = np.nonzero(counts.sum(axis=1) > 0)[0]
+    lo, hi = (occupied.min(), occupied.max() + 1) if occupied.size else (0, len(edges) - 1)
+    ax.set_ylim(lo - 0.5, hi - 0.5)
+    # tick at edges that are whole decades (and at 0), at most 7 in view
+    decade = [t for t in range(lo, hi + 1)
+              if t == centre or float(np.log10(abs(edges[t]))).is_integer()]
+    step = max(1, -(-len(decade) // 7))
+    shown = decade[::step]
+    if centre in decade and centre not in shown:  # 0 is always labelled
+      nearest = min(shown, key=lambda t: abs(t - centre))
+      shown = sorted((set(shown) - {nearest}) | {centre})
+    decade = shown
+    ax.set_yticks([t - 0.5 for t in decade],
+                  ["0" if t == centre else f"{edges[t]:+.0e}".replace("e+0", "e").replace(
+                      "e-0", "e-") for t in decade], fontsize=6)
+    xt = range(0, len(steps), max(1, len(steps) // 5))
+    ax.set_xticks(list(xt), [str(steps[i]) for i in xt], fontsize=7)
+    ax.set_title(name, fontsize=8)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis("off")
+  if image is not None:
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="share of entries", shrink=0.8)
+  more = f" (first {max_taps} of {len(series)} taps)" if len(series) > max_taps else ""
+  fig.suptitle(f"{what} over training: share of entries per signed-log bin (y; the row at 0 "
+               f"holds exact zeros) at each logged step (x){more}", fontsize=10)
   _io.save_figure(fig, path)

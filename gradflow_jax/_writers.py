@@ -11,8 +11,10 @@ adapter for wandb).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import logging
 import math
 import os
 from typing import Any, Mapping, Protocol
@@ -149,6 +151,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
   return records
 
 
+@contextlib.contextmanager
+def _quiet_nonfinite_warning():
+  """tensorboardX logs a warning for every NaN/Inf scalar; silence it while
+  we write (the value is recorded either way)."""
+  logger = logging.getLogger("tensorboardX.x2num")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 class TensorBoardWriter:
   """TensorBoard event files through tensorboardX (optional dependency:
   ``pip install gradflow_jax[tensorboard]``): every scalar under its flat
@@ -163,8 +178,9 @@ class TensorBoardWriter:
     self._writer = SummaryWriter(os.fspath(logdir), **kwargs)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    for name, value in scalars.items():
-      self._writer.add_scalar(name, value, global_step=int(step))
+    with _quiet_nonfinite_warning():  # NaN/Inf are written as such; no log line each
+      for name, value in scalars.items():
+        self._writer.add_scalar(name, value, global_step=int(step))
 
   def write_histogram_counts(self, step: int, name: str, h: Histogram) -> None:
     counts = np.asarray(h.counts, np.float64)

@@ -77,7 +77,8 @@ def test_a_diverging_run_stops_with_finite_parameters_and_names_the_first_tap():
   assert kinds[0] == "nonfinite_training"
 
 
-def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path, capsys):
+def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path, capsys,
+                                                                       caplog):
   out = tmp_path / "o"
   code = _cli.main(["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--steps", "12",
                     "--every", "5", "--batch-size", "32", "--out", str(out),
@@ -93,9 +94,13 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
   for name in data["taps"]:
     assert [r["scalars"][f"tap_grad_norm/{name}"] for r in logged] == pytest.approx(
         data["tap_stats"][name]["grad_norm"])
-  assert sorted(data["files"]) == ["log.jsonl", "report.html", "tap_grad_heatmap.png",
+  assert sorted(data["files"]) == ["activation_histograms.png", "gradient_histograms.png",
+                                   "log.jsonl", "report.html", "tap_grad_heatmap.png",
                                    "training_curves.png", "update_ratios.png"]
   assert "test accuracy" in text and os.listdir(tmp_path / "tb")
+  assert not [r for r in caplog.records if r.name.startswith("tensorboardX")]  # inf ratios
+  hist = [r for r in records if r.get("histogram") == f"act/{data['taps'][0]}"]
+  assert [r["step"] for r in hist] == [0, 5, 10] and sum(hist[0]["counts"]) > 0
   page = (out / "report.html").read_text()
   for f in data["findings"]:
     assert f["message"] in page

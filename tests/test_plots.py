@@ -85,3 +85,20 @@ def test_depth_sweep_axis_spans_the_data_and_flags_underflow(figures):
   assert right.get_ylim()[0] <= 1.0 and 1e36 <= right.get_ylim()[1] < 1e100  # theory runs off
   assert "2 values not drawn: underflowed to 0 or not finite" in _texts(fig)
   assert any("10-90%" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_histograms_over_steps_label_zero_and_crop_to_occupied_bins(figures):
+  from gradflow_jax import _watch
+  edges = _watch.HISTOGRAM_EDGES
+  centre = len(edges) // 2
+  counts = np.zeros((3, len(edges) - 1))
+  counts[:, centre] = 10  # exact zeros
+  counts[:, centre + 41] = 5  # around +1e0
+  counts[:, centre - 42] = 5  # around -1e0
+  _plots.plot_histograms_over_steps({"relu_out": counts}, [0, 10, 20], "Tap values", "x")
+  (fig,) = figures
+  ax = fig.axes[0]
+  labels = [t.get_text() for t in ax.get_yticklabels()]
+  assert "0" in labels and len(labels) <= 8
+  lo, hi = ax.get_ylim()
+  assert lo == centre - 42 - 0.5 and hi == centre + 41 + 0.5
