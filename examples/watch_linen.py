@@ -36,7 +36,8 @@ class TrainState(train_state.TrainState):
   key: jax.Array
 
 
-def main(steps: int = 300, out: str = "runs/linen", every: int = 10, batch: int = 64) -> str:
+def main(steps: int = 300, out: str = "runs/linen", every: int = 10, batch: int = 64,
+         tensorboard: str | None = None) -> str:
   """Trains on digits; returns the JSON Lines path."""
   data = gf.load_digits()
   model = MLP()
@@ -61,13 +62,18 @@ def main(steps: int = 300, out: str = "runs/linen", every: int = 10, batch: int 
 
   path = os.path.join(out, "log.jsonl")
   n = len(data.x_train)
-  with gf.JsonlWriter(path) as writer:
+  writers = [gf.JsonlWriter(path)] + ([gf.TensorBoardWriter(tensorboard)] if tensorboard else [])
+  try:
     for step in range(steps):
       at = (step * batch) % (n - batch)
       x, y = jnp.asarray(data.x_train[at:at + batch]), jnp.asarray(data.y_train[at:at + batch])
       state, loss, flow, ratios = train_step(state, x, y, jnp.int32(step))
       if step % every == 0:
-        gf.log_step(writer, step, flow, ratios)
+        for writer in writers:
+          gf.log_step(writer, step, flow, ratios)
+  finally:
+    for writer in writers:
+      writer.close()
   print(f"final loss {float(loss):.4f}; log in {path}")
   return path
 
@@ -77,5 +83,6 @@ if __name__ == "__main__":
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--every", type=int, default=10)
   parser.add_argument("--out", default="runs/linen")
+  parser.add_argument("--tensorboard", default=None, help="also write TensorBoard events here")
   a = parser.parse_args()
-  main(a.steps, a.out, a.every)
+  main(a.steps, a.out, a.every, tensorboard=a.tensorboard)

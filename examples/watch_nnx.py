@@ -58,15 +58,17 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
   if tensorboard:
     writers.append(gf.TensorBoardWriter(tensorboard))
   n = len(data.x_train)
-  for step in range(steps):
-    at = (step * batch) % (n - batch)
-    x, y = jnp.asarray(data.x_train[at:at + batch]), jnp.asarray(data.y_train[at:at + batch])
-    loss, flow, ratios = train_step(model, optimizer, x, y, jnp.int32(step))
-    if step % every == 0:  # the host reads only the measured steps
-      for w in writers:
-        gf.log_step(w, step, flow, ratios)
-  for w in writers:
-    w.close()
+  try:
+    for step in range(steps):
+      at = (step * batch) % (n - batch)
+      x, y = jnp.asarray(data.x_train[at:at + batch]), jnp.asarray(data.y_train[at:at + batch])
+      loss, flow, ratios = train_step(model, optimizer, x, y, jnp.int32(step))
+      if step % every == 0:  # the host reads only the measured steps
+        for w in writers:
+          gf.log_step(w, step, flow, ratios)
+  finally:
+    for w in writers:
+      w.close()
   print(f"final loss {float(loss):.4f}; log in {writers[0].path}")
   return writers[0].path
 

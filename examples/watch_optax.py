@@ -36,7 +36,8 @@ def loss_fn(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
 
 
-def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int = 64) -> str:
+def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int = 64,
+         tensorboard: str | None = None) -> str:
   """Trains on digits; returns the JSON Lines path."""
   data = gf.load_digits()
   params = init(jax.random.key(0))
@@ -54,17 +55,22 @@ def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int 
 
   path = os.path.join(out, "log.jsonl")
   n = len(data.x_train)
-  with gf.JsonlWriter(path) as writer:
+  writers = [gf.JsonlWriter(path)] + ([gf.TensorBoardWriter(tensorboard)] if tensorboard else [])
+  try:
     for step in range(steps):
       at = (step * batch) % (n - batch)
       x, y = jnp.asarray(data.x_train[at:at + batch]), jnp.asarray(data.y_train[at:at + batch])
       params, opt_state, loss, flow, ratios = train_step(params, opt_state, x, y, jnp.int32(step))
       if step % every == 0:
-        scalars = gf.log_step(writer, step, flow, ratios)
+        for writer in writers:
+          scalars = gf.log_step(writer, step, flow, ratios)
         assert scalars["loss"] == float(loss)
       if bool(gf.stopped(opt_state)):
         print(f"stopped at step {step}: non-finite gradient; parameters are the last finite ones")
         break
+  finally:
+    for writer in writers:
+      writer.close()
   raw = float(optax.tree.get(opt_state, "gradflow/global_norm"))
   print(f"final loss {float(loss):.4f}; last raw gradient norm {raw:.3g}; log in {path}")
   return path
@@ -75,5 +81,6 @@ if __name__ == "__main__":
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--every", type=int, default=10)
   parser.add_argument("--out", default="runs/optax")
+  parser.add_argument("--tensorboard", default=None, help="also write TensorBoard events here")
   a = parser.parse_args()
-  main(a.steps, a.out, a.every)
+  main(a.steps, a.out, a.every, tensorboard=a.tensorboard)

@@ -395,7 +395,7 @@ def train_model(args) -> int:
   tc = _model_train.ModelTrainConfig(
       optimizer=args.optimizer or "adam", lr=args.lr or 1e-3, clip=args.clip,
       steps=args.steps or 200, batch_size=args.batch_size or 64, every=args.every or 10,
-      window=args.window or 5, seed=args.seed)
+      window=args.window or 5, seed=args.seed, on_nonfinite=args.on_nonfinite)
   console = _console(args)
   factory = _loading.load_factory(args.model)
   model, params, (x, y) = _loading.call_factory(factory)
@@ -435,6 +435,7 @@ def train_model(args) -> int:
              "loss_name": args.loss, "taps": list(result.names), "roles": list(result.roles),
              "activation_names": list(result.activation_names),
              "steps_run": len(result.losses), "stopped_at": result.stopped_at,
+             "skipped_steps": result.skipped,
              "first_nonfinite_tap": result.first_nonfinite_tap,
              "final_loss": float(result.losses[-1]) if len(result.losses) else None,
              "test_accuracy": result.accuracy, "loss": result.losses,

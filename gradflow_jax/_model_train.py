@@ -39,10 +39,13 @@ class ModelTrainConfig:
   every: int = 10
   window: int = 5
   seed: int = 0
+  on_nonfinite: str = "stop"
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f"expected --optimizer in {OPTIMIZERS}, got {self.optimizer!r}")
+    if self.on_nonfinite not in ("stop", "skip"):
+      raise ValueError(f"expected on_nonfinite 'stop' or 'skip', got {self.on_nonfinite!r}")
     for name in ("steps", "batch_size", "every", "window"):
       v = getattr(self, name)
       if not isinstance(v, int) or v < 1:
@@ -54,14 +57,26 @@ class ModelTrainConfig:
 def _optimizer(tc: ModelTrainConfig) -> optax.GradientTransformation:
   opt = {"sgd": lambda: optax.sgd(tc.lr), "momentum": lambda: optax.sgd(tc.lr, momentum=0.9),
          "adam": lambda: optax.adam(tc.lr)}[tc.optimizer]()
-  chain = [optax.clip_by_global_norm(tc.clip)] if tc.clip else []
-  return _monitor.stop_if_nonfinite(optax.chain(*chain, opt))
+  chain = optax.chain(*([optax.clip_by_global_norm(tc.clip)] if tc.clip else []), opt)
+  if tc.on_nonfinite == "skip":  # optax's own: a bad step is not applied, the run goes on
+    return optax.apply_if_finite(chain, max_consecutive_errors=tc.steps + 1)
+  return _monitor.stop_if_nonfinite(chain)
+
+
+def _bad_steps(opt_state, tc: ModelTrainConfig):
+  """Steps whose update was refused so far: 1 once stopped, or optax's count."""
+  if tc.on_nonfinite == "skip":
+    return optax.tree.get(opt_state, "total_notfinite")
+  return _monitor.stopped(opt_state).astype(jnp.int32)
 
 
 class ModelTrainResult(NamedTuple):
   """A run: ``losses`` per step; per logged step (``steps``) the flat
-  metrics (``metrics``, as written to the writers) and the per-tap arrays
-  (``taps``: name -> {stat: (n_logged,)}); where it stopped; test accuracy."""
+  metrics (``metrics``, as written to the writers) and the FlowSteps
+  (``flows``); the first step whose loss or gradients were NaN/Inf
+  (``stopped_at``: where a "stop" run ended, or the first step a "skip" run
+  dropped) and its first non-finite tap; how many steps were dropped
+  (``skipped``); test accuracy."""
   names: tuple
   roles: tuple
   activation_names: tuple
@@ -73,6 +88,8 @@ class ModelTrainResult(NamedTuple):
   first_nonfinite_tap: str | None
   accuracy: float | None
   params: object
+  skipped: int = 0
+  on_nonfinite: str = "stop"
 
 
 def _batches(n: int, batch: int, seed: int):
@@ -114,16 +131,21 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
   params, opt_state = model.params, tx.init(model.params)
   losses, steps, metrics, flows = [], [], [], []
   stopped_at = first_bad = None
+  skipped = 0
   batches = _batches(len(data.x_train), tc.batch_size, tc.seed)
   for i in range(tc.steps):
     idx = next(batches)
     x, y = jnp.asarray(data.x_train[idx]), jnp.asarray(data.y_train[idx])
     new, new_state, value, flow, ratios = step(params, opt_state, x, y, jnp.int32(i))
     losses.append(value)
-    if bool(_monitor.stopped(new_state)):
-      stopped_at = i
-      first_bad = _first_nonfinite_tap(model, loss, params, x, y)
-      break
+    bad = int(_bad_steps(new_state, tc))
+    if bad > skipped:
+      if stopped_at is None:
+        stopped_at = i
+        first_bad = _first_nonfinite_tap(model, loss, params, x, y)
+      skipped = bad
+      if tc.on_nonfinite == "stop":
+        break
     params, opt_state = new, new_state
     if i % tc.every == 0:
       flow = jax.device_get(flow)
@@ -143,7 +165,7 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
       _watch.model_value_and_grad(model, loss)(params, x, y)[2])
   return ModelTrainResult(info.names, info.roles, info.activation_names,
                           np.asarray(jax.device_get(losses), float), steps, metrics, flows,
-                          stopped_at, first_bad, acc, params)
+                          stopped_at, first_bad, acc, params, skipped, tc.on_nonfinite)
 
 
 def _first_nonfinite_tap(model, loss, params, x, y) -> str | None:
@@ -176,11 +198,13 @@ def window_findings(result: ModelTrainResult, window: int) -> list[_diagnose.Fin
   found = []
   if result.stopped_at is not None:
     where = f" (first at tap {result.first_nonfinite_tap})" if result.first_nonfinite_tap else ""
+    done = ("the run stopped with the last finite parameters" if result.on_nonfinite == "stop" else
+            f"{result.skipped} of {len(result.losses)} steps skipped (not applied)")
     found.append(_diagnose.Finding(
         "error", "nonfinite_training", (),
-        f"loss or gradients NaN/Inf at step {result.stopped_at}{where}; the run stopped with "
-        "the last finite parameters",
-        {"step": result.stopped_at, "first_tap": result.first_nonfinite_tap},
+        f"loss or gradients NaN/Inf at step {result.stopped_at}{where}; {done}",
+        {"step": result.stopped_at, "first_tap": result.first_nonfinite_tap,
+         "skipped": result.skipped},
         "lower the learning rate or clip gradients (--clip); check the data for NaN/Inf"))
   flows = [f for f in result.flows[-window:] if bool(f.measured)]
   if not flows:

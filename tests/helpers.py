@@ -76,3 +76,21 @@ def np_mlp(params, x, act, *, residual=False, norm=None, slopes=None, eps=1e-5):
   del depth
   w, b = layers[-1]
   return h @ w + b, pres, posts, hiddens
+
+
+def read_event_file(folder):
+  """Every (tag, step, value or histogram) in a TensorBoard event file, read
+  with the TFRecord framing and the Event protobuf (not tensorboardX's
+  writer code)."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  (path,) = glob.glob(f"{folder}/events.out.tfevents.*")
+  data, out, at = open(path, "rb").read(), [], 0
+  while at < len(data):
+    (length,) = struct.unpack("<Q", data[at:at + 8])
+    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+    at += 12 + length + 4
+    for v in event.summary.value:
+      out.append((v.tag, event.step, v.histo if v.HasField("histo") else v.simple_value))
+  return out

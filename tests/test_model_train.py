@@ -104,3 +104,21 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
   page = (out / "report.html").read_text()
   for f in data["findings"]:
     assert f["message"] in page
+
+
+def test_skip_mode_drops_bad_steps_and_goes_on():
+  """--on-nonfinite skip (optax.apply_if_finite): a batch with a NaN example
+  every few steps is dropped, the others train; the run reaches its end."""
+  model, data = _relu_net(0.0), _data_set()
+  x = data.x_train.copy()
+  x[5, 0] = np.nan  # one poisoned example: the batches holding it are dropped
+  data = data._replace(x_train=x)
+  tc = _model_train.ModelTrainConfig(steps=9, every=3, batch_size=32, lr=1e-2,
+                                     on_nonfinite="skip")
+  result = _model_train.train_model(model, data, _model_stats.loss_fn("cross_entropy"), tc)
+  bad = ~np.isfinite(result.losses)
+  assert len(result.losses) == 9 and result.skipped == int(bad.sum()) == 3  # one epoch in 3
+  assert result.stopped_at == int(np.argmax(bad)) and result.first_nonfinite_tap == "z"
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(result.params))
+  (f,) = [f for f in _model_train.window_findings(result, 3) if f.kind == "nonfinite_training"]
+  assert "3 of 9 steps skipped" in f.message
