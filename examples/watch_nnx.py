@@ -3,13 +3,15 @@
 The only change to the loop is ``gf.nnx_value_and_grad`` in place of
 ``nnx.value_and_grad``: it returns the same loss and gradients, plus the
 step's gradient flow from the same forward/backward pass (every 10th step
-here; the others cost a plain step). ``gf.log_step`` writes it as JSON Lines
+here, chosen on the host with a static ``measure``: the other steps are
+exactly the plain step). ``gf.log_step`` writes it as JSON Lines
 (and TensorBoard with ``--tensorboard DIR``, needs tensorboardX).
 
   python examples/watch_nnx.py --steps 300 --out runs/nnx
 """
 
 import argparse
+import functools
 import os
 
 import jax
@@ -45,14 +47,17 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
   data = gf.load_digits()
   model = MLP([64, 128, 128, 10], nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-  watched = gf.nnx_value_and_grad(loss_fn, every=every)
+  watched = gf.nnx_value_and_grad(loss_fn)
 
-  @nnx.jit
-  def train_step(model, optimizer, x, y, step):
+  # measure is static: two compiled steps, and the one that does not measure
+  # is exactly the plain nnx.value_and_grad step
+  @functools.partial(nnx.jit, static_argnames="measure")
+  def train_step(model, optimizer, x, y, measure):
     old = nnx.state(model, nnx.Param)
-    loss, grads, flow = watched(model, x, y, step=step)
+    loss, grads, flow = watched(model, x, y, measure=measure)
     optimizer.update(model, grads)
-    return loss, flow, gf.update_ratios(old, nnx.state(model, nnx.Param), when=flow.measured)
+    ratios = gf.update_ratios(old, nnx.state(model, nnx.Param)) if measure else None
+    return loss, flow, ratios
 
   writers = [gf.JsonlWriter(os.path.join(out, "log.jsonl"))]
   if tensorboard:
@@ -62,7 +67,7 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
     for step in range(steps):
       at = (step * batch) % (n - batch)
       x, y = jnp.asarray(data.x_train[at:at + batch]), jnp.asarray(data.y_train[at:at + batch])
-      loss, flow, ratios = train_step(model, optimizer, x, y, jnp.int32(step))
+      loss, flow, ratios = train_step(model, optimizer, x, y, measure=step % every == 0)
       if step % every == 0:  # the host reads only the measured steps
         for w in writers:
           gf.log_step(w, step, flow, ratios)

@@ -77,8 +77,9 @@ class FlowStep:
     param_grad_norms: like the parameters, ||dL/dp|| per leaf.
     global_norm: ``optax.tree.norm`` of the gradients (before any clipping).
     loss: the loss value.
-    measured: False on a step that ``every`` skipped: then every statistic
-      above except ``loss`` is NaN.
+    measured: False on a step that ``every`` skipped (then every statistic
+      above except ``loss`` is NaN) or that ``measure=False`` skipped (then
+      they are None: the step returns nothing extra).
     histograms: ``{"act/NAME": Histogram, "grad/NAME": Histogram}`` of each
       tap's values and of dL/d tap, when asked for (``histograms=True``), else
       ``{}``.
@@ -181,10 +182,11 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
       ``gf.tap`` calls and, with ``auto``, the input and output of every linen
       weight layer it applies and the input of every linen normalization layer.
     has_aux: as in ``jax.value_and_grad``.
-    every: compute the statistics on steps where ``step % every == 0``
-      (``lax.cond``): other steps cost about a plain ``value_and_grad``, and
-      their statistics are NaN with ``measured=False``. With ``every > 1``
-      pass ``step=``.
+    every: measure on steps where ``step % every == 0`` (a ``lax.cond``
+      between the measured step and the plain ``value_and_grad``; works with
+      a traced ``step``, e.g. inside ``lax.scan``): other steps' statistics
+      are NaN with ``measured=False``. With ``every > 1`` pass ``step=``.
+      The cheapest skipped step is ``measure=False`` (below).
     activations: ``{tap name: activation name}`` for taps that are an
       activation's input (their saturation and dead-unit tests are used).
     auto: tap linen weight layers automatically.
@@ -192,9 +194,13 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
       dL/d tap (fixed bins, ``HISTOGRAM_EDGES``).
 
   Returns:
-    ``f(params, *args, step=None) -> (value, grads, FlowStep)`` where
-    ``value`` is ``loss`` or ``(loss, aux)`` and ``grads`` are dL/dparams, as
-    ``jax.value_and_grad`` would return them.
+    ``f(params, *args, step=None, measure=None) -> (value, grads, FlowStep)``
+    where ``value`` is ``loss`` or ``(loss, aux)`` and ``grads`` are
+    dL/dparams, as ``jax.value_and_grad`` would return them. ``measure``, a
+    Python bool, overrides ``every``: ``False`` is exactly the plain step (no
+    taps, no cond), ``True`` measures. Make it a static argument of your jit
+    (``static_argnames="measure"``, two compilations) and pass
+    ``measure=step % 10 == 0`` from the host loop.
 
   Example:
     >>> def loss_fn(params, x, y):
@@ -215,7 +221,7 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
     out_shape, info, shapes = _discover(fun, auto, (params,) + args, activations)
     _check_scalar(_split_output(out_shape, has_aux)[0])
     return info, shapes
-  return _monitored(run, discover, has_aux, every, histograms)
+  return _monitored(run, fun, discover, has_aux, every, histograms)
 
 
 def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: int = 1,
@@ -234,39 +240,42 @@ def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: in
     out, taps = model.forward(p, x, pt)
     return loss(out, y), taps
 
+  def plain(p, x, y):
+    return loss(model.forward(p, x, None)[0], y)
+
   def discover(params, x, y):
     return _model_stats.discover(model._replace(params=params), x)
-  return _monitored(run, discover, False, every, histograms)
+  return _monitored(run, plain, discover, False, every, histograms)
 
 
-def _monitored(run, discover, has_aux: bool, every: int, histograms: bool) -> Callable:
+def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool) -> Callable:
   """The monitored step of ``run(params, perturb, *args) -> (out, taps)``;
+  ``plain(params, *args) -> out`` is the same without taps (the bare step);
   ``discover(params, *args) -> (TapInfo per tap, tap shapes)``."""
 
-  def wrapped(params, *args, step=None):
-    if every > 1 and step is None:
+  def wrapped(params, *args, step=None, measure=None):
+    if measure is not None and not isinstance(measure, bool):
+      raise ValueError(f"expected measure=True/False (a Python bool, static under jit: use "
+                       f"every= and step= for a traced choice), got {type(measure).__name__}")
+    if measure is None and every > 1 and step is None:
       raise ValueError(f"expected step= (the step number) with every={every}")
     info, shapes = discover(params, *args)
     names = tuple(i.name for i in info)
 
-    def objective(p, pt):
-      out, taps = run(p, pt, *args)
-      loss, aux = _split_output(out, has_aux)
-      return loss, (aux, taps)
-    # the forward/backward is the user's (zero perturbations fold away, and
-    # dL/d tap is a cotangent the backward computes anyway); only the
-    # statistics below are extra, and only they sit under ``every``'s cond
-    (loss, (aux, taps)), (grads, gt) = jax.value_and_grad(objective, argnums=(0, 1),
-                                                          has_aux=True)(
-        params, _probe.zero_perturbations(shapes))
-
-    def statistics(taps, gt, gp):
+    def measured(params, args):
+      def objective(p, pt):
+        out, taps = run(p, pt, *args)
+        loss, aux = _split_output(out, has_aux)
+        return loss, (aux, taps)
+      (loss, (aux, taps)), (grads, gt) = jax.value_and_grad(objective, argnums=(0, 1),
+                                                            has_aux=True)(
+          params, _probe.zero_perturbations(shapes))
       rows = [Row(taps[i.name], taps[i.name],
                   _activations.get_activation(i.activation) if i.activation else None)
               for i in info]
       stats = (rows_stats(rows) if rows else
                ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32)))
-      leaf_norms = jax.tree.map(leaf_norm, gp)
+      leaf_norms = jax.tree.map(leaf_norm, grads)
       tap_norms = (jnp.stack([leaf_norm(gt[n]) for n in names]) if names
                    else jnp.zeros((0,), jnp.float32))
       hist = {}
@@ -274,16 +283,30 @@ def _monitored(run, discover, has_aux: bool, every: int, histograms: bool) -> Ca
         for n in names:
           hist[f"act/{n}"] = histogram(taps[n])
           hist[f"grad/{n}"] = histogram(gt[n])
-      return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), jnp.asarray(True), hist
+      flow = (stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), jnp.asarray(True), hist)
+      return (loss, aux), grads, flow
 
-    if every == 1:
-      flow = statistics(taps, gt, grads)
+    def bare(params, args, like_measured=True):
+      # the user's own forward/backward, no taps: what a skipped step costs.
+      # Under a cond it must return the measured step's structure (NaN);
+      # alone (measure=False) it returns no statistics at all, so the jitted
+      # step has no extra outputs to hand back
+      (loss, aux), grads = jax.value_and_grad(
+          lambda p: _split_output(plain(p, *args), has_aux), has_aux=True)(params)
+      if not like_measured:
+        return (loss, aux), grads, (None, None, None, None, jnp.asarray(False), {})
+      shape = jax.eval_shape(lambda p, a: measured(p, a)[2], params, args)
+      flow = _nan_like(shape[:4]) + (jnp.asarray(False), _nan_like(shape[5]))
+      return (loss, aux), grads, flow
+
+    if measure is not None:
+      (loss, aux), grads, flow = (measured(params, args) if measure else
+                                  bare(params, args, like_measured=False))
+    elif every == 1:
+      (loss, aux), grads, flow = measured(params, args)
     else:
-      flow_shape = jax.eval_shape(statistics, taps, gt, grads)
-
-      def skipped(taps, gt, gp):
-        return _nan_like(flow_shape[:4]) + (jnp.asarray(False), _nan_like(flow_shape[5]))
-      flow = jax.lax.cond(jnp.asarray(step) % every == 0, statistics, skipped, taps, gt, grads)
+      (loss, aux), grads, flow = jax.lax.cond(jnp.asarray(step) % every == 0, measured, bare,
+                                              params, args)
     stats, tap_norms, leaf_norms, gnorm, done, hist = flow
     step_stats = FlowStep(names, tuple(i.role for i in info), tuple(i.activation for i in info),
                           stats, tap_norms, leaf_norms, gnorm, loss, done, hist)
@@ -312,7 +335,7 @@ def nnx_value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
   from gradflow_jax import _flax
   _check_every(every)
 
-  def wrapped(model, *args, step=None):
+  def wrapped(model, *args, step=None, measure=None):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def pure(p, rest, *a):
@@ -326,7 +349,8 @@ def nnx_value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
 
     inner = value_and_grad(pure, has_aux=True, every=every, activations=activations, auto=False,
                            histograms=histograms)
-    (loss, (aux, new_rest)), grads, flow = inner(params, rest, *args, step=step)
+    (loss, (aux, new_rest)), grads, flow = inner(params, rest, *args, step=step,
+                                                 measure=measure)
     nnx.update(model, new_rest)
     return ((loss, aux) if has_aux else loss), grads, flow
 

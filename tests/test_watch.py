@@ -146,6 +146,17 @@ def test_every_skips_statistics_but_never_gradients():
   n_traces = len(traces)
   every3(w, x, y, step=jnp.int32(7))
   assert len(traces) == n_traces  # a new step number does not retrace
+  # measure= (static): False is the plain step with no statistics at all
+  static = jax.jit(gf.value_and_grad(loss_fn, every=3), static_argnames="measure")
+  loss, grads, flow = static(w, x, y, measure=False)
+  np.testing.assert_allclose(loss, ref_loss)
+  jax.tree.map(np.testing.assert_allclose, grads, ref_grads)
+  assert not bool(flow.measured) and flow.activations is None and flow.param_grad_norms is None
+  assert gf.flat_metrics(flow) == {"loss": float(ref_loss)}
+  _, _, flow = static(w, x, y, measure=True)
+  np.testing.assert_allclose(flow.tap_grad_norm, ref_flow.tap_grad_norm)
+  with pytest.raises(ValueError, match="Python bool"):
+    gf.value_and_grad(loss_fn)(w, x, y, measure=jnp.bool_(True))
 
 
 def test_taps_through_a_scan_over_layers_match_explicit_perturbations():
