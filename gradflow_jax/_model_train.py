@@ -11,6 +11,7 @@ parameters, to name the first tap that went non-finite.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -118,17 +119,13 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
                 ) -> ModelTrainResult:
   """Trains ``model.params`` on ``data`` (host loop, one jitted step),
   logging every ``tc.every``-th step to ``writers`` (``gf.log_step``)."""
-  tx = _optimizer(tc)
-  watched = _watch.model_value_and_grad(model, loss, every=tc.every, histograms=True)
+  tx, step = _compiled_step(model._replace(params=None), loss, dataclasses.replace(
+      tc, batch_size=1, window=1, seed=0, steps=tc.steps if tc.on_nonfinite == "skip" else 1))
 
-  @jax.jit
-  def step(params, opt_state, x, y, i):
-    value, grads, flow = watched(params, x, y, step=i)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    new = optax.apply_updates(params, updates)
-    return new, opt_state, value, flow, _watch.update_ratios(params, new, when=flow.measured)
-
-  params, opt_state = model.params, tx.init(model.params)
+  # weakly typed leaves (jnp.full(shape, 0.5)) come back strong from the
+  # first step and would compile the step a second time: make them strong now
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), model.params)
+  opt_state = tx.init(params)
   losses, steps, metrics, flows = [], [], [], []
   stopped_at = first_bad = None
   skipped = 0
@@ -166,6 +163,23 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
   return ModelTrainResult(info.names, info.roles, info.activation_names,
                           np.asarray(jax.device_get(losses), float), steps, metrics, flows,
                           stopped_at, first_bad, acc, params, skipped, tc.on_nonfinite)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_step(model: _probe.ProbedModel, loss: Callable, tc: ModelTrainConfig):
+  """(optimizer, jitted step) for a model (without its params) and the
+  settings that shape the step: a second run of the same model and settings
+  (another seed, other data, other initial params) reuses the compiled step."""
+  tx = _optimizer(tc)
+  watched = _watch.model_value_and_grad(model, loss, every=tc.every, histograms=True)
+
+  @jax.jit
+  def step(params, opt_state, x, y, i):
+    value, grads, flow = watched(params, x, y, step=i)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new = optax.apply_updates(params, updates)
+    return new, opt_state, value, flow, _watch.update_ratios(params, new, when=flow.measured)
+  return tx, step
 
 
 def _first_nonfinite_tap(model, loss, params, x, y) -> str | None:

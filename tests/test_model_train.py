@@ -15,16 +15,20 @@ from gradflow_jax import _cli, _data, _model_stats, _model_train
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
+def _apply(p, x):
+  z = gf.tap("z", x @ p["w1"] + p["b1"], role="pre", activation="relu")
+  return gf.tap("out", jax.nn.relu(z) @ p["w2"])
+
+
+_RELU_NET = gf.probed(_apply, None, "relu_net")  # one forward: runs share compiled steps
+
+
 def _relu_net(bias: float):
   """A plain-JAX ReLU net with taps; a negative first-layer bias kills units."""
   k1, k2 = jax.random.split(jax.random.key(0))
   params = {"w1": jax.random.normal(k1, (8, 32)) / np.sqrt(8), "b1": jnp.full((1, 32), bias),
             "w2": jax.random.normal(k2, (32, 3)) / np.sqrt(32)}
-
-  def apply(p, x):
-    z = gf.tap("z", x @ p["w1"] + p["b1"], role="pre", activation="relu")
-    return gf.tap("out", jax.nn.relu(z) @ p["w2"])
-  return gf.probed(apply, params, "relu_net")
+  return _RELU_NET._replace(params=params)
 
 
 def _data_set(n=96):
