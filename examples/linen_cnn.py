@@ -29,4 +29,4 @@ def make():
   data = gf.load_digits()
   x, y = jnp.asarray(data.x_train[:64]), jnp.asarray(data.y_train[:64])
   model = CNN()
-  return model, model.init(jax.random.key(0), x), (x, y)
+  return model, jax.jit(model.init)(jax.random.key(0), x), (x, y)

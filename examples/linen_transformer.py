@@ -41,4 +41,4 @@ def make(depth: int = 4, width: int = 32):
   x = jax.random.normal(jax.random.key(1), (16, 8, 12))
   y = jnp.arange(16) % 4
   model = Transformer(depth=depth, dim=width)
-  return model, model.init(jax.random.key(0), x), (x, y)
+  return model, jax.jit(model.init)(jax.random.key(0), x), (x, y)

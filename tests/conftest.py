@@ -1,11 +1,46 @@
-"""Strict test settings: rank promotion raises; our own warnings are errors."""
+"""Strict test settings: rank promotion raises; our own warnings are errors.
 
+Compiled programs are shared through a JAX compilation cache that lives for
+one test session only (created empty by the controller, shared by the xdist
+workers, removed at the end): many tests compile identical programs (the
+same model in another test, a closure rebuilt per call), and each is then
+compiled once per session instead of once per test. Nothing carries over
+between sessions.
+"""
+
+import os
+import shutil
+import tempfile
 import warnings
 
-import jax
-import pytest
+_CACHE_ENV = "GRADFLOW_TEST_JAX_CACHE"
+
+
+def pytest_configure(config):
+  if not hasattr(config, "workerinput") and _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="gradflow-jax-cache-")
+    config._gradflow_cache_owner = True
+  _use_session_cache()
+
+
+def _use_session_cache():
+  import jax
+  if os.environ.get(_CACHE_ENV):
+    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "_gradflow_cache_owner", False):
+    shutil.rmtree(os.environ.pop(_CACHE_ENV), ignore_errors=True)
+
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+_use_session_cache()
 
 
 @pytest.fixture(autouse=True)
