@@ -358,20 +358,29 @@ def plot_grad_heatmap(runs: list[dict], path) -> None:
 
 def plot_fractions(runs: list[dict], path) -> None:
   """Dead-unit and saturated fractions over training, mean over layers (solid)
-  and the worst layer (dashed)."""
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+  and the worst layer (dashed), beside test accuracy (a run the guard
+  stopped ends where it stopped)."""
+  fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
   for i, r in enumerate(runs):
     c = plt.get_cmap("tab10")(i % 10)
     for ax, field in zip(axes, ("dead_fraction", "saturation_fraction")):
       v = np.asarray(r["logs"][field], float)
       ax.plot(v.mean(1), color=c, label=r["label"])
       ax.plot(v.max(1), "--", color=c, lw=0.9)
+    axes[2].plot(r["eval_steps"], r["eval_accuracy"], "o-", ms=3, color=c, label=r["label"])
+    if r.get("stopped_at") is not None:
+      for ax in axes:
+        ax.axvline(r["stopped_at"], color=c, ls=":", lw=1)
   for ax, title in zip(axes, ("dead-unit fraction", "saturated fraction")):
     ax.set_title(f"{title} (solid: mean over layers, dashed: worst layer)", fontsize=10)
+  axes[2].set_title("test accuracy (dotted: NaN/Inf guard stopped the run)"
+                    if any(r.get("stopped_at") is not None for r in runs) else "test accuracy",
+                    fontsize=10)
+  for ax in axes:
     ax.set_xlabel("step")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+  axes[2].legend(fontsize=8)
   _io.save_figure(fig, path)
 
 

@@ -102,18 +102,20 @@ def rnn_table(runs: list[dict]) -> Table:
 
 def train_table(records: list[dict]) -> Table:
   """A row per training run: final loss and test accuracy, ||dL/dz|| at the first
-  hidden layer (g_0) at the start and end, clipping events, the largest dead
-  fraction and the step where the NaN/Inf guard fired."""
+  hidden layer (g_0) at the start and end, clipping events, the dead-unit
+  fraction at the last step (mean over layers) and its peak (any layer, any
+  step), and the step where the NaN/Inf guard fired."""
   t = Table(title="Training runs", title_justify="left", title_style="bold", header_style="bold",
             box=box.SIMPLE_HEAD, pad_edge=False)
-  for col in ("run", "steps", "loss", "acc", "|g_0| start", "|g_0| end", "clips", "dead",
-              "NaN at"):
+  for col in ("run", "steps", "loss", "acc", "|g_0| start", "|g_0| end", "clips", "dead end",
+              "dead peak", "NaN at"):
     t.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
   for r in records:
     logs = r["logs"]
     g0 = np.asarray(logs["preact_grad_norm"])[:, 0]
     t.add_row(r["label"], str(r["steps_run"]), fmt(r["final_loss"]), fmt(r["final_accuracy"], True),
               fmt(g0[0]), fmt(g0[-1]), f"{int(np.sum(logs['clipped']))}",
+              fmt(np.mean(np.asarray(logs["dead_fraction"])[-1]), True),
               fmt(np.max(logs["dead_fraction"]), True),
               "-" if r["stopped_at"] is None else str(r["stopped_at"]))
   return t

@@ -151,3 +151,23 @@ def test_batches_visit_each_example_once_per_epoch():
     flat = np.concatenate(epoch)
     assert len(set(flat.tolist())) == 9 and flat.min() >= 0 and flat.max() < n
   assert not np.array_equal(np.concatenate(seen[:3]), np.concatenate(seen[3:]))  # reshuffled
+
+
+def test_dead_relu_experiment_shows_its_premise():
+  """The dead-relu experiment's settings (plain SGD, lr 0.5) kill ReLU units:
+  within 60 steps the mean dead fraction goes from under 10% to over 30%,
+  while the same run with clip_by_global_norm(1) keeps it under 10%; leaky
+  ReLU's units never die (its run may be stopped by the guard: too large a
+  step for it too)."""
+  from gradflow_jax import _experiments
+  data = gf.load_digits()  # the experiment's data
+  runs = _experiments.experiment_runs("dead-relu", data.x_train.shape[1], data.classes,
+                                      {"steps": 60})
+  results = {label: gf.train(cfg, tc, data) for label, cfg, tc in runs}
+  dead = {k: np.asarray(r.logs["dead_fraction"]) for k, r in results.items()}
+  relu, leaky, clipped = (dead[label] for label, _, _ in runs)
+  assert relu[0].mean() < 0.1 and relu[-1].mean() > 0.3
+  assert clipped[-1].mean() < 0.1
+  assert np.all(leaky == 0)
+  acc = {k: r.eval_accuracy[-1] for k, r in results.items()}
+  assert acc[runs[2][0]] > acc[runs[0][0]] + 0.3
