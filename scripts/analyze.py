@@ -4,9 +4,7 @@
 Run ``python scripts/analyze.py --help`` for the subcommands.
 """
 
-import sys
-
-from gradflow_jax._cli import main
+from gradflow_jax._cli import script_main
 
 if __name__ == "__main__":
-  sys.exit(main())
+  script_main()

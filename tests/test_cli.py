@@ -267,3 +267,26 @@ def test_a_plot_that_cannot_be_drawn_never_costs_the_results(tmp_path, capsys, m
   assert "note: rnn_through_time.png not drawn (ValueError: Data cannot" in err
   assert not (tmp_path / "rnn_through_time.png").exists()
   assert "rnn: " in err and "(1/1)" in err
+
+
+def test_interrupt_during_depth_exits_130_cleanly_every_time(tmp_path):
+  """SIGINT while XLA computes (the depth sweep under way): one line, status
+  130, never a SIGSEGV from tearing the interpreter down under XLA's threads
+  (it crashed in about half of the tries; two tries here)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  script = os.path.join(os.path.dirname(__file__), "..", "scripts", "analyze.py")
+  for attempt in range(2):
+    p = subprocess.Popen([sys.executable, script, "depth", "--max-depth", "3000", "--out",
+                          str(tmp_path / f"o{attempt}")], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p.stderr.readline()  # the first progress line: the sweep is compiling or running
+    time.sleep(1.0 + attempt)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 130, (p.returncode, err[-2000:])
+    assert err.strip().splitlines()[-1] == ("analyze.py: interrupted; files written so far are "
+                                            "complete")
