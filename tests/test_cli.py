@@ -279,10 +279,14 @@ def test_interrupt_during_depth_exits_130_cleanly_every_time(tmp_path):
   import time
   script = os.path.join(os.path.dirname(__file__), "..", "scripts", "analyze.py")
   for attempt in range(2):
-    p = subprocess.Popen([sys.executable, script, "depth", "--max-depth", "3000", "--out",
-                          str(tmp_path / f"o{attempt}")], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # Python's own SIGINT handler in the child even where SIGINT is ignored
+    # here (a background job); no preexec_fn (a fork of this threaded process)
+    argv = [script, "depth", "--max-depth", "3000", "--out", str(tmp_path / f"o{attempt}")]
+    launch = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
+              f"signal.default_int_handler); sys.argv = {argv!r}; "
+              f"runpy.run_path({script!r}, run_name='__main__')")
+    p = subprocess.Popen([sys.executable, "-c", launch], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
     p.stderr.readline()  # the first progress line: the sweep is compiling or running
     time.sleep(1.0 + attempt)
     p.send_signal(signal.SIGINT)
