@@ -39,15 +39,26 @@ class MetricWriter(Protocol):
     ...
 
 
+def _is_variable(x) -> bool:
+  from flax import nnx
+  return isinstance(x, nnx.Variable)
+
+
+def _named_values(tree) -> list[tuple[str, object]]:
+  """(``"Dense_0/kernel"``-style name, value) of a pytree's leaves in leaf
+  order; an NNX ``Variable`` is one leaf named by its path (no ``/value``)."""
+  paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
+  return [(jax.tree_util.keystr(p, simple=True, separator="/") or "value",
+           v[...] if _is_variable(v) else v) for p, v in paths]
+
+
 def leaf_names(tree) -> list[str]:
   """``"Dense_0/kernel"``-style names of a pytree's leaves, in leaf order."""
-  paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return [jax.tree_util.keystr(p, simple=True, separator="/") or "value" for p, _ in paths]
+  return [n for n, _ in _named_values(tree)]
 
 
 def _named_leaves(prefix: str, tree) -> dict[str, float]:
-  leaves = jax.tree.leaves(tree)
-  return {f"{prefix}/{n}": float(v) for n, v in zip(leaf_names(tree), leaves)}
+  return {f"{prefix}/{n}": float(v) for n, v in _named_values(tree)}
 
 
 def flat_metrics(flow: FlowStep, update_ratios=None, prefix: str = "") -> dict[str, float]:

@@ -233,6 +233,9 @@ def test_nnx_optimizer_run_equals_a_plain_nnx_value_and_grad_run():
   assert flow.activation_names[0] == "tanh" and 0.0 <= float(
       flow.activations.saturation_fraction[0]) <= 1.0
   assert type(ours.l1) is nnx.Linear  # the user's model keeps its classes
+  flat = gf.flat_metrics(flow)
+  assert flat["grad_norm/l1/kernel"] == float(flow.param_grad_norms["l1"]["kernel"][...])
+  assert not [k for k in flat if k.endswith("/value")]  # NNX Variables named by their path
 
 
 def test_update_ratios_match_numpy():
