@@ -284,7 +284,7 @@ def _nonfinite_message(r: dict, on_nonfinite: str) -> str:
           f"{where}; {done}")
 
 
-_MLP_ONLY = ("depth", "width", "eval_every", "schedule")
+_MLP_ONLY = ("depth", "width", "eval_every")
 
 
 def train(args) -> int:

@@ -13,7 +13,6 @@ module (as ``nnx.value_and_grad``). Everything is traced: call them inside
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -381,4 +380,3 @@ def update_ratios(old_params, new_params, when=None):
 
 
 UPDATE_RATIO_RULE = 1e-3  # the rule-of-thumb update-to-weight ratio per step
-assert math.isclose(HISTOGRAM_EDGES[len(HISTOGRAM_EDGES) // 2], 0.0)
