@@ -16,6 +16,10 @@ from gradflow_jax._analyze import analyze_model
 from gradflow_jax._activations import get_activation
 from gradflow_jax._config import MLPConfig
 from gradflow_jax._data import load_digits
+from gradflow_jax._depth_study import depth_study
+from gradflow_jax._depth_study import DepthStudySettings
+from gradflow_jax._depth_study import mean_field_law
+from gradflow_jax._depth_study import residual_law
 from gradflow_jax._diagnose import diagnose
 from gradflow_jax._diagnose import diagnose_model
 from gradflow_jax._diagnose import diagnose_rnn
@@ -65,6 +69,8 @@ from gradflow_jax._watch import nnx_value_and_grad
 from gradflow_jax._watch import update_ratios
 from gradflow_jax._watch import UPDATE_RATIO_RULE
 from gradflow_jax._watch import value_and_grad
+from gradflow_jax._width_study import width_study
+from gradflow_jax._width_study import WidthStudySettings
 from gradflow_jax._writers import flat_metrics
 from gradflow_jax._writers import JsonlWriter
 from gradflow_jax._writers import log_step
@@ -79,6 +85,8 @@ __all__ = (
     "activation_stats",
     "analyze_model",
     "as_probed",
+    "depth_study",
+    "DepthStudySettings",
     "diagnose",
     "diagnose_model",
     "diagnose_rnn",
@@ -105,6 +113,7 @@ __all__ = (
     "log_step",
     "loss_value",
     "make_step",
+    "mean_field_law",
     "mlp_forward",
     "mlp_model",
     "MetricWriter",
@@ -117,6 +126,7 @@ __all__ = (
     "product_bound",
     "recommended_init",
     "read_jsonl",
+    "residual_law",
     "rnn_model",
     "rnn_through_time",
     "RNNConfig",
@@ -133,6 +143,8 @@ __all__ = (
     "train",
     "TrainConfig",
     "update_ratios",
+    "width_study",
+    "WidthStudySettings",
     "UPDATE_RATIO_RULE",
     "value_and_grad",
     "watch_histogram",

@@ -144,20 +144,29 @@ def _gains(text: str) -> tuple[float | None, ...]:
 
 
 def _depth_parser(sub) -> None:
-  p = sub.add_parser("depth", help="Jacobian spectra across depth, with mean-field theory")
-  p.add_argument("--activations", type=_csv, default=("tanh", "relu"),
-                 help="comma-separated (default tanh,relu)")
-  p.add_argument("--inits", type=_csv, default=("auto",),
+  p = sub.add_parser("depth", help="Jacobian spectra across depth: the built-in MLP with "
+                                    "mean-field theory, or your model family with --model")
+  p.add_argument("--model", help="study your own family: path/to/file.py:factory, a function "
+                                 "make(depth=, width=, key=) returning (model, params, (x, y))")
+  p.add_argument("--depths", type=_positive_ints,
+                 help="with --model: comma-separated depths (default 2,4,8,16,32)")
+  p.add_argument("--examples", type=_positive_int,
+                 help="with --model: examples of the factory's batch per seed (default 4)")
+  p.add_argument("--loss", choices=["cross_entropy", "mse"], help="with --model "
+                                                                  "(default cross_entropy)")
+  p.add_argument("--output", help="with --model: key or index of the model output the loss uses")
+  p.add_argument("--activations", type=_csv, help="comma-separated (default tanh,relu)")
+  p.add_argument("--inits", type=_csv,
                  help="comma-separated initializers, 'auto' = recommended (default auto)")
-  p.add_argument("--sigma-w", type=_gains, default=(None,),
+  p.add_argument("--sigma-w", type=_gains,
                  help="comma-separated gains / mean-field sigma_w (default: the init's own)")
-  p.add_argument("--sigma-b", type=_floats, default=(0.0,),
-                 help="comma-separated bias stds (default 0)")
-  p.add_argument("--max-depth", type=_positive_int, default=200, help="deepest depth (default 200)")
-  p.add_argument("--width", type=_positive_int, default=64, help="width = input dim (default 64)")
-  p.add_argument("--batch-size", type=_positive_int, default=4, help="inputs per seed (default 4)")
+  p.add_argument("--sigma-b", type=_floats, help="comma-separated bias stds (default 0)")
+  p.add_argument("--max-depth", type=_positive_int, help="deepest depth (default 200)")
+  p.add_argument("--width", type=_positive_int,
+                 help="width = input dim (default 64); with --model: passed to the factory")
+  p.add_argument("--batch-size", type=_positive_int, help="inputs per seed (default 4)")
   p.add_argument("--seeds", type=_positive_int, default=4, help="random networks per point (default 4)")
-  p.add_argument("--spectrum-depths", type=_positive_int, default=16,
+  p.add_argument("--spectrum-depths", type=_positive_int,
                  help="log-spaced depths at which full spectra are computed (default 16)")
   p.add_argument("--x64", action="store_true", help="float64 (singular values below float32 resolution)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
@@ -165,6 +174,39 @@ def _depth_parser(sub) -> None:
                  help="run even when the memory estimate exceeds what is available")
   add_common(p, "gradflow_out/depth")
   p.set_defaults(run=lambda args: _commands().depth(args))
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in _csv(text))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not all(v > 0 for v in values):
+    raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+  if len(set(values)) != len(values):
+    raise argparse.ArgumentTypeError(f"expected distinct values, got {text!r}")
+  return values
+
+
+def _width_parser(sub) -> None:
+  p = sub.add_parser("width", help="coordinate check across width (muP-style) of your model "
+                                    "family: --model file.py:factory")
+  p.add_argument("--model", required=True,
+                 help="path/to/file.py:factory, a function make(width=, depth=, key=) returning "
+                      "(model, params, (x, y))")
+  p.add_argument("--widths", type=_positive_ints, default=(64, 128, 256, 512, 1024),
+                 help="comma-separated widths (default 64,128,256,512,1024)")
+  p.add_argument("--depth", type=_positive_int, help="passed to the factory (default: its own)")
+  p.add_argument("--seeds", type=_positive_int, default=2, help="networks per width (default 2)")
+  p.add_argument("--steps", type=_positive_int, default=3,
+                 help="optimizer steps after init (default 3)")
+  p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+  p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate (default 0.01)")
+  p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+  p.add_argument("--output", help="key or index of the model output the loss uses")
+  p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  add_common(p, "gradflow_out/width")
+  p.set_defaults(run=lambda args: _commands().width(args))
 
 
 def _rnn_parser(sub) -> None:
@@ -237,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
   _compare_parser(sub)
   _depth_parser(sub)
+  _width_parser(sub)
   _rnn_parser(sub)
   _train_parser(sub)
   _report_parser(sub)

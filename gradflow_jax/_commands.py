@@ -171,9 +171,29 @@ def _compare_report(args, settings, runs, written) -> str:
   return path
 
 
+_SWEEP_ONLY = ("activations", "inits", "sigma_w", "sigma_b", "max_depth", "batch_size",
+               "spectrum_depths")
+_STUDY_ONLY = ("depths", "examples", "loss", "output")
+_SWEEP_DEFAULTS = {"activations": ("tanh", "relu"), "inits": ("auto",), "sigma_w": (None,),
+                   "sigma_b": (0.0,), "max_depth": 200, "width": 64, "batch_size": 4,
+                   "spectrum_depths": 16}
+
+
+def _refuse(args, names, why: str) -> None:
+  given = [f"--{k.replace('_', '-')}" for k in names if getattr(args, k, None) not in (None, False)]
+  if given:
+    raise ValueError(f"expected {', '.join(given)} {why}")
+
+
 def depth(args) -> int:
+  if args.model:
+    return depth_study(args)
   import jax
   from gradflow_jax import _plots, _sweep
+  _refuse(args, _STUDY_ONLY, "only with --model (a family study)")
+  for k, v in _SWEEP_DEFAULTS.items():
+    if getattr(args, k) is None:
+      setattr(args, k, v)
   if args.x64:
     jax.config.update("jax_enable_x64", True)
   console = _console(args)
@@ -196,6 +216,76 @@ def depth(args) -> int:
            "layer_jacobians.png": lambda p: _plots.plot_layer_jacobians(curves, p)}
   payload = {**result, "layer_jacobians": curves}
   _finish(args, console, _write_outputs(args, "depth", payload, plots))
+  return 0
+
+
+def depth_study(args) -> int:
+  """``depth --model``: a family measured at each --depths, every seed."""
+  import jax
+  from gradflow_jax import _depth_study, _loading, _plots, _render, _report
+  _refuse(args, _SWEEP_ONLY + ("x64", "force"), "only for the built-in MLP sweep (a --model "
+          "family sets its own architecture)")
+  settings = _depth_study.DepthStudySettings(
+      depths=args.depths or _depth_study.DEFAULT_DEPTHS, seeds=args.seeds, width=args.width,
+      examples=args.examples or 4, loss=args.loss or "cross_entropy", seed=args.seed)
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  with progress_bar(args, len(settings.depths), f"depth study {args.model}") as advance, \
+      _model_errors():
+    advance(f"depth {sorted(settings.depths)[0]}")
+    order = sorted(settings.depths)
+    nxt = {d: order[i + 1] for i, d in enumerate(order[:-1])}
+    result = _depth_study.depth_study(
+        factory, settings, output=args.output,
+        on_depth=lambda d: d in nxt and advance(f"depth {nxt[d]}"))
+  if not args.quiet and not args.json:
+    console.print(_render.depth_study_table(result))
+  label = args.model
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    table = _report.table_html(list(_render.DEPTH_STUDY_COLUMNS),
+                               _render.depth_study_rows(result))
+    _report.write_report(path, f"gradflow_jax: depth study of {label}", [],
+                         [("By depth", table)], pngs, notes=_render.depth_study_note(result))
+    return path
+  payload = {"model": label, **result}
+  written = _write_outputs(args, "depth", payload, {
+      "depth_study.png": lambda p: _plots.plot_depth_study(result, label, p),
+      "depth_layer_heatmap.png": lambda p: _plots.plot_depth_layer_heatmap(result, label, p)},
+      after_plots=report)
+  _finish(args, console, written)
+  return 0
+
+
+def width(args) -> int:
+  """``width --model``: the coordinate check across --widths."""
+  from gradflow_jax import _loading, _plots, _render, _report, _width_study
+  settings = _width_study.WidthStudySettings(
+      widths=args.widths, seeds=args.seeds, depth=args.depth, steps=args.steps,
+      optimizer=args.optimizer, lr=args.lr, loss=args.loss, seed=args.seed)
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  order = sorted(settings.widths)
+  nxt = {w: order[i + 1] for i, w in enumerate(order[:-1])}
+  with progress_bar(args, len(order), f"width study {args.model}") as advance, _model_errors():
+    advance(f"width {order[0]}")
+    result = _width_study.width_study(factory, settings, output=args.output,
+                                      on_width=lambda w: w in nxt and advance(f"width {nxt[w]}"))
+  if not args.quiet and not args.json:
+    console.print(_render.width_study_table(result))
+  label = args.model
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    _report.write_report(path, f"gradflow_jax: width study of {label}", [], [], pngs,
+                         notes=f"{settings.steps} {settings.optimizer} steps at lr {settings.lr} "
+                               f"on the factory's batch; {settings.seeds} seeds per width.")
+    return path
+  written = _write_outputs(args, "width", {"model": label, **result}, {
+      "coordinate_check.png": lambda p: _plots.plot_coordinate_check(result, label, p)},
+      after_plots=report)
+  _finish(args, console, written)
   return 0
 
 

@@ -241,6 +241,51 @@ def lanczos_top_singular_value(matvec, rmatvec, v0, steps: int, tol: float):
   return jnp.sqrt(top), converged & jnp.isfinite(top)
 
 
+def lanczos_rows(operator, v0: jax.Array, steps: int, tol: float):
+  """:func:`lanczos_top_singular_value` for a batch of independent problems
+  at once: row b of ``v0`` (rows, n) starts problem b, and ``operator(v)``
+  returns J_b^T J_b v_b for every row (one batched jvp + vjp of a model whose
+  examples do not interact). Full reorthogonalisation per row; a row whose
+  Krylov space became invariant (rank-deficient J) stops there. Returns
+  (sigma, converged), each (rows,)."""
+  rows, n = v0.shape
+  steps = min(steps, n)
+  eps = jnp.finfo(v0.dtype).eps
+  v = v0 / jnp.linalg.norm(v0, axis=-1, keepdims=True)
+  zero = jnp.zeros((rows,), v0.dtype)
+
+  def body(i, state):
+    basis, alphas, betas, v, v_prev, beta, scale, done = state
+    basis = basis.at[i].set(v)
+    w = operator(v)
+    alpha = jnp.sum(v * w, -1)
+    w = w - alpha[:, None] * v - beta[:, None] * v_prev
+    for _ in range(2):  # full reorthogonalization, twice for stability
+      w = w - jnp.einsum("srn,sr->rn", basis, jnp.einsum("srn,rn->sr", basis, w))
+    beta_new = jnp.linalg.norm(w, axis=-1)
+    scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
+    stopped = done
+    done = done | (beta_new <= 64 * n * eps * scale) | ~jnp.isfinite(beta_new)
+    alpha = jnp.where(stopped, 0, alpha)
+    beta_new = jnp.where(done, 0, beta_new)
+    v_next = jnp.where(done[:, None], 0, w / jnp.where(done, 1, beta_new)[:, None])
+    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new,
+            scale, done)
+
+  init = (jnp.zeros((steps, rows, n), v0.dtype), jnp.zeros((steps, rows), v0.dtype),
+          jnp.zeros((steps, rows), v0.dtype), v, jnp.zeros_like(v), zero, zero,
+          jnp.zeros((rows,), bool))
+  _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
+  a, b = alphas.T, betas.T
+  tri = jax.vmap(lambda a, b: jnp.diag(a) + jnp.diag(b[:-1], 1) + jnp.diag(b[:-1], -1))(a, b)
+  tri, finite = finite_matrices(tri)
+  theta, vecs = jnp.linalg.eigh(tri)
+  top = jnp.where(finite, jnp.maximum(theta[:, -1], 0), jnp.nan)
+  residual = jnp.abs(b[:, -1] * vecs[:, -1, -1])
+  converged = (residual <= tol * top) | done | (steps == n)
+  return jnp.sqrt(top), converged & jnp.isfinite(top)
+
+
 def _power_map(fn, x, key, tol, max_iter, method="power"):
   """Top singular value of the Jacobian of ``fn`` at ``x`` (vector in, vector
   out), matrix-free: power iteration or Lanczos on jvp/vjp."""

@@ -550,3 +550,126 @@ def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
   fig.suptitle(f"{what} over training: share of entries per signed-log bin (y; the row at 0 "
                f"holds exact zeros) at each logged step (x){more}", fontsize=10)
   _io.save_figure(fig, path)
+
+
+def _by_depth(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(depths, samples (n, depths)): every seed x example of ``key`` per depth."""
+  depths = np.asarray([d["depth"] for d in result["depths"]])
+  cols = [np.asarray(d[key], float).reshape(-1) for d in result["depths"]]
+  n = max(len(c) for c in cols)
+  samples = np.full((n, len(cols)), np.nan)
+  for j, c in enumerate(cols):
+    samples[:len(c), j] = c
+  return depths, samples
+
+
+def plot_depth_study(result: dict, label: str, path) -> None:
+  """A family across depth: spectral norm and mean squared singular value of
+  the input-output Jacobian, and ||dL/d first tap|| / ||dL/d last tap||;
+  median over seeds x examples with a 10-90% band, theory dashed."""
+  d0 = result["depths"][0]
+  what = f"d {d0['target']} / d {d0['source']}"
+  fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+  c = plt.get_cmap("tab10")(0)
+  panels = (("spectral_norm", f"spectral norm of J = {what}"),
+            ("mean_sq_singular_value", "mean squared singular value of J"),
+            ("first_over_last_grad_norm", "||dL/d first tap|| / ||dL/d last tap||"))
+  for ax, (key, title) in zip(axes, panels):
+    depths, samples = _by_depth(result, key)
+    drawn = _band(ax, depths, samples, c, "median")
+    extra = []
+    if key == "mean_sq_singular_value" and result.get("has_theory"):
+      theory = np.asarray([np.nan if d["theory_mean_sq_singular_value"] is None
+                           else d["theory_mean_sq_singular_value"] for d in result["depths"]],
+                          float)
+      ax.plot(depths, theory, "k--", lw=1.2, label="theory (the factory's gradflow_theory)")
+      extra = [theory]
+    _fit_log_limits(ax, [drawn], fallback=extra)
+    if key == "spectral_norm":
+      n_unconv = sum(d["summary"]["unconverged"] for d in result["depths"])
+      if n_unconv:
+        ax.text(0.01, 0.07, f"{n_unconv} Lanczos values not converged: left out",
+                transform=ax.transAxes, fontsize=8, color="firebrick")
+    n_missing = int((~(np.isfinite(samples) & (samples > 0))).sum())
+    if n_missing and key != "spectral_norm":
+      ax.text(0.01, 0.01, f"{n_missing} values not drawn: 0 or not finite",
+              transform=ax.transAxes, fontsize=8, color="firebrick")
+    ax.fill_between([], [], [], color=c, alpha=0.2, lw=0, label="10-90% of seeds x examples")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("depth")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+  fig.suptitle(f"Depth study of {label} ({result['settings']['seeds']} seeds x "
+               f"{result['settings']['examples']} examples per depth)")
+  _io.save_figure(fig, path)
+
+
+def plot_depth_layer_heatmap(result: dict, label: str, path) -> None:
+  """Depth x tap heatmap of the mean squared singular value of d tap / d
+  source (median over seeds; Hutchinson): where along the network the
+  signal grows or shrinks, for every depth studied."""
+  records = result["depths"]
+  width = max(len(d["taps"]) for d in records)
+  grid = np.full((len(records), width), np.nan)
+  for i, d in enumerate(records):
+    v = np.nanmedian(np.asarray(d["tap_mean_sq_singular_value"], float), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      grid[i, :len(v)] = np.where(v > 0, np.log10(v), np.nan)
+  fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(records)))
+  finite = grid[np.isfinite(grid)]
+  if finite.size:
+    lim = max(abs(finite.min()), abs(finite.max()), 0.5)
+    im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="log10 mean s^2 (0: neither grows nor shrinks)")
+  else:
+    ax.text(0.5, 0.5, "no finite values (Jacobians not measured)", ha="center",
+            transform=ax.transAxes)
+  ax.set_yticks(range(len(records)), [str(d["depth"]) for d in records])
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.set_ylabel("depth")
+  ax.set_xlabel("tap, in recording order (input side on the left; blank: the network is "
+                "shallower)")
+  ax.set_title(f"{label}: mean squared singular value of d tap / d {records[0]['source']}, "
+               "median over seeds", fontsize=10)
+  _io.save_figure(fig, path)
+
+
+def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10) -> None:
+  """The muP coordinate check: per tap, rms of its coordinates at init and
+  rms of their change after each step, against width (log-log)."""
+  records = result["widths"]
+  widths = np.asarray([r["width"] for r in records])
+  names = result["taps"]
+  pick = list(range(len(names)))
+  if len(pick) > max_taps:  # evenly spaced, always the first and last
+    pick = sorted(set(np.linspace(0, len(names) - 1, max_taps).round().astype(int).tolist()))
+  steps = records[0]["rms_change"].shape[1]
+  fig, axes = plt.subplots(1, steps + 1, figsize=(4.2 * (steps + 1), 4.6), sharey=False)
+  colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(pick)))
+  for k, ax in enumerate(axes):
+    for c, i in zip(colours, pick):
+      if k == 0:
+        v = np.asarray([r["rms_init"][:, i].mean() for r in records])
+      else:
+        v = np.asarray([r["rms_change"][:, k - 1, i].mean() for r in records])
+      ok = np.isfinite(v) & (v > 0)
+      ax.plot(widths[ok], v[ok], "o-", color=c, ms=3, label=names[i] if k == 0 else None)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.set_xlabel("width")
+    ax.set_title("rms(tap) at init" if k == 0 else f"rms(tap_t - tap_0), t = {k}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+  s = result["settings"]
+  fig.legend(loc="lower center", ncol=min(5, len(pick)), fontsize=8, frameon=False,
+             bbox_to_anchor=(0.5, -0.08 - 0.04 * (len(pick) // 5)))
+  fig.suptitle(f"Coordinate check of {label} ({s['optimizer']}, lr {s['lr']}, mean of "
+               f"{s['seeds']} seeds)\nflat lines: width-stable; lines rising with width: "
+               "blow up as the model widens")
+  fig.tight_layout(rect=(0, 0, 1, 0.95))
+  _io.save_figure(fig, path)

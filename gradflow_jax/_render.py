@@ -169,3 +169,70 @@ def model_train_table(result) -> Table:
                 fmt(float(get(flows[-1])), pct) if flows else "-"]
     t.add_row(*cells)
   return t
+
+
+def _med(summary: dict) -> str:
+  return "-" if summary["median"] is None else fmt(summary["median"])
+
+
+def depth_study_rows(result: dict) -> list[list[str]]:
+  """Per depth: taps, median ||J||_2 [10-90%], mean s^2, theory, first/last
+  tap gradient ratio, unconverged count, Lanczos-vs-exact gap (plain text)."""
+  rows = []
+  for d in result["depths"]:
+    sm = d["summary"]
+    band = ("" if sm["spectral_norm"]["median"] is None else
+            f" [{fmt(sm['spectral_norm']['q10'])}, {fmt(sm['spectral_norm']['q90'])}]")
+    theory = d["theory_mean_sq_singular_value"]
+    gap = d["lanczos_vs_exact_max_rel_diff"]
+    rows.append([str(d["depth"]), str(len(d["taps"])), _med(sm["spectral_norm"]) + band,
+                 _med(sm["mean_sq_singular_value"]), "-" if theory is None else fmt(theory),
+                 _med(sm["first_over_last_grad_norm"]), str(sm["unconverged"]),
+                 "-" if gap is None else f"{gap:.1e}"])
+  return rows
+
+
+DEPTH_STUDY_COLUMNS = ("depth", "taps", "||J||_2 median [10%, 90%]", "mean s^2", "theory s^2",
+                       "|dL/d first| / |dL/d last|", "unconverged", "Lanczos vs SVD")
+
+
+def depth_study_table(result: dict) -> Table:
+  d0 = result["depths"][0]
+  t = Table(title=f"Depth study: J = d {d0['target']} / d {d0['source']} (over seeds x examples)",
+            title_justify="left", title_style="bold", header_style="bold", box=box.SIMPLE_HEAD,
+            pad_edge=False)
+  for col in DEPTH_STUDY_COLUMNS:
+    t.add_column(col, justify="right", no_wrap=True)
+  for row in depth_study_rows(result):
+    t.add_row(*(escape(c) if "[" in c else c for c in row))
+  return t
+
+
+def depth_study_note(result: dict) -> str:
+  d0 = result["depths"][0]
+  s = result["settings"]
+  inter = (" The examples interact (e.g. BatchNorm in training mode): each example's Jacobian "
+           "is taken with the rest of the batch held fixed." if result["examples_interact"] else "")
+  return (f"{s['seeds']} seeds x {s['examples']} examples per depth on {result['devices']} "
+          f"device(s). J = d {d0['target']} / d {d0['source']} per example: spectral norm by "
+          f"Lanczos ({s['steps']} steps, unconverged values left out), mean squared singular "
+          f"value {'by exact SVD' if d0['exact'] else 'by Hutchinson'}." + inter)
+
+
+def width_study_table(result: dict) -> Table:
+  t = Table(title="Width study: log-log slope of coordinate size against width "
+                  "(0: stable, 1: grows like width)", title_justify="left", title_style="bold",
+            header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+  widths = [r["width"] for r in result["widths"]]
+  for col in ("tap", f"rms at init, width {widths[0]}", "slope at init",
+              "rms change after last step", "slope after last step"):
+    t.add_column(col, justify="left" if col == "tap" else "right", no_wrap=True)
+  sl = result["slopes"]
+  for i, name in enumerate(result["taps"]):
+    first = result["widths"][0]
+    t.add_row(name, fmt(first["rms_init"][:, i].mean()),
+              "-" if sl["init"] is None or sl["init"][i] is None else f"{sl['init'][i]:+.2f}",
+              fmt(first["rms_change"][:, -1, i].mean()),
+              "-" if sl["last_step"] is None or sl["last_step"][i] is None
+              else f"{sl['last_step'][i]:+.2f}")
+  return t

@@ -112,7 +112,8 @@ def write_report(path, title: str, findings: list[tuple[str, list]], tables: lis
     parts.append("<h2>At a glance</h2><p>Each run against each kind of finding (&#10006; error, "
                  "&#9888; warning, i info; a number counts several of one kind). The details "
                  "follow, a card per distinct finding.</p>" + summary_matrix_html(findings))
-  parts.append("<h2>Findings</h2>")
+  if findings:
+    parts.append("<h2>Findings</h2>")
   for label, found in findings:
     if not found:
       parts.append(f'<div class="f ok"><b>OK</b> <b>{html.escape(label)}</b>: no warnings</div>')
