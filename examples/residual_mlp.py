@@ -41,7 +41,7 @@ def _make(depth, width, key, scaled):
   x = jax.random.normal(jax.random.key(1), (16, width))
   y = jnp.arange(16) % 10
   model = ResidualMLP(depth, width, depth ** -0.5 if scaled else 1.0)
-  return model, jax.jit(model.init)(kp, x), (x, y)
+  return model, model.init(kp, x), (x, y)  # eager: its small ops compile once for every depth
 
 
 def make(depth: int = 8, width: int = 64, key=None):
