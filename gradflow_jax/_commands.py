@@ -244,6 +244,9 @@ def depth_study(args) -> int:
       factory, settings, output=args.output, on_depth=on))
   if not args.quiet and not args.json:
     console.print(_render.depth_study_table(result))
+  if result["input_nonfinite"]:
+    print(f"note: the factory's batch holds {result['input_nonfinite']} non-finite values (the "
+          "loss and gradients are NaN)", file=sys.stderr)
   label = args.model
 
   def report(pngs):

@@ -270,7 +270,11 @@ def depth_study(make: Callable, settings: DepthStudySettings | None = None, *, o
     out.append(_depth_record(depth, fam, source, target, exact, n_in, n_out, raw, theory))
     if on_depth is not None:
       on_depth(depth)
+  x0 = jax.tree.leaves(fam.x)[0] if out else None
+  nonfinite = (int(np.sum(~np.isfinite(np.asarray(x0)))) if x0 is not None
+               and _family.is_float_array(x0) else 0)
   return {"settings": dataclasses.asdict(s), "devices": len(jax.devices()),
+          "input_nonfinite": nonfinite,
           "processes": jax.process_count(), "examples_interact": bool(interacting),
           "has_theory": theory is not None, "depths": out}
 
@@ -294,6 +298,10 @@ def _depth_record(depth, fam, source, target, exact, n_in, n_out, raw, theory) -
     rel = np.abs(top - exact_top) / exact_top
     grad = raw["tap_grad_norm"]
     ratio = grad[:, 0] / grad[:, -1]
+  x0 = jax.tree.leaves(fam.x)[0]
+  if _family.is_float_array(x0):  # an example with a NaN/Inf input has no Jacobian to report
+    bad = ~np.isfinite(np.asarray(x0)).reshape(n_ex, -1).all(1)
+    top, exact_top, msq = (np.where(bad[None], np.nan, a) for a in (top, exact_top, msq))
   measured = np.where(conv, top, np.nan)  # an unconverged value is not a measurement
   predicted = None
   if theory is not None:

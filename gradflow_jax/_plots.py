@@ -582,7 +582,8 @@ def plot_depth_study(result: dict, label: str, path) -> None:
       theory = np.asarray([np.nan if d["theory_mean_sq_singular_value"] is None
                            else d["theory_mean_sq_singular_value"] for d in result["depths"]],
                           float)
-      ax.plot(depths, theory, "k--", lw=1.2, label="theory (the factory's gradflow_theory)")
+      ax.plot(depths, theory, "k--", lw=1.2,
+              label="theory: the mean (the factory's gradflow_theory)")
       extra = [theory]
     _fit_log_limits(ax, [drawn], fallback=extra)
     if key == "spectral_norm":
@@ -596,15 +597,21 @@ def plot_depth_study(result: dict, label: str, path) -> None:
               transform=ax.transAxes, fontsize=8, color="firebrick")
     ax.fill_between([], [], [], color=c, alpha=0.2, lw=0, label="10-90% of seeds x examples")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    ax.set_xlim(depths.min() / 1.2, depths.max() * 1.2)  # set: an all-NaN panel has no data limits
+    if np.isfinite(drawn).any() or any(np.isfinite(e).any() for e in extra):
+      ax.set_yscale("log")
+    else:
+      ax.text(0.5, 0.5, "no finite positive values", ha="center", transform=ax.transAxes,
+              color="firebrick")
     ax.set_xticks(depths, [str(d) for d in depths])
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xlabel("depth")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")
-  fig.suptitle(f"Depth study of {label} ({result['settings']['seeds']} seeds x "
-               f"{result['settings']['examples']} examples per depth)")
+  seeds, examples = result["settings"]["seeds"], result["settings"]["examples"]
+  fig.suptitle(f"Depth study of {label} ({seeds} seed{'s' * (seeds > 1)} x {examples} "
+               f"example{'s' * (examples > 1)} per depth)")
   _io.save_figure(fig, path)
 
 
@@ -660,6 +667,7 @@ def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10) ->
       ok = np.isfinite(v) & (v > 0)
       ax.plot(widths[ok], v[ok], "o-", color=c, ms=3, label=names[i] if k == 0 else None)
     ax.set_xscale("log", base=2)
+    ax.set_xlim(widths.min() / 1.2, widths.max() * 1.2)
     ax.set_yscale("log")
     ax.set_xticks(widths, [str(w) for w in widths])
     ax.set_xlabel("width")

@@ -213,6 +213,9 @@ def depth_study_note(result: dict) -> str:
   s = result["settings"]
   inter = (" The examples interact (e.g. BatchNorm in training mode): each example's Jacobian "
            "is taken with the rest of the batch held fixed." if result["examples_interact"] else "")
+  if result.get("input_nonfinite"):
+    inter += (f" The factory's batch holds {result['input_nonfinite']} non-finite values: the "
+              "loss and gradients are NaN, and so are the Jacobians of those examples.")
   return (f"{s['seeds']} seeds x {s['examples']} examples per depth on {result['devices']} "
           f"device(s). J = d {d0['target']} / d {d0['source']} per example: spectral norm by "
           f"Lanczos ({s['steps']} steps, unconverged values left out), mean squared singular "
