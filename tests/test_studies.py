@@ -221,3 +221,15 @@ def test_depth_cli_writes_results_plots_and_report(tmp_path, capsys):
   assert len(data["depths"][0]["spectral_norm"]) == 2  # seeds x examples
   assert "Depth study" in text and "Lanczos" in text
   assert data["depths"][1]["theory_mean_sq_singular_value"] == 2.0**6
+
+
+def test_growth_laws():
+  """mean_field_law is theory's per-depth prediction (He-ReLU is critical:
+  chi_1 = 1 at every depth); residual_law is (1 + a^2 g)^L."""
+  he_relu = gf.mean_field_law("relu", np.sqrt(2.0))
+  assert [he_relu(d) for d in (1, 5, 50)] == pytest.approx([1.0, 1.0, 1.0], rel=1e-9)
+  tanh = gf.mean_field_law("tanh", 1.5, 0.1, q0=1.0)
+  expected = gf.theory.mean_sq_singular_value_by_depth("tanh", 1.5, 0.1, 7, q0=1.0)
+  assert [tanh(d) for d in range(1, 8)] == pytest.approx(list(expected), rel=1e-12)
+  assert gf.residual_law(1.0, scaled=True)(4) == pytest.approx(1.25**4)
+  assert gf.residual_law(2.0, scaled=False)(3) == pytest.approx(27.0)
