@@ -78,7 +78,8 @@ def _interacting(fam: _family.Family, source: str | None) -> bool:
   if jax.tree.leaves(fam.x)[0].shape[0] < 2:
     return False
   params = jax.tree.map(lambda a: a[0], fam.params)
-  g = _batch_map(fam.model.forward, params, fam.x, source, _target(fam.info), fam.shapes)
+  target = _target(fam.info)
+  g = lambda s: _source_map(fam.model.forward, params, fam.x, source)(s)[target]
   s0 = _source_value(fam.x, source, fam.shapes)
   t = jnp.zeros_like(s0).at[0].set(1.0)
   out = jax.jit(lambda s, t: jax.jvp(g, (s,), (t,))[1])(s0, t)
@@ -89,11 +90,12 @@ def _source_value(x, source, shapes):
   return x if source is None else jnp.zeros(shapes[source].shape, shapes[source].dtype)
 
 
-def _batch_map(forward, params, x, source, target, shapes):
-  """s (the whole batch's source) -> the target tap of every example."""
+def _source_map(forward, params, x, source):
+  """s (the whole batch's source: the input, or a shift of tap ``source``)
+  -> every tap."""
   if source is None:
-    return lambda s: forward(params, s, None)[1][target]
-  return lambda s: forward(params, x, {source: s})[1][target]
+    return lambda s: forward(params, s, None)[1]
+  return lambda s: forward(params, x, {source: s})[1]
 
 
 _KERNEL_NAMES = ("kernel", "w", "weight", "weights")
@@ -146,9 +148,7 @@ def _measure_fn(fam: _family.Family, depth: int, source, target, interacting, s:
       return flow
     key = jax.random.key(s.seed + 17)
     s_all = _source_value(x, source, shapes)
-    f = ((lambda v: forward(params, v, None)[1]) if source is None
-         else (lambda v: forward(params, x, {source: v})[1]))
-    _, lin = jax.linearize(f, s_all)
+    _, lin = jax.linearize(_source_map(forward, params, x, source), s_all)
     lin_t = lambda v: rows(lin(unrows(v))[target])
     lin_t_T = jax.linear_transpose(lin_t, jnp.zeros((n_ex, n_in), work))
 

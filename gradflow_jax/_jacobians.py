@@ -204,41 +204,8 @@ def lanczos_top_singular_value(matvec, rmatvec, v0, steps: int, tol: float):
   References:
     Golub & Van Loan, Matrix Computations (4th ed.), sections 10.1 and 10.3.
   """
-  n = v0.shape[0]
-  steps = min(steps, n)
-  eps = jnp.finfo(v0.dtype).eps
-  basis = jnp.zeros((steps, n), v0.dtype)
-  v = v0 / jnp.linalg.norm(v0)
-
-  def body(i, state):
-    basis, alphas, betas, v, v_prev, beta, scale, done = state
-    basis = basis.at[i].set(v)
-    w = rmatvec(matvec(v))
-    alpha = jnp.vdot(v, w)
-    w = w - alpha * v - beta * v_prev
-    for _ in range(2):  # full reorthogonalization, twice for stability
-      w = w - basis.T @ (basis @ w)
-    beta_new = jnp.linalg.norm(w)
-    scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
-    # an invariant subspace (to rounding): stop; later steps add only zeros
-    done = done | (beta_new <= 64 * n * eps * scale) | ~jnp.isfinite(beta_new)
-    alpha = jnp.where(state[-1], 0, alpha)
-    beta_new = jnp.where(done, 0, beta_new)
-    v_next = jnp.where(done, 0, w / jnp.where(done, 1, beta_new))
-    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v,
-            beta_new, scale, done)
-
-  zeros = jnp.zeros((steps,), v0.dtype)
-  zero = jnp.zeros((), v0.dtype)
-  init = (basis, zeros, zeros, v, jnp.zeros_like(v), zero, zero, jnp.zeros((), bool))
-  _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
-  tri = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-  tri, finite = finite_matrices(tri)
-  theta, vecs = jnp.linalg.eigh(tri)
-  top = jnp.where(finite, jnp.maximum(theta[-1], 0), jnp.nan)
-  residual = jnp.abs(betas[-1] * vecs[-1, -1])
-  converged = (residual <= tol * top) | done | (steps == n)
-  return jnp.sqrt(top), converged & jnp.isfinite(top)
+  sigma, converged = lanczos_rows(lambda v: rmatvec(matvec(v[0]))[None], v0[None], steps, tol)
+  return sigma[0], converged[0]
 
 
 def lanczos_rows(operator, v0: jax.Array, steps: int, tol: float):
