@@ -62,6 +62,10 @@ def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
                  help="print results.json to stdout instead of tables")
 
 
+_LOSS_HELP = ("default: a --model factory's own extras['loss'] where it has one, else "
+              "cross_entropy")
+
+
 def _compare_parser(sub) -> None:
   from gradflow_jax import _compare
   p = sub.add_parser("compare", help="activations x initializers at init (the default)")
@@ -77,7 +81,7 @@ def _compare_parser(sub) -> None:
                       "(default torch_default, what nn.Linear draws)")
   p.add_argument("--norm", default="none", choices=["none", "layernorm", "batchnorm"])
   p.add_argument("--residual", action="store_true", help="residual blocks x + f(x)")
-  p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+  p.add_argument("--loss", choices=["cross_entropy", "mse"], help=_LOSS_HELP)
   p.add_argument("--sigma-b", type=_nonneg_float, default=0.0, help="bias std (default 0)")
   p.add_argument("--weights", help=".npz of weights w0,b0,w1,b1,... (fan_in, fan_out)")
   p.add_argument("--inputs", help=".npy of inputs (batch, in_dim)")
@@ -114,7 +118,7 @@ def _model_options(p) -> None:
 def _diagnose_parser(sub) -> None:
   p = sub.add_parser("diagnose", help="diagnose your own model: --model file.py:factory")
   p.add_argument("--model", required=True, help=_MODEL_HELP)
-  p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+  p.add_argument("--loss", choices=["cross_entropy", "mse"], help=_LOSS_HELP)
   _model_options(p)
   add_common(p, "gradflow_out/diagnose")
   p.set_defaults(run=lambda args: _commands().diagnose(args))
@@ -171,7 +175,8 @@ def _depth_parser(sub) -> None:
   p.add_argument("--x64", action="store_true", help="float64 (singular values below float32 resolution)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
   p.add_argument("--force", action="store_true",
-                 help="run even when the memory estimate exceeds what is available")
+                 help="run even when the memory or time estimate exceeds what is allowed "
+                      "(80%% of available memory, an hour)")
   add_common(p, "gradflow_out/depth")
   p.set_defaults(run=lambda args: _commands().depth(args))
 
@@ -237,11 +242,10 @@ def _train_parser(sub) -> None:
                  help="which comparison to run (default residual)")
   p.add_argument("--model", help="train your own model instead: " + _MODEL_HELP)
   p.add_argument("--data", default=None,
-                 help="digits (default; with --model: digits for 64-feature vector inputs, "
-                      "else the factory's batch), teacher, or a .npz with "
-                      "x_train,y_train,x_test,y_test")
-  p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"],
-                 help="with --model (default cross_entropy)")
+                 help="digits (default; with --model: the factory's extras['data'], else "
+                      "digits for 64-feature vector inputs, else the factory's batch), "
+                      "teacher, or a .npz with x_train,y_train,x_test,y_test")
+  p.add_argument("--loss", choices=["cross_entropy", "mse"], help="with --model: " + _LOSS_HELP)
   p.add_argument("--every", type=_positive_int,
                  help="with --model: log every N-th step (default 10)")
   p.add_argument("--window", type=_positive_int,
@@ -251,6 +255,7 @@ def _train_parser(sub) -> None:
                  help="with --model: also write TensorBoard event files (needs tensorboardX)")
   p.add_argument("--output", help="with --model: key or index of the model output the loss "
                                   "uses")
+  p.add_argument("--no-plots", action="store_true", help="no PNGs (results, log and report only)")
   p.add_argument("--lr", type=_positive_float, help="learning rate (experiment default)")
   p.add_argument("--steps", type=_positive_int, help="training steps (experiment default)")
   p.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default 64)")

@@ -123,7 +123,7 @@ def compare(args, force_report: bool = False) -> int:
       activations=tuple(args.activations),
       shared_init=None if args.init.lower() == "none" else args.init,
       norm=None if args.norm == "none" else args.norm, residual=args.residual,
-      loss=args.loss, sigma_b=args.sigma_b, seed=args.seed)
+      loss=args.loss or "cross_entropy", sigma_b=args.sigma_b, seed=args.seed)
   settings.configs()  # validates every name before anything is compiled
   params_from = (lambda cfg: _mlp.load_npz(args.weights, cfg)) if args.weights else None
   n_runs = len(settings.activations) * (1 if params_from or not settings.shared_init else 2)
@@ -204,6 +204,7 @@ def depth(args) -> int:
       dtype="float64" if args.x64 else "float32", seed=args.seed)
   groups = settings.groups()  # validates names before anything is compiled
   _check_memory(settings.estimated_bytes(), getattr(args, "force", False))
+  _check_time(settings.estimated_seconds(), getattr(args, "force", False), args.quiet)
   with progress_bar(args, len(groups) + 1, "depth sweep") as advance:
     result = _sweep.run_sweep(settings, on_group=advance)
     curves = _sweep.layer_curves(settings)
@@ -312,6 +313,27 @@ def _check_memory(need: int, force: bool) -> None:
     raise ValueError(f"expected the sweep to fit in memory: it needs about {need / 2**30:.1f} "
                      f"GiB and {have / 2**30:.1f} GiB is available; lower --max-depth, --width, "
                      "--seeds or the number of --sigma-w/--sigma-b values (or pass --force)")
+
+
+MAX_SECONDS = 3600.0  # a sweep estimated to take longer is refused without --force
+
+
+def _duration(seconds: float) -> str:
+  return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+          else f"{seconds / 3600:.1f} h")
+
+
+def _check_time(seconds: float, force: bool, quiet: bool) -> None:
+  """Refuses (ValueError) a sweep estimated to run longer than MAX_SECONDS,
+  before it starts, unless ``force``; says the estimate of one over a minute."""
+  if seconds > MAX_SECONDS and not force:
+    raise ValueError(f"expected the sweep to finish within {_duration(MAX_SECONDS)}: it is "
+                     f"estimated to take about {_duration(seconds)} on this machine; lower "
+                     "--max-depth, --width, --seeds or the number of --sigma-w/--sigma-b "
+                     "values (or pass --force)")
+  if seconds > 60 and not quiet:
+    print(f"depth sweep: estimated to take about {_duration(seconds)} (rough, within about 2x)",
+          file=sys.stderr, flush=True)
 
 
 def rnn(args) -> int:
@@ -451,13 +473,30 @@ def train(args) -> int:
   return 0
 
 
-def _model_data(args, x, y):
-  """The training data of a --model run: --data; else digits for 64-feature
-  vector inputs; else the factory's own batch (train and test)."""
+def _model_loss(args, extras: dict):
+  """--loss when given, else the factory's own loss, else cross-entropy."""
+  return args.loss or extras.get("loss") or "cross_entropy"
+
+
+def _loss_name(args, extras: dict) -> str:
+  loss = _model_loss(args, extras)
+  return loss if isinstance(loss, str) else "the factory's loss"
+
+
+def _model_data(args, x, y, factory_data=None):
+  """The training data of a --model run: --data; else the factory's own
+  extras['data']; else digits for 64-feature vector inputs; else the
+  factory's batch (train and test)."""
   from gradflow_jax import _data
   x_np = np.asarray(x) if hasattr(x, "shape") else None
   if args.data:
     data = _load_data(args.data, args.seed)
+  elif factory_data is not None:
+    x_train, y_train, x_test, y_test = factory_data
+    labels = np.concatenate([y_train.ravel(), y_test.ravel()])
+    classes = int(labels.max()) + 1 if np.issubdtype(labels.dtype, np.integer) else 0
+    data = _data.Dataset(x_train, y_train, x_test, y_test, classes,
+                         f"the factory's data ({len(x_train)} train, {len(x_test)} test)")
   elif x_np is not None and x_np.ndim == 2 and x_np.shape[1] == 64 and np.issubdtype(
       x_np.dtype, np.floating):
     data = _data.load_digits(args.seed)
@@ -468,7 +507,7 @@ def _model_data(args, x, y):
     classes = int(y_np.max()) + 1 if np.issubdtype(y_np.dtype, np.integer) else 0
     return _data.Dataset(x_np, y_np, x_np, y_np, classes, f"the factory's batch ({len(x_np)})")
   if x_np is not None and data.x_train.shape[1:] != x_np.shape[1:]:
-    raise ValueError(f"expected --data inputs shaped like the factory's batch "
+    raise ValueError(f"expected the training inputs shaped like the factory's batch "
                      f"{tuple(x_np.shape[1:])}, got {tuple(data.x_train.shape[1:])}")
   return data
 
@@ -491,16 +530,16 @@ def train_model(args) -> int:
       window=args.window or 5, seed=args.seed, on_nonfinite=args.on_nonfinite)
   console = _console(args)
   factory = _loading.load_factory(args.model)
-  model, params, (x, y) = _loading.call_factory(factory)
+  model, params, (x, y), extras = _loading.call_factory(factory)
   probed = _flax.as_probed(model, params, output=args.output)
   named = parse_activations(args.activation)
-  data = _model_data(args, x, y)
+  data = _model_data(args, x, y, extras.get("data"))
   with _model_errors():
     for act in named.values():
       _activations.get_activation(act)
     probed = probed.with_activations(named)
     _model_stats.discover(probed, jnp.asarray(data.x_train[:2]))
-  loss = _model_stats.loss_fn(args.loss)
+  loss = _model_stats.loss_fn(_model_loss(args, extras))
   writers = [_writers.JsonlWriter(os.path.join(args.out, "log.jsonl"))]
   if args.tensorboard:
     writers.append(_writers.TensorBoardWriter(args.tensorboard))
@@ -525,7 +564,7 @@ def train_model(args) -> int:
   for i, name in enumerate(result.names):
     taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in result.flows]
   payload = {"model": args.model, "data": data.name, "settings": dataclasses.asdict(tc),
-             "loss_name": args.loss, "taps": list(result.names), "roles": list(result.roles),
+             "loss_name": _loss_name(args, extras), "taps": list(result.names), "roles": list(result.roles),
              "activation_names": list(result.activation_names),
              "steps_run": len(result.losses), "stopped_at": result.stopped_at,
              "skipped_steps": result.skipped,
@@ -589,7 +628,7 @@ def diagnose(args) -> int:
                             _render, _report)
   console = _console(args)
   factory = _loading.load_factory(args.model)
-  model, params, (x, y) = _loading.call_factory(factory)
+  model, params, (x, y), extras = _loading.call_factory(factory)
   probed = _flax.as_probed(model, params, output=args.output)
   named = parse_activations(args.activation)
   with _model_errors():  # traced before any progress line: a model that cannot run is one line
@@ -598,7 +637,7 @@ def diagnose(args) -> int:
     _model_stats.discover(probed.with_activations(named), x)
   with progress_bar(args, 1, "diagnose") as advance, _model_errors():
     advance("statistics, Jacobians and findings")
-    result = _analyze.analyze_model(probed, x, y, args.loss, named)
+    result = _analyze.analyze_model(probed, x, y, _model_loss(args, extras), named)
   stats, jac = result.stats, result.jacobians
   findings = result.findings
   if not args.quiet and not args.json:

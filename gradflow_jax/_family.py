@@ -88,7 +88,7 @@ def build(make, seeds: int, examples: int | None = None, base_seed: int = 0, out
   label = ", ".join(f"{k}={v}" for k, v in size.items())
   keys = [jax.random.fold_in(jax.random.key(base_seed), s) for s in range(seeds)]
   if how is None:
-    model, params, (x, y) = _loading.call_factory(make, **size)
+    model, params, (x, y), _ = _loading.call_factory(make, **size)
     made = [(model, params)]
     if seeds > 1:
       from flax import linen as nn
@@ -101,7 +101,8 @@ def build(make, seeds: int, examples: int | None = None, base_seed: int = 0, out
   else:
     made, x, y = [], None, None
     for s, k in enumerate(keys):
-      model, params, batch = _loading.call_factory(make, **size, **{how: k if how == "key" else s})
+      model, params, batch, _ = _loading.call_factory(
+          make, **size, **{how: k if how == "key" else s})
       if s == 0:
         x, y = batch
       made.append((model, params))

@@ -340,11 +340,13 @@ def jacobian_spectra(cfg: MLPConfig, params, x: jax.Array, depths=None,
 
 
 def layer_norms_stacked(cfg: MLPConfig, lp0, stacked, x, method: str, tol: float,
-                        max_iter: int):
-  """(batch, depth) spectral norms of dh_l/dh_(l-1) and convergence flags, from
+                        max_iter: int, layers: tuple[int, ...] | None = None):
+  """(batch, layers) spectral norms of dh_l/dh_(l-1) and convergence flags, from
   layer 0's parameters and the stacked ones of layers 1..depth-1 (a scan runs
   the forward pass, a vmap over layers the norms: the program does not grow
-  with depth)."""
+  with depth). ``layers`` (sorted, static) picks the layers measured; every
+  layer when None."""
+  layers = tuple(range(cfg.depth)) if layers is None else tuple(layers)
   keys = jax.random.split(jax.random.key(1), cfg.depth)
 
   def norm_at(lp, h, key):
@@ -354,21 +356,31 @@ def layer_norms_stacked(cfg: MLPConfig, lp0, stacked, x, method: str, tol: float
     return _power_map(fn, h, key, tol, max_iter, method)
 
   per_example = lambda lp, hs, key: jax.vmap(lambda h: norm_at(lp, h, key))(hs)
-  first, conv0 = per_example(lp0, x, keys[0])
-  if cfg.depth == 1:
-    return first[:, None], conv0[:, None]
-  h0 = jax.vmap(_step_fn(cfg, lp0))(x)
+  norms, conv = [], []
+  if layers[0] == 0:
+    first, conv0 = per_example(lp0, x, keys[0])
+    norms.append(first[None])
+    conv.append(conv0[None])
+  later = np.asarray([l for l in layers if l > 0], int)
+  if later.size:
+    h0 = jax.vmap(_step_fn(cfg, lp0))(x)
 
-  def forward(h, lp):
-    return jax.vmap(_step_fn(cfg, lp))(h), h
+    def forward(h, lp):
+      return jax.vmap(_step_fn(cfg, lp))(h), h
 
-  _, inputs = jax.lax.scan(forward, h0, stacked)  # input of layers 1..depth-1
-  # The layers' loops must run after layer 0's, not beside it: XLA:CPU running
-  # the two independent while loops at once deadlocked (0% CPU, for good) in
-  # about half of the runs on 2 cores. A zero that depends on layer 0 orders them.
-  inputs = inputs + (0 * jnp.nan_to_num(first[0])).astype(inputs.dtype)
-  rest, conv = jax.vmap(per_example)(stacked, inputs, keys[1:])
-  return (jnp.concatenate([first[None], rest]).T, jnp.concatenate([conv0[None], conv]).T)
+    _, inputs = jax.lax.scan(forward, h0, stacked)  # input of layers 1..depth-1
+    inputs = inputs[later - 1]
+    if norms:
+      # The layers' loops must run after layer 0's, not beside it: XLA:CPU
+      # running the two independent while loops at once deadlocked (0% CPU, for
+      # good) in about half of the runs on 2 cores. A zero that depends on
+      # layer 0 orders them.
+      inputs = inputs + (0 * jnp.nan_to_num(norms[0][0, 0])).astype(inputs.dtype)
+    chosen = jax.tree.map(lambda a: a[later - 1], stacked)
+    rest, rest_conv = jax.vmap(per_example)(chosen, inputs, keys[later])
+    norms.append(rest)
+    conv.append(rest_conv)
+  return jnp.concatenate(norms).T, jnp.concatenate(conv).T
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))

@@ -55,8 +55,17 @@ def load_factory(spec: str):
   return factory
 
 
+FACTORY_EXTRAS = ("loss", "data")
+
+
 def call_factory(factory, **kwargs):
-  """``(model, params, (x, y))`` from the user's factory, checked."""
+  """``(model, params, (x, y), extras)`` from the user's factory, checked.
+
+  The factory returns ``(model, params, (x, y))``, or with a fourth item, a
+  dict of extras: ``"loss"``, a function ``loss(output, y) -> scalar`` used
+  where no ``--loss`` is given, and ``"data"``, the training data of ``train
+  --model`` as ``(x_train, y_train, x_test, y_test)``. ``extras`` is ``{}``
+  when there is no fourth item."""
   path = getattr(factory, "__gradflow_path__", "the model file")
   try:
     made = factory(**kwargs)
@@ -65,13 +74,43 @@ def call_factory(factory, **kwargs):
                      f"{_where(e, path)}: {e}") from None
   shape = (f"a {type(made).__name__} of {len(made)}" if isinstance(made, (tuple, list))
            else f"a {type(made).__name__}")
-  if not isinstance(made, (tuple, list)) or len(made) != 3:
-    raise ValueError(f"expected the factory to return (model, params, (x, y)), got {shape}")
-  model, params, batch = made
+  if not isinstance(made, (tuple, list)) or len(made) not in (3, 4):
+    raise ValueError("expected the factory to return (model, params, (x, y)) or (model, "
+                     f"params, (x, y), extras), got {shape}")
+  model, params, batch = made[:3]
   if not isinstance(batch, (tuple, list)) or len(batch) != 2:
     raise ValueError("expected the factory's third item to be the batch (x, y), got "
                      f"a {type(batch).__name__}")
-  return model, params, tuple(batch)
+  extras = made[3] if len(made) == 4 else {}
+  if not isinstance(extras, dict) or set(extras) - set(FACTORY_EXTRAS):
+    got = (sorted(set(extras) - set(FACTORY_EXTRAS)) if isinstance(extras, dict)
+           else f"a {type(extras).__name__}")
+    raise ValueError(f"expected the factory's fourth item to be a dict with keys among "
+                     f"{', '.join(FACTORY_EXTRAS)}, got {got}")
+  if "loss" in extras and not callable(extras["loss"]):
+    raise ValueError("expected the factory's extras['loss'] to be a function loss(output, y), "
+                     f"got a {type(extras['loss']).__name__}")
+  if "data" in extras:
+    extras = {**extras, "data": _factory_data(extras["data"])}
+  return model, params, tuple(batch), extras
+
+
+def _factory_data(data):
+  """The factory's ``(x_train, y_train, x_test, y_test)`` as arrays, checked."""
+  if not isinstance(data, (tuple, list)) or len(data) != 4:
+    shape = (f"a {type(data).__name__} of {len(data)}" if isinstance(data, (tuple, list))
+             else f"a {type(data).__name__}")
+    raise ValueError("expected the factory's extras['data'] to be (x_train, y_train, x_test, "
+                     f"y_test), got {shape}")
+  arrays = [np.asarray(a) for a in data]
+  for (xs, ys), part in zip((arrays[:2], arrays[2:]), ("train", "test")):
+    if len(xs) == 0 or len(xs) != len(ys):
+      raise ValueError(f"expected the factory's x_{part} and y_{part} to hold the same number "
+                       f"(>= 1) of examples, got {len(xs)} and {len(ys)}")
+  if arrays[0].shape[1:] != arrays[2].shape[1:]:
+    raise ValueError(f"expected the factory's x_train and x_test to have the same example "
+                     f"shape, got {arrays[0].shape[1:]} and {arrays[2].shape[1:]}")
+  return tuple(arrays)
 
 
 def load_inputs(path: str) -> np.ndarray:

@@ -12,38 +12,7 @@ import numpy as np
 
 from gradflow_jax import _activations, _io
 
-
-def _colours(names):
-  cmap = plt.get_cmap("tab10")
-  uniq = list(dict.fromkeys(names))
-  return {n: cmap(i % 10) for i, n in enumerate(uniq)}
-
-
 _MARKERS = "osD^vP*Xph<>"
-
-
-def _style(run):
-  return "-" if run["role"] == "recommended" else "--"
-
-
-def _line_kw(run, colours, markers):
-  return dict(color=colours[run["activation"]], marker=markers[run["activation"]], ms=4,
-              label=run["activation"] if run["role"] == "recommended" else None)
-
-
-def _markers(names):
-  return {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(dict.fromkeys(names))}
-
-
-def _figure_legend(fig, ax, runs):
-  """One legend under the panels: a colour/marker per activation, solid or dashed by init."""
-  if any(r["role"] != "recommended" for r in runs):
-    ax.plot([], [], "k-", label="recommended init")
-    shared = sorted({str(r.get("init")) for r in runs if r["role"] != "recommended"})
-    ax.plot([], [], "k--", label=f"{' / '.join(shared)} init")
-  handles, labels = ax.get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 9), fontsize=9,
-             bbox_to_anchor=(0.5, -0.06), frameon=False)
 
 
 def _no_finite_note(ax, values) -> None:
@@ -54,35 +23,82 @@ def _no_finite_note(ax, values) -> None:
             va="center", color="firebrick")
 
 
+def _by_activation(runs):
+  """Runs grouped by activation (first-seen order): one column of small
+  multiples each, so runs that coincide (relu and leaky_relu at init) are not
+  drawn over one another."""
+  groups = {}
+  for r in runs:
+    groups.setdefault(r["activation"], []).append(r)
+  return list(groups.items())
+
+
+def _init_line(run) -> dict:
+  """Line style by init: the recommended one solid blue, the shared one dashed orange."""
+  shared = run["role"] != "recommended"
+  return dict(ls="--" if shared else "-", color="C1" if shared else "C0", marker="o", ms=3)
+
+
+def _small_multiples(runs, rows: list[tuple[str, str]], title: str, draw):
+  """A grid: a row per panel (``(key, ylabel)``), a column per activation,
+  y shared along each row. ``draw(ax, key, run)`` draws one run's line; the
+  recommended init is solid, the shared init dashed (named in the legend).
+  Returns the figure and its (rows, columns) axes."""
+  groups = _by_activation(runs)
+  cols = len(groups)
+  fig, axes = plt.subplots(len(rows), cols, figsize=(max(6.0, 2.7 * cols + 1.0),
+                                                       2.5 * len(rows) + 0.9),
+                           squeeze=False, sharey="row", sharex="col")
+  for c, (act, members) in enumerate(groups):
+    rec = [str(r.get("init")) for r in members if r["role"] == "recommended"]
+    axes[0, c].set_title(f"{act} ({rec[0]})" if rec and rec[0] != "None" else act)
+    for (key, label), ax in zip(rows, axes[:, c]):
+      for r in members:
+        draw(ax, key, r)
+      ax.grid(alpha=0.3, which="both")
+  for (key, label), row in zip(rows, axes):
+    row[0].set_ylabel(label)
+  fig.suptitle(title)
+  handles = [plt.Line2D([], [], **_init_line({"role": "recommended"}),
+                        label="recommended init (in each title)")]
+  shared = sorted({str(r.get("init")) for r in runs if r["role"] != "recommended"})
+  if shared:
+    handles.append(plt.Line2D([], [], **_init_line({"role": "shared"}),
+                              label=f"{' / '.join(shared)} init"))
+  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9,
+             bbox_to_anchor=(0.5, -0.02), frameon=False)
+  fig.tight_layout(rect=(0, 0.04, 1, 1))
+  return fig, axes
+
+
 def plot_activation_stats(runs: list[dict], path) -> None:
-  """std, saturation and dead fractions against layer index, a line per run;
-  the diagnosis thresholds drawn on the fraction panels."""
+  """std, saturation and dead fractions against layer index: a column per
+  activation, a row per statistic; the diagnosis thresholds drawn on the
+  fraction rows."""
   from gradflow_jax import _diagnose
-  colours = _colours([r["activation"] for r in runs])
-  markers = _markers([r["activation"] for r in runs])
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-  panels = [("std", "activation std (ddof=1)", True, None),
-            ("saturation_fraction", "saturated fraction", False,
-             _diagnose.SATURATION_WARN_FRACTION),
-            ("dead_fraction", "dead-unit fraction", False, _diagnose.DEAD_WARN_FRACTION)]
-  for ax, (field, title, log, threshold) in zip(axes, panels):
-    values = [np.asarray(r["activation_stats"][field], float) for r in runs]
-    for r, v in zip(runs, values):
-      ax.plot(np.arange(len(v)), v, _style(r), **_line_kw(r, colours, markers))
-    ax.set_title(title)
-    ax.set_xlabel("hidden layer")
-    if log:
-      ax.set_yscale("log")
+  thresholds = {"saturation_fraction": _diagnose.SATURATION_WARN_FRACTION,
+                "dead_fraction": _diagnose.DEAD_WARN_FRACTION}
+  rows = [("std", "activation std\n(ddof=1)"), ("saturation_fraction", "saturated\nfraction"),
+          ("dead_fraction", "dead-unit\nfraction")]
+
+  def draw(ax, key, r):
+    v = np.asarray(r["activation_stats"][key], float)
+    ax.plot(np.arange(len(v)), _positive(v) if key == "std" else v, **_init_line(r))
+  fig, axes = _small_multiples(runs, rows, "Activation statistics per hidden layer", draw)
+  for (key, _), row in zip(rows, axes):
+    if key == "std":
+      row[0].set_yscale("log")
     else:
-      ax.set_ylim(-0.03, 1.03)
-    if threshold is not None:
-      ax.axhline(threshold, color="firebrick", ls=":", lw=1)
-      ax.text(0.99, threshold, f"warning above {threshold:g}", transform=ax.get_yaxis_transform(),
-              ha="right", va="bottom", fontsize=8, color="firebrick")
-    _no_finite_note(ax, values)
-    ax.grid(alpha=0.3)
-  _figure_legend(fig, axes[0], runs)
-  fig.suptitle("Activation statistics per hidden layer")
+      row[0].set_ylim(-0.03, 1.03)
+    for ax, (act, members) in zip(row, _by_activation(runs)):
+      if key in thresholds:
+        t = thresholds[key]
+        ax.axhline(t, color="firebrick", ls=":", lw=1)
+        ax.text(0.98, t, f"warn > {t:g}", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=7, color="firebrick")
+      _no_finite_note(ax, [r["activation_stats"][key] for r in members])
+  for ax in axes[-1]:
+    ax.set_xlabel("hidden layer")
   _io.save_figure(fig, path)
 
 
@@ -92,27 +108,23 @@ def _positive(v):
 
 
 def plot_grad_norms(runs: list[dict], path) -> None:
-  """||dL/dz_l|| per hidden layer and ||dL/dW|| per dense layer, log scale."""
-  colours = _colours([r["activation"] for r in runs])
-  markers = _markers([r["activation"] for r in runs])
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-  for r in runs:
-    g = r["gradient_stats"]
-    kw = _line_kw(r, colours, markers)
-    axes[0].plot(_positive(g["preact_grad_norm"]), _style(r), **kw)
-    kw.pop("label")
-    axes[1].plot(_positive(g["weight_grad_norm"]), _style(r), **kw)
-  axes[0].set_title("||dL/dz|| per hidden layer (backward signal)")
-  axes[0].set_xlabel("hidden layer")
-  axes[1].set_title("||dL/dW|| per dense layer (last = output layer)")
-  axes[1].set_xlabel("dense layer")
-  for ax, field in zip(axes, ("preact_grad_norm", "weight_grad_norm")):
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    _no_finite_note(ax, [_positive(r["gradient_stats"][field]) for r in runs])
-  _figure_legend(fig, axes[0], runs)
-  fig.suptitle("Gradient norms at initialization: a line falling toward layer 0 = vanishing, "
-               "rising = exploding")
+  """||dL/dz_l|| per hidden layer and ||dL/dW|| per dense layer, log scale: a
+  column per activation."""
+  rows = [("preact_grad_norm", "||dL/dz||\nper hidden layer"),
+          ("weight_grad_norm", "||dL/dW|| per dense\nlayer (last: output)")]
+
+  def draw(ax, key, r):
+    ax.plot(_positive(r["gradient_stats"][key]), **_init_line(r))
+  fig, axes = _small_multiples(
+      runs, rows, "Gradient norms at initialization: falling toward layer 0 = vanishing, "
+      "rising = exploding", draw)
+  for (key, _), row in zip(rows, axes):
+    row[0].set_yscale("log")
+    for ax, (act, members) in zip(row, _by_activation(runs)):
+      _no_finite_note(ax, [_positive(r["gradient_stats"][key]) for r in members])
+  axes[0, 0].set_xlabel("")
+  for ax in axes[-1]:
+    ax.set_xlabel("layer index")
   _io.save_figure(fig, path)
 
 
@@ -235,7 +247,11 @@ def plot_layer_jacobians(curves: list[dict], path) -> None:
     if (~conv).any():  # an estimate that did not converge is not a measurement
       norms = np.where(conv, norms, np.nan)
       label += f" ({int((~conv).sum())} unconverged, not drawn)"
-    _band(ax, np.arange(norms.shape[-1]), norms, cmap(i % 10), label)
+    layers = np.asarray(c.get("layers", np.arange(norms.shape[-1])))
+    zero = np.all(norms == 0, axis=0) if norms.ndim > 1 else norms == 0
+    if zero.any():  # a log axis cannot show 0: say where the curve ends and why
+      label += f" (0 at {int(zero.sum())} layers from layer {int(layers[zero][0])} on: the signal reached 0)"
+    _band(ax, layers, norms, cmap(i % 10), label)
     chi1 = c.get("chi1")
     if chi1 is not None and np.isfinite(chi1) and chi1 > 0:
       ax.axhline(np.sqrt(chi1), color=cmap(i % 10), ls="--", lw=0.9)

@@ -9,6 +9,8 @@ device (and every host under ``jax.distributed``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from typing import Callable
 
 import jax
@@ -18,6 +20,37 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradflow_jax import _initializers, _jacobians, theory
 from gradflow_jax._config import MLPConfig
+
+
+# The time model of SweepSettings.estimated_seconds, fitted on 2 CPU cores
+# (jax 0.10) over widths 8-256 and depths 2000-100000: measured / estimated
+# of the sweep part fell within 0.6-1.6 at widths >= 64.
+_FIXED_SECONDS = 6.0   # per config: compiling and starting the two programs
+_LAYER_SECONDS = 4e-5  # per layer and config: the loop's own overhead
+_STEP_FACTOR = 8       # a layer of the sweep costs this many calibration steps
+_CURVE_FACTOR = 50     # a per-layer Lanczos norm costs this many calibration steps
+
+
+def calibration_step_seconds(width: int, lanes: int, dtype: str = "float32",
+                             steps: int = 32) -> float:
+  """Seconds per step of a scan doing what one layer of the sweep does most:
+  ``lanes`` Jacobians (width x width) multiplied by a weight matrix and scaled
+  by phi'. Best of three runs after compiling (about a second in all)."""
+  dt = jnp.dtype(dtype)
+
+  def run(j, w, d):
+    body = lambda j, _: (d[:, :, None] * jnp.einsum("ij,njk->nik", w, j), None)
+    return jax.lax.scan(body, j, None, length=steps)[0]
+  fn = jax.jit(run)
+  args = (jnp.full((lanes, width, width), 0.01, dt), jnp.eye(width, dtype=dt),
+          jnp.ones((lanes, width), dt))
+  fn(*args).block_until_ready()
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    fn(*args).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return best / steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +91,24 @@ class SweepSettings:
     itemsize = 8 if self.dtype == "float64" else 4
     points = len(self.sigma_ws) * len(self.sigma_bs)
     return 4 * self.seeds * points * self.max_depth * (self.width**2 + self.width) * itemsize
+
+  def estimated_seconds(self, step_seconds: Callable[[int, int], float] | None = None) -> float:
+    """Wall time of the whole sweep, roughly (within about 2x on the machines
+    measured; ``benchmarks/bench_sweep_estimate.py`` prints the ratio): per
+    config a fixed compile cost, then per layer a loop overhead plus
+    ``_STEP_FACTOR`` steps of a calibration scan of this machine
+    (``step_seconds(width, lanes)``, timed here when the sweep is large)."""
+    configs = len(self.activations) * len(self.inits)
+    points = len(self.sigma_ws) * len(self.sigma_bs)
+    lanes = points * self.seeds * self.batch
+    flops = configs * self.max_depth * lanes * 2 * self.width**3
+    if flops < 2e10 and self.max_depth < 20000:  # seconds at most: not worth timing
+      return configs * _FIXED_SECONDS
+    step = step_seconds or functools.partial(calibration_step_seconds, dtype=self.dtype)
+    sweep = self.max_depth * (_LAYER_SECONDS + _STEP_FACTOR * step(self.width, lanes))
+    curves = min(self.max_depth, CURVE_LAYERS) * _CURVE_FACTOR * step(self.width,
+                                                                      points * self.batch)
+    return configs * (_FIXED_SECONDS + sweep + curves)
 
   def groups(self) -> list[tuple[MLPConfig, list[tuple[float, float]]]]:
     """(config, [(gain, sigma_b), ...]): one compiled program per config."""
@@ -118,25 +169,39 @@ def _sample_fn(cfg: MLPConfig, batch: int, wanted: tuple[bool, ...], base_seed: 
   return sample
 
 
+CURVE_LAYERS = 256  # per-layer norms measured at most at this many layers
+
+
+def curve_layers(depth: int, most: int = CURVE_LAYERS) -> tuple[int, ...]:
+  """The layers whose Jacobian norm the per-layer curves measure: every
+  layer up to ``most``, else ``most`` evenly spaced ones, first and last
+  included (a deeper net costs no more than that)."""
+  return tuple(int(l) for l in np.unique(np.linspace(0, depth - 1, min(depth, most)).round()))
+
+
 def layer_curves(settings: SweepSettings, method: str = "lanczos") -> list[dict]:
   """Per-layer Jacobian norms ||dh_l/dh_(l-1)|| for the first seed of every grid
-  point (one compiled program per config, vmapped over its points)."""
+  point (one compiled program per config, vmapped over its points), at the
+  layers :func:`curve_layers` picks (``"layers"``)."""
   curves = []
   for cfg, points in settings.groups():
-    def one(gain, sigma_b, cfg=cfg):
+    layers = curve_layers(cfg.depth)
+
+    def one(gain, sigma_b, cfg=cfg, layers=layers):
       key = jax.random.fold_in(jax.random.key(settings.seed), 0)
       kp, kx = jax.random.split(key)
       stacked = _init_scaled(cfg, kp, gain, sigma_b, cfg.depth)
       lp0 = jax.tree.map(lambda a: a[0], stacked)
       rest = jax.tree.map(lambda a: a[1:], stacked) if cfg.depth > 1 else None
       x = jax.random.normal(kx, (settings.batch, cfg.in_dim), cfg.jnp_dtype)
-      return _jacobians.layer_norms_stacked(cfg, lp0, rest, x, method, 1e-5, 1000)
+      return _jacobians.layer_norms_stacked(cfg, lp0, rest, x, method, 1e-5, 1000, layers)
     norms, conv = jax.jit(jax.vmap(one))(jnp.asarray([p[0] for p in points], jnp.float32),
                                          jnp.asarray([p[1] for p in points], jnp.float32))
     for i, (gain, sb) in enumerate(points):
       sw = effective_sigma_w(cfg, gain)
       curves.append({"label": f"{cfg.activation} · {cfg.init} · σw {sw:.3g} · σb {sb:.3g}",
-                     "norms": np.asarray(norms[i]), "converged": np.asarray(conv[i]),
+                     "layers": np.asarray(layers), "norms": np.asarray(norms[i]),
+                     "converged": np.asarray(conv[i]),
                      "chi1": _chi1_or_nan(cfg.activation, sw, sb)})
   return curves
 

@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradflow_jax as gf
@@ -108,6 +109,55 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
   page = (out / "report.html").read_text()
   for f in data["findings"]:
     assert f["message"] in page
+
+
+def test_cli_train_model_uses_the_factorys_own_loss_and_data(tmp_path):
+  """A factory's fourth item: its loss (label-smoothed cross-entropy) gives
+  step 0's logged loss, recomputed here on the same first mini-batch of its
+  own data; --loss still overrides it."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("nnx_embed", f"{EXAMPLES}/nnx_embed.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  model, _, _, extras = mod.make_task()
+  x_train, y_train, x_test, _ = extras["data"]
+  idx = next(_model_train._batches(len(x_train), 32, 0))
+  from flax import nnx
+  logits = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(x_train[idx]))
+  smoothed = float(mod.smoothed_cross_entropy(logits, jnp.asarray(y_train[idx])))
+  plain = float(optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.asarray(y_train[idx])).mean())
+  for flag, name, expected in (([], "the factory's loss", smoothed),
+                               (["--loss", "cross_entropy"], "cross_entropy", plain)):
+    out = tmp_path / name.replace(" ", "_")
+    code = _cli.main(["train", "--model", f"{EXAMPLES}/nnx_embed.py:make_task", "--steps", "2",
+                      "--every", "1", "--batch-size", "32", "--no-plots", "--quiet",
+                      "--out", str(out)] + flag)
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["data"] == f"the factory's data ({len(x_train)} train, {len(x_test)} test)"
+    assert data["loss_name"] == name
+    assert data["loss"][0] == pytest.approx(expected, rel=1e-5)
+  assert abs(smoothed - plain) > 10 * 1e-5 * plain  # the tolerance tells the two losses apart
+
+
+def test_factory_extras_that_are_wrong_get_one_line(tmp_path, capsys):
+  bad = tmp_path / "bad.py"
+  bad.write_text("import numpy as np\n"
+                 "x = np.zeros((4, 3), np.float32); y = np.zeros(4, np.int32)\n"
+                 "f = lambda p, x: x\n"
+                 "def extra_key(): return f, {}, (x, y), {'optimizer': 1}\n"
+                 "def loss_not_callable(): return f, {}, (x, y), {'loss': 'mse'}\n"
+                 "def short_data(): return f, {}, (x, y), {'data': (x, y)}\n"
+                 "def mismatched(): return f, {}, (x, y), {'data': (x, y[:3], x, y)}\n")
+  for name, words in (("extra_key", "keys among loss, data, got ['optimizer']"),
+                      ("loss_not_callable", "a function loss(output, y), got a str"),
+                      ("short_data", "(x_train, y_train, x_test, y_test), got a tuple of 2"),
+                      ("mismatched", "same number (>= 1) of examples, got 4 and 3")):
+    code = _cli.main(["train", "--model", f"{bad}:{name}", "--steps", "2", "--quiet",
+                      "--out", str(tmp_path / name)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
 
 
 def test_skip_mode_drops_bad_steps_and_goes_on():

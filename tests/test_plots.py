@@ -33,15 +33,33 @@ def test_nan_weights_say_all_values_non_finite_and_thresholds_are_drawn(figures)
   _plots.plot_activation_stats([_run("relu", nan), _run("tanh", nan, "shared", "xavier")], "x")
   _plots.plot_grad_norms([_run("relu", nan)], "y")
   stats, grads = figures
-  assert sum(t == "all values non-finite" for t in _texts(stats)) == 3
+  assert sum(t == "all values non-finite" for t in _texts(stats)) == 6  # 3 rows x 2 columns
   assert sum(t == "all values non-finite" for t in _texts(grads)) == 2
-  lines = [round(l.get_ydata()[0], 6) for ax in stats.axes[1:] for l in ax.lines
+  lines = [round(l.get_ydata()[0], 6) for ax in stats.axes[2:] for l in ax.lines
            if l.get_linestyle() == ":"]
-  assert lines == [_diagnose.SATURATION_WARN_FRACTION, _diagnose.DEAD_WARN_FRACTION]
+  assert lines == [_diagnose.SATURATION_WARN_FRACTION] * 2 + [_diagnose.DEAD_WARN_FRACTION] * 2
   assert "xavier init" in [t.get_text() for t in stats.legends[0].get_texts()]
 
   _plots.plot_activation_stats([_run("relu", [0.5, 0.4, 0.3, 0.2])], "z")
   assert "all values non-finite" not in _texts(figures[-1])
+
+
+def test_runs_that_coincide_are_drawn_in_their_own_panels(figures):
+  """relu and leaky_relu at init give the same curves: small multiples (a
+  column per activation) keep each visible, both inits in each column."""
+  same = [0.5, 0.4, 0.3, 0.2]
+  runs = [_run(a, same, role, init) for a in ("relu", "leaky_relu", "tanh")
+          for role, init in (("recommended", "he"), ("shared", "xavier"))]
+  _plots.plot_activation_stats(runs, "x")
+  _plots.plot_grad_norms(runs, "y")
+  for fig, rows in zip(figures, (3, 2)):
+    grid = np.asarray(fig.axes).reshape(rows, 3)
+    assert [ax.get_title() for ax in grid[0]] == ["relu (he)", "leaky_relu (he)", "tanh (he)"]
+    for ax in grid.flat:
+      styles = sorted(l.get_linestyle() for l in ax.lines if l.get_linestyle() != ":")
+      assert styles == ["-", "--"]
+      assert all(np.allclose(l.get_ydata()[:4], same) for l in ax.lines
+                 if l.get_linestyle() != ":")
 
 
 def test_activation_curves_shade_every_low_derivative_region(figures):

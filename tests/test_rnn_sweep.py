@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _jacobians, _rnn
+from gradflow_jax import _jacobians, _mlp, _rnn
 
 
 def test_rnn_jacobians_match_jacfwd_and_grad():
@@ -128,6 +128,28 @@ def test_init_rnn_under_x64_scales_w_to_its_spectral_norm():
     p = gf.init_rnn(jax.random.key(0), cfg)
     assert p["w"].dtype == jnp.float64
     np.testing.assert_allclose(np.linalg.norm(np.asarray(p["w"]), 2), 1.2, rtol=1e-12)
+
+
+def test_per_layer_curves_of_a_deep_net_measure_a_subset_of_layers_exactly():
+  """Past CURVE_LAYERS layers the curves measure evenly spaced layers (first
+  and last included); each equals the norm measured with every layer."""
+  from gradflow_jax import _jacobians, _sweep
+  assert _sweep.curve_layers(5) == (0, 1, 2, 3, 4)
+  many = _sweep.curve_layers(100_000)
+  assert len(many) == _sweep.CURVE_LAYERS and many[0] == 0 and many[-1] == 99_999
+  cfg = gf.MLPConfig(6, 6, 9, 1, activation="relu")
+  params = gf.init_mlp(jax.random.key(0), cfg)
+  x = jax.random.normal(jax.random.key(1), (3, 6))
+  lp0 = _mlp.layer_params(cfg, params, 0)
+  stacked = _mlp.stacked_layer_params(cfg, params)
+  run = jax.jit(lambda layers: _jacobians.layer_norms_stacked(cfg, lp0, stacked, x, "exact",
+                                                              1e-5, 100, layers),
+                static_argnums=0)
+  every, _ = run(None)
+  some, _ = run((0, 4, 8))
+  np.testing.assert_allclose(np.asarray(some), np.asarray(every)[:, [0, 4, 8]], rtol=1e-6)
+  later, _ = run((3, 8))
+  np.testing.assert_allclose(np.asarray(later), np.asarray(every)[:, [3, 8]], rtol=1e-6)
 
 
 def test_layer_curves_carry_their_mean_field_reference(tmp_path):
