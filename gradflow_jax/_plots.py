@@ -250,7 +250,8 @@ def plot_layer_jacobians(curves: list[dict], path) -> None:
     layers = np.asarray(c.get("layers", np.arange(norms.shape[-1])))
     zero = np.all(norms == 0, axis=0) if norms.ndim > 1 else norms == 0
     if zero.any():  # a log axis cannot show 0: say where the curve ends and why
-      label += f" (0 at {int(zero.sum())} layers from layer {int(layers[zero][0])} on: the signal reached 0)"
+      label += (f" (0 at {int(zero.sum())} layers from layer {int(layers[zero][0])} on: "
+                "the signal reached 0)")
     _band(ax, layers, norms, cmap(i % 10), label)
     chi1 = c.get("chi1")
     if chi1 is not None and np.isfinite(chi1) and chi1 > 0:

@@ -120,3 +120,15 @@ def test_histograms_over_steps_label_zero_and_crop_to_occupied_bins(figures):
   assert "0" in labels and len(labels) <= 8
   lo, hi = ax.get_ylim()
   assert lo == centre - 42 - 0.5 and hi == centre + 41 + 0.5
+
+
+def test_a_layer_curve_that_reaches_zero_says_where(figures):
+  """A log axis cannot draw 0: the legend says from which layer the norms are
+  0, at the layers the curve was measured at."""
+  norms = np.array([[2.0, 1.5, 0.0, 0.0], [2.1, 1.4, 0.0, 0.0]])
+  _plots.plot_layer_jacobians([{"label": "relu", "layers": np.array([0, 10, 20, 30]),
+                                "norms": norms, "converged": np.ones_like(norms, bool),
+                                "chi1": 1.0}], "x")
+  (fig,) = figures
+  assert "relu (0 at 2 layers from layer 20 on: the signal reached 0)" in _texts(fig)
+  assert list(fig.axes[0].lines[0].get_xdata()) == [0, 10, 20, 30]
