@@ -9,6 +9,7 @@ return the same statistics from the step's own forward/backward pass, and
 ``log_step`` sends them to JSON Lines, TensorBoard or any CLU-style writer.
 """
 
+from gradflow_jax import plots
 from gradflow_jax import theory
 from gradflow_jax import types
 from gradflow_jax._activations import ACTIVATIONS
@@ -138,6 +139,7 @@ __all__ = (
     "tap_jacobian_norms",
     "TensorBoardWriter",
     "TapInfo",
+    "plots",
     "theory",
     "types",
     "train",

@@ -28,6 +28,11 @@ class ModelAnalysis(NamedTuple):
   findings: list
   input_jacobian: tuple = (None, None)
 
+  def _repr_html_(self) -> str:
+    """The findings (as report.html shows them) and the taps table, for notebooks."""
+    from gradflow_jax import _report
+    return _report.findings_and_taps_html(self.findings, self.stats, self.jacobians)
+
 
 def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
                   activations: dict[str, str] | None = None, infer: bool = True,

@@ -62,14 +62,16 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
   atomic_write_bytes(path, (text + "\n").encode())
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
-  """Saves a matplotlib figure as PNG atomically and closes it."""
+def save_figure(fig, path: str | os.PathLike | None, dpi: int = 110):
+  """Saves a matplotlib figure as PNG atomically (returns None), or returns
+  the figure itself when ``path`` is None (to show it in a notebook)."""
   import io
-  import matplotlib.pyplot as plt
+  if path is None:
+    return fig
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-  plt.close(fig)
   atomic_write_bytes(path, buf.getvalue())
+  return None
 
 
 def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:

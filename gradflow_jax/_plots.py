@@ -6,13 +6,22 @@ import os
 import warnings
 
 import matplotlib
-import matplotlib.pyplot as plt
+import matplotlib.figure
+import matplotlib.lines
 import jax.numpy as jnp
 import numpy as np
 
 from gradflow_jax import _activations, _io
 
 _MARKERS = "osD^vP*Xph<>"
+
+
+def _subplots(*grid, figsize=None, **kw):
+  """``plt.subplots`` without pyplot: a Figure of its own, never registered
+  with pyplot (nothing shown or kept open behind the user's back; a notebook
+  displays the returned figure once)."""
+  fig = matplotlib.figure.Figure(figsize=figsize)
+  return fig, fig.subplots(*grid, **kw)
 
 
 def _no_finite_note(ax, values) -> None:
@@ -46,7 +55,7 @@ def _small_multiples(runs, rows: list[tuple[str, str]], title: str, draw):
   Returns the figure and its (rows, columns) axes."""
   groups = _by_activation(runs)
   cols = len(groups)
-  fig, axes = plt.subplots(len(rows), cols, figsize=(max(6.0, 2.7 * cols + 1.0),
+  fig, axes = _subplots(len(rows), cols, figsize=(max(6.0, 2.7 * cols + 1.0),
                                                        2.5 * len(rows) + 0.9),
                            squeeze=False, sharey="row", sharex="col")
   for c, (act, members) in enumerate(groups):
@@ -59,11 +68,11 @@ def _small_multiples(runs, rows: list[tuple[str, str]], title: str, draw):
   for (key, label), row in zip(rows, axes):
     row[0].set_ylabel(label)
   fig.suptitle(title)
-  handles = [plt.Line2D([], [], **_init_line({"role": "recommended"}),
+  handles = [matplotlib.lines.Line2D([], [], **_init_line({"role": "recommended"}),
                         label="recommended init (in each title)")]
   shared = sorted({str(r.get("init")) for r in runs if r["role"] != "recommended"})
   if shared:
-    handles.append(plt.Line2D([], [], **_init_line({"role": "shared"}),
+    handles.append(matplotlib.lines.Line2D([], [], **_init_line({"role": "shared"}),
                               label=f"{' / '.join(shared)} init"))
   fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9,
              bbox_to_anchor=(0.5, -0.02), frameon=False)
@@ -71,7 +80,7 @@ def _small_multiples(runs, rows: list[tuple[str, str]], title: str, draw):
   return fig, axes
 
 
-def plot_activation_stats(runs: list[dict], path) -> None:
+def plot_activation_stats(runs: list[dict], path):
   """std, saturation and dead fractions against layer index: a column per
   activation, a row per statistic; the diagnosis thresholds drawn on the
   fraction rows."""
@@ -99,7 +108,7 @@ def plot_activation_stats(runs: list[dict], path) -> None:
       _no_finite_note(ax, [r["activation_stats"][key] for r in members])
   for ax in axes[-1]:
     ax.set_xlabel("hidden layer")
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
 def _positive(v):
@@ -107,7 +116,7 @@ def _positive(v):
   return np.where(np.isfinite(v) & (v > 0), v, np.nan)
 
 
-def plot_grad_norms(runs: list[dict], path) -> None:
+def plot_grad_norms(runs: list[dict], path):
   """||dL/dz_l|| per hidden layer and ||dL/dW|| per dense layer, log scale: a
   column per activation."""
   rows = [("preact_grad_norm", "||dL/dz||\nper hidden layer"),
@@ -125,10 +134,10 @@ def plot_grad_norms(runs: list[dict], path) -> None:
   axes[0, 0].set_xlabel("")
   for ax in axes[-1]:
     ax.set_xlabel("layer index")
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_activation_curves(names, path, zmax: float = 6.0) -> None:
+def plot_activation_curves(names, path, zmax: float = 6.0):
   """Each activation and its derivative. Red: the saturated tails (what the
   saturation fraction counts); orange: any other region where |phi'| < 5% of
   its maximum (GELU/SiLU's dip, leaky ReLU's negative side); grey: phi' = 0
@@ -136,7 +145,7 @@ def plot_activation_curves(names, path, zmax: float = 6.0) -> None:
   names = list(dict.fromkeys(_activations.canonical_name(n) for n in names))
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+  fig, axes = _subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
   z = np.linspace(-zmax, zmax, 1201, dtype=np.float32)
   band = dict(transform=None, alpha=0.2, lw=0)
   for ax, name in zip(axes.flat, names):
@@ -166,7 +175,7 @@ def plot_activation_curves(names, path, zmax: float = 6.0) -> None:
                "fraction counts); orange: other |phi'| < 5% of its maximum; grey: phi' = 0",
                fontsize=10)
   fig.tight_layout()
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
 def _band(ax, x, samples, colour, label, log=True) -> np.ndarray:
@@ -198,11 +207,11 @@ def _fit_log_limits(ax, drawn: list, fallback: list = ()) -> None:
       return
 
 
-def plot_depth_sweep(points: list[dict], path) -> None:
+def plot_depth_sweep(points: list[dict], path):
   """Spectral norm and mean squared singular value of dh_l/dx against depth l:
   median over seeds and examples, 10-90% band, mean-field theory dashed."""
-  fig, axes = plt.subplots(1, 2, figsize=(14, 5.2))
-  cmap = plt.get_cmap("tab10")
+  fig, axes = _subplots(1, 2, figsize=(14, 5.2))
+  cmap = matplotlib.colormaps.get_cmap("tab10")
   drawn, theory = [[], []], []
   for i, p in enumerate(points):
     c = cmap(i % 10)
@@ -233,13 +242,13 @@ def plot_depth_sweep(points: list[dict], path) -> None:
              bbox_to_anchor=(0.5, -0.02 - 0.035 * (len(labels) // 3)), frameon=False)
   fig.suptitle("Input-output Jacobians across depth: flat at 1 = dynamical isometry; "
                "growing = exploding, falling = vanishing")
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_layer_jacobians(curves: list[dict], path) -> None:
+def plot_layer_jacobians(curves: list[dict], path):
   """||dh_l/dh_(l-1)|| per layer (median over examples, 10-90% band)."""
-  fig, ax = plt.subplots(figsize=(9, 4.8))
-  cmap = plt.get_cmap("tab10")
+  fig, ax = _subplots(figsize=(9, 4.8))
+  cmap = matplotlib.colormaps.get_cmap("tab10")
   for i, c in enumerate(curves):
     norms = np.asarray(c["norms"], float)
     conv = np.asarray(c.get("converged", np.ones(norms.shape, bool)), bool)
@@ -265,14 +274,14 @@ def plot_layer_jacobians(curves: list[dict], path) -> None:
                "(He-ReLU: ~2.3 vs 1); compare each curve with its dashed line", fontsize=9)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_rnn_through_time(runs: list[dict], path) -> None:
+def plot_rnn_through_time(runs: list[dict], path):
   """Left: ||dh_T/dh_t|| against T - t per scale of W, Pascanu bound dashed.
   Right: the norm over the whole sequence against the scale of W."""
-  fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-  cmap = plt.get_cmap("viridis")
+  fig, axes = _subplots(1, 2, figsize=(14, 5))
+  cmap = matplotlib.colormaps.get_cmap("viridis")
   for i, r in enumerate(runs):
     c = cmap(i / max(len(runs) - 1, 1))
     norms = np.asarray(r["jacobian_norm"], float)[..., ::-1]  # index = T - t - 0
@@ -300,15 +309,15 @@ def plot_rnn_through_time(runs: list[dict], path) -> None:
   for ax in axes:
     ax.grid(alpha=0.3, which="both")
   fig.suptitle(f"Vanilla {runs[0]['activation']} RNN: gradients through time", y=1.04)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_training(runs: list[dict], path) -> None:
+def plot_training(runs: list[dict], path):
   """Loss, test accuracy, the first hidden layer's ||dL/dz|| and the global
   gradient norm over training, a line per run."""
-  fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+  fig, axes = _subplots(2, 2, figsize=(13, 8))
   for i, r in enumerate(runs):
-    c = plt.get_cmap("tab10")(i % 10)
+    c = matplotlib.colormaps.get_cmap("tab10")(i % 10)
     logs = r["logs"]
     steps = np.arange(len(logs["loss"]))
     axes[0, 0].plot(steps, _positive(logs["loss"]), color=c, label=r["label"])
@@ -340,10 +349,10 @@ def plot_training(runs: list[dict], path) -> None:
   if axes[1, 1].get_legend_handles_labels()[0]:
     axes[1, 1].legend(fontsize=7)
   fig.tight_layout()
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_grad_heatmap(runs: list[dict], path) -> None:
+def plot_grad_heatmap(runs: list[dict], path):
   """Layer x step heat maps of ||dL/dz_l|| / ||dL/dz_last||, the backward
   signal relative to the last hidden layer at the same step (log colour scale
   symmetric about 1), one per run: a loss that falls as the run converges
@@ -359,7 +368,7 @@ def plot_grad_heatmap(runs: list[dict], path) -> None:
   vals = np.concatenate([np.abs(np.log10(m[np.isfinite(m)])) for m in maps] or [np.ones(1)])
   span = 10 ** max(float(np.percentile(vals, 99.5)) if vals.size else 1.0, 0.5)
   norm = LogNorm(vmin=1 / span, vmax=span)
-  fig, axes = plt.subplots(len(runs), 1, figsize=(11, 2.4 * len(runs) + 0.8), squeeze=False,
+  fig, axes = _subplots(len(runs), 1, figsize=(11, 2.4 * len(runs) + 0.8), squeeze=False,
                            gridspec_kw={"hspace": 0.55})
   for ax, r, m in zip(axes[:, 0], runs, maps):
     im = ax.imshow(m, aspect="auto", origin="lower", norm=norm, cmap="RdBu_r",
@@ -370,16 +379,16 @@ def plot_grad_heatmap(runs: list[dict], path) -> None:
   fig.colorbar(im, ax=axes[:, 0].tolist(), label="||dL/dz_l|| / ||dL/dz_last||", shrink=0.9)
   fig.suptitle("Backward signal per layer over training, relative to the last hidden layer "
                "(blue: vanishing toward the input, red: growing)", fontsize=11)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_fractions(runs: list[dict], path) -> None:
+def plot_fractions(runs: list[dict], path):
   """Dead-unit and saturated fractions over training, mean over layers (solid)
   and the worst layer (dashed), beside test accuracy (a run the guard
   stopped ends where it stopped)."""
-  fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+  fig, axes = _subplots(1, 3, figsize=(17, 4.6))
   for i, r in enumerate(runs):
-    c = plt.get_cmap("tab10")(i % 10)
+    c = matplotlib.colormaps.get_cmap("tab10")(i % 10)
     for ax, field in zip(axes, ("dead_fraction", "saturation_fraction")):
       v = np.asarray(r["logs"][field], float)
       ax.plot(v.mean(1), color=c, label=r["label"])
@@ -398,7 +407,7 @@ def plot_fractions(runs: list[dict], path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
   axes[2].legend(fontsize=8)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
 def jacobian_summary(jac):
@@ -414,10 +423,10 @@ def jacobian_summary(jac):
   return np.where(unconverged, np.nan, med), unconverged
 
 
-def plot_taps(stats, jac, path) -> None:
+def plot_taps(stats, jac, path):
   """Per tap of a model: activation std, ||dL/dtap|| and the local Jacobian
   norm (median over examples; unconverged values left out and marked)."""
-  fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(stats.names)), 4.8))
+  fig, ax = _subplots(figsize=(max(7, 0.45 * len(stats.names)), 4.8))
   idx = np.arange(len(stats.names))
   ax.plot(idx, _positive(stats.activations.std), "o-", label="std of the tapped tensor")
   ax.plot(idx, _positive(stats.tap_grad_norm), "s-", label="||dL/d tap|| (backward signal)")
@@ -435,13 +444,13 @@ def plot_taps(stats, jac, path) -> None:
   ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
   fig.suptitle("Per tap, in the order the model records them")
   fig.tight_layout()
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_model_training(run: dict, path) -> None:
+def plot_model_training(run: dict, path):
   """A --model run: the mini-batch loss per step and the global gradient
   norm at the logged steps."""
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+  fig, axes = _subplots(1, 2, figsize=(12, 4.2))
   loss = np.asarray(run["loss"], float)
   axes[0].plot(np.arange(len(loss)), loss, color="C0", lw=1)
   if np.all(loss[np.isfinite(loss)] > 0):
@@ -461,10 +470,10 @@ def plot_model_training(run: dict, path) -> None:
     ax.grid(alpha=0.3, which="both")
   fig.suptitle(f"Training {os.path.basename(run['model'])} on {run['data']}")
   fig.tight_layout()
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_tap_heatmap(run: dict, path) -> None:
+def plot_tap_heatmap(run: dict, path):
   """log10 ||dL/d tap|| for every tap (rows, in forward order) at every
   logged step (columns)."""
   names = run["taps"]
@@ -473,7 +482,7 @@ def plot_tap_heatmap(run: dict, path) -> None:
   with np.errstate(divide="ignore", invalid="ignore"):
     logs = np.where(np.isfinite(grid) & (grid > 0), np.log10(grid), np.nan)
   steps = run["logged_steps"]
-  fig, ax = plt.subplots(figsize=(min(14, 4 + 0.25 * len(steps)), 1.5 + 0.28 * len(names)))
+  fig, ax = _subplots(figsize=(min(14, 4 + 0.25 * len(steps)), 1.5 + 0.28 * len(names)))
   if np.isfinite(logs).any():
     image = ax.imshow(logs, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="log10 ||dL/d tap||")
@@ -488,14 +497,14 @@ def plot_tap_heatmap(run: dict, path) -> None:
   ax.set_xlabel("step")
   ax.set_title("Backward signal at every tap over training (top: first tap; a row far darker "
                "than the rest stays vanishing)", fontsize=10)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_update_ratios(run: dict, path) -> None:
+def plot_update_ratios(run: dict, path):
   """||dW|| / ||W|| per parameter leaf at the logged steps, with the ~1e-3
   rule of thumb and the finding thresholds."""
   from gradflow_jax import _model_train, _watch
-  fig, ax = plt.subplots(figsize=(10, 4.6))
+  fig, ax = _subplots(figsize=(10, 4.6))
   leaves = run["update_ratio"]
   drawn = []
   for i, (name, values) in enumerate(leaves.items()):
@@ -514,7 +523,7 @@ def plot_update_ratios(run: dict, path) -> None:
                + ("" if len(leaves) <= 12 else f" ({len(leaves)} leaves, unlabelled)"))
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
 def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
@@ -526,7 +535,7 @@ def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
   names = list(series)[:max_taps]
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+  fig, axes = _subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
   edges = _watch.HISTOGRAM_EDGES
   centre = len(edges) // 2  # the index of the edge at 0
   image = None
@@ -566,7 +575,7 @@ def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
   more = f" (first {max_taps} of {len(series)} taps)" if len(series) > max_taps else ""
   fig.suptitle(f"{what} over training: share of entries per signed-log bin (y; the row at 0 "
                f"holds exact zeros) at each logged step (x){more}", fontsize=10)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
 def _by_depth(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -580,14 +589,14 @@ def _by_depth(result: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
   return depths, samples
 
 
-def plot_depth_study(result: dict, label: str, path) -> None:
+def plot_depth_study(result: dict, label: str, path):
   """A family across depth: spectral norm and mean squared singular value of
   the input-output Jacobian, and ||dL/d first tap|| / ||dL/d last tap||;
   median over seeds x examples with a 10-90% band, theory dashed."""
   d0 = result["depths"][0]
   what = f"d {d0['target']} / d {d0['source']}"
-  fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
-  c = plt.get_cmap("tab10")(0)
+  fig, axes = _subplots(1, 3, figsize=(17, 5.2))
+  c = matplotlib.colormaps.get_cmap("tab10")(0)
   panels = (("spectral_norm", f"spectral norm of J = {what}"),
             ("mean_sq_singular_value", "mean squared singular value of J"),
             ("first_over_last_grad_norm", "||dL/d first tap|| / ||dL/d last tap||"))
@@ -629,10 +638,10 @@ def plot_depth_study(result: dict, label: str, path) -> None:
   seeds, examples = result["settings"]["seeds"], result["settings"]["examples"]
   fig.suptitle(f"Depth study of {label} ({seeds} seed{'s' * (seeds > 1)} x {examples} "
                f"example{'s' * (examples > 1)} per depth)")
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_depth_layer_heatmap(result: dict, label: str, path) -> None:
+def plot_depth_layer_heatmap(result: dict, label: str, path):
   """Depth x tap heatmap of the mean squared singular value of d tap / d
   source (median over seeds; Hutchinson): where along the network the
   signal grows or shrinks, for every depth studied."""
@@ -643,7 +652,7 @@ def plot_depth_layer_heatmap(result: dict, label: str, path) -> None:
     v = np.nanmedian(np.asarray(d["tap_mean_sq_singular_value"], float), axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
       grid[i, :len(v)] = np.where(v > 0, np.log10(v), np.nan)
-  fig, ax = plt.subplots(figsize=(12, 1.2 + 0.55 * len(records)))
+  fig, ax = _subplots(figsize=(12, 1.2 + 0.55 * len(records)))
   finite = grid[np.isfinite(grid)]
   if finite.size:
     lim = max(abs(finite.min()), abs(finite.max()), 0.5)
@@ -660,10 +669,10 @@ def plot_depth_layer_heatmap(result: dict, label: str, path) -> None:
                 "shallower)")
   ax.set_title(f"{label}: mean squared singular value of d tap / d {records[0]['source']}, "
                "median over seeds", fontsize=10)
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)
 
 
-def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10) -> None:
+def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10):
   """The muP coordinate check: per tap, rms of its coordinates at init and
   rms of their change after each step, against width (log-log)."""
   records = result["widths"]
@@ -673,8 +682,8 @@ def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10) ->
   if len(pick) > max_taps:  # evenly spaced, always the first and last
     pick = sorted(set(np.linspace(0, len(names) - 1, max_taps).round().astype(int).tolist()))
   steps = records[0]["rms_change"].shape[1]
-  fig, axes = plt.subplots(1, steps + 1, figsize=(4.2 * (steps + 1), 4.6), sharey=False)
-  colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(pick)))
+  fig, axes = _subplots(1, steps + 1, figsize=(4.2 * (steps + 1), 4.6), sharey=False)
+  colours = matplotlib.colormaps.get_cmap("viridis")(np.linspace(0, 0.9, len(pick)))
   for k, ax in enumerate(axes):
     for c, i in zip(colours, pick):
       if k == 0:
@@ -697,4 +706,4 @@ def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10) ->
                f"{s['seeds']} seeds)\nflat lines: width-stable; lines rising with width: "
                "blow up as the model widens")
   fig.tight_layout(rect=(0, 0, 1, 0.95))
-  _io.save_figure(fig, path)
+  return _io.save_figure(fig, path)

@@ -148,3 +148,18 @@ def taps_html(stats, jac=None) -> str:
                  f"{stats.tap_grad_norm[i]:.3g}", j])
   return table_html(["tap", "role", "activation", "std", "saturated", "dead", "|dL/dtap|",
                      "|J| local"], rows)
+
+
+_CARD_STYLE = ("<style>.gf .f{padding:.4em .7em;margin:.3em 0;border-left:5px solid #999}"
+               ".gf .error{border-color:#c62828}.gf .warning{border-color:#f9a825}"
+               ".gf .info{border-color:#1565c0}.gf .ok{border-color:#2e7d32}"
+               ".gf .ev{color:#666;font-size:.85em}</style>")
+
+
+def findings_and_taps_html(findings: list, stats, jac=None) -> str:
+  """A model's findings as cards, then its taps table: a notebook's view of
+  what report.html shows (styles scoped to this block)."""
+  cards = "".join(_finding_html(labels, f, ev)
+                  for labels, f, ev in grouped_findings([("model", findings)]))
+  cards = cards or '<div class="f ok">no findings</div>'
+  return f'{_CARD_STYLE}<div class="gf">{cards}{taps_html(stats, jac)}</div>'

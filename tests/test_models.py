@@ -260,6 +260,18 @@ def test_dead_relu_layer_found_on_the_right_layer_without_naming_activations(kin
   assert dead_layer in taps and taps[0] == dead_layer  # not layer 0; layer 2 follows from it
   dead = dict(zip(a.stats.names, np.asarray(a.stats.activations.dead_fraction)))
   assert dead[dead_layer] > 0.9 and dead[dead_layer] == max(dead.values())
+  # in a notebook: the analysis shows as HTML (findings, then taps) and its
+  # figure is returned, never left open in pyplot
+  import matplotlib.figure
+  import matplotlib.pyplot as plt
+  import html
+  page = a._repr_html_()
+  messages = [html.escape(f.message) for f in a.findings]
+  assert all(m in page for m in messages) and all(n in page for n in a.stats.names)
+  assert page.index(messages[0]) < page.index("<table>")
+  before = plt.get_fignums()
+  assert isinstance(gf.plots.model_taps(a), matplotlib.figure.Figure)
+  assert plt.get_fignums() == before
 
 
 def test_saturated_tanh_net_is_flagged():

@@ -133,8 +133,10 @@ def test_every_skips_statistics_but_never_gradients():
   every3 = jax.jit(gf.value_and_grad(loss_fn, every=3))
   every1 = jax.jit(gf.value_and_grad(loss_fn))
   ref_loss, ref_grads, ref_flow = every1(w, x, y)
+  flows = []
   for step in range(4):
     loss, grads, flow = every3(w, x, y, step=jnp.int32(step))
+    flows.append(jax.device_get(flow))
     np.testing.assert_allclose(loss, ref_loss)
     jax.tree.map(np.testing.assert_allclose, grads, ref_grads)
     assert bool(flow.measured) == (step % 3 == 0)
@@ -143,6 +145,11 @@ def test_every_skips_statistics_but_never_gradients():
       np.testing.assert_allclose(flow.activations.std, ref_flow.activations.std)
     else:
       assert np.all(np.isnan(flow.tap_grad_norm)) and np.isnan(flow.global_norm)
+  # the notebook figure of those steps: measured columns drawn, skipped ones blank
+  fig = gf.plots.tap_gradients_over_steps(range(4), flows)
+  image = fig.axes[0].images[0].get_array()
+  np.testing.assert_allclose(image[:, 0], np.log10(ref_flow.tap_grad_norm), rtol=1e-5)
+  assert np.ma.getmaskarray(image)[:, 1:3].all() or np.isnan(image[:, 1:3]).all()
   n_traces = len(traces)
   every3(w, x, y, step=jnp.int32(7))
   assert len(traces) == n_traces  # a new step number does not retrace

@@ -1,0 +1,62 @@
+"""Figures of the library's results, for notebooks and scripts.
+
+Each function takes what a library call returned and draws the same figure
+the CLI writes. With ``path=None`` (the default) it returns the matplotlib
+``Figure`` (a notebook shows it inline, once); with a path it writes a PNG
+atomically and returns None. pyplot is never used: no figure is left open
+and the user's backend is untouched.
+
+  analysis = gf.analyze_model(model, x, y)
+  gf.plots.model_taps(analysis)            # inline in a notebook
+  gf.plots.depth_study(gf.depth_study(make, settings), "my family")
+"""
+
+from __future__ import annotations
+
+from gradflow_jax import _plots
+
+
+def model_taps(analysis, path=None):
+  """Per tap of :func:`analyze_model`'s result: std, ||dL/d tap|| and the
+  local Jacobian norm (unconverged values marked, not drawn)."""
+  return _plots.plot_taps(analysis.stats, analysis.jacobians, path)
+
+
+def depth_sweep(result, path=None):
+  """:func:`run_sweep`'s result: spectral norm and mean squared singular value
+  of dh_l/dx against depth, mean-field theory dashed."""
+  return _plots.plot_depth_sweep(result["points"], path)
+
+
+def depth_study(result, label: str = "", path=None):
+  """:func:`depth_study`'s result: the family's growth with depth against
+  its laws."""
+  return _plots.plot_depth_study(result, label, path)
+
+
+def depth_layer_heatmap(result, label: str = "", path=None):
+  """:func:`depth_study`'s result: per-tap values (rows) at every depth."""
+  return _plots.plot_depth_layer_heatmap(result, label, path)
+
+
+def coordinate_check(result, label: str = "", path=None):
+  """:func:`width_study`'s result: activation size and its change after a
+  few steps against width (the muP coordinate check)."""
+  return _plots.plot_coordinate_check(result, label, path)
+
+
+def tap_gradients_over_steps(steps, flows, path=None):
+  """log10 ||dL/d tap|| of every tap (rows) at every logged step (columns)
+  from the :class:`FlowStep` values a monitored loop collected (host copies,
+  e.g. ``jax.device_get(flow)``); steps that were not measured are blank."""
+  import numpy as np
+  flows = list(flows)
+  if not flows or len(flows) != len(steps):
+    raise ValueError(f"expected one FlowStep per step, got {len(flows)} for {len(steps)} steps")
+  names = list(flows[0].names)
+  grads = [np.asarray(f.tap_grad_norm, float) if bool(f.measured)
+           else np.full(len(names), np.nan) for f in flows]
+  run = {"taps": names, "logged_steps": [int(s) for s in steps],
+         "tap_stats": {n: {"grad_norm": [float(g[i]) for g in grads]}
+                       for i, n in enumerate(names)}}
+  return _plots.plot_tap_heatmap(run, path)
