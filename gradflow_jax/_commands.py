@@ -554,7 +554,8 @@ def train_model(args) -> int:
   findings = _model_train.window_findings(result, tc.window)
   label = args.model
   if not args.quiet and not args.json:
-    console.print(_render.model_train_table(result))
+    console.print(_render.model_train_table(
+        result, f"{data.name} ({_loss_name(args, extras)})"))
     _render.print_findings(console, [{"label": label, "findings": findings}])
     if not findings:
       console.print("[green]no warnings[/]")

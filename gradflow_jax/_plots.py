@@ -458,7 +458,8 @@ def plot_model_training(run: dict, path):
   if run["stopped_at"] is not None:
     axes[0].axvline(run["stopped_at"], color="firebrick", ls=":", label="NaN/Inf: stopped")
     axes[0].legend(fontsize=8)
-  axes[0].set_title("mini-batch training loss")
+  axes[0].set_title("mini-batch training loss"
+                    + (f" ({run['loss_name']})" if run.get("loss_name") else ""))
   axes[0].set_xlabel("step")
   norms = _positive([np.nan if v is None else v for v in run["global_norm"]])
   axes[1].plot(run["logged_steps"], norms, "o-", color="C1", ms=3)

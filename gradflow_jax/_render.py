@@ -148,10 +148,11 @@ def taps_table(stats, jac=None) -> Table:
   return t
 
 
-def model_train_table(result) -> Table:
+def model_train_table(result, on: str = "") -> Table:
   """A --model training run: per tap, its first and last logged
-  ||dL/d tap||, activation std and dead fraction."""
-  t = Table(title=f"{len(result.losses)} steps, final loss "
+  ||dL/d tap||, activation std and dead fraction. ``on``: what it trained
+  on, for the title."""
+  t = Table(title=f"{len(result.losses)} steps{' on ' + on if on else ''}, final loss "
                   f"{fmt(result.losses[-1]) if len(result.losses) else '-'}"
                   + (f", test accuracy {fmt(result.accuracy, pct=True)}"
                      if result.accuracy is not None else "")
