@@ -7,7 +7,9 @@ Every layer with weights (linen ``Dense``, ``DenseGeneral``, ``Conv``,
 ``post``: the previous layer's activation) unless that input is the model's
 own input or already a tap. The input of every normalization layer
 (``LayerNorm``, ``RMSNorm``, ``BatchNorm``, ``GroupNorm``) is tapped too
-(role ``tap``): in a pre-LN network that is the residual stream. Only
+(role ``tap``): in a pre-LN network that is the residual stream. A user's
+own ``self.perturb(name, x)`` points (Flax's intermediate-gradient mechanism)
+are taps too, named by module path (role ``tap``). Only
 trainable parameters are differentiated:
 RNG state, batch statistics and other collections are held fixed, so Dropout
 and BatchNorm in training mode run as the user wrote them (one fixed dropout
@@ -59,6 +61,37 @@ def _tap_input(c, name: str, x, role: str):
   return c.replace(x, _probe.tap(f"{name}/input", x, role=role))
 
 
+def _tap_perturb_point(path: str, name: str, value, perturb=lambda v: v):
+  """``perturb(value)`` at a user's own ``self.perturb(name, value)`` (Flax's
+  intermediate-gradient mechanism), tapped as ``path/name`` (role ``tap``):
+  its statistics and dL/d value then come out of the analysis. A value that
+  is already a tap (a layer's output), or the model's input, is not tapped
+  again."""
+  c = _probe.current()
+  if c is None or not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.inexact):
+    return perturb(value)
+  if c.tapped_as(value) is not None:
+    return perturb(c.tapped_as(value))
+  if c.seen(value):
+    return perturb(value)
+  return _probe.tap(f"{path}/{name}" if path else name, perturb(value), role="tap")
+
+
+def _honour_linen_perturb(module) -> None:
+  """Gives this bound module (a clone made for one apply, never the user's
+  object) a ``perturb`` that does what Flax's does (adds the variable of a
+  'perturbations' collection, when there is one) and taps the result."""
+  if "perturb" in module.__dict__:
+    return
+  original = type(module).perturb
+  path = "/".join(str(p) for p in module.path)
+
+  def perturb(name, value, collection="perturbations"):
+    return _tap_perturb_point(path, name, value,
+                              lambda v: original(module, name, v, collection))
+  object.__setattr__(module, "perturb", perturb)
+
+
 def _tap_layer(name: str, call, x, *args, **kwargs):
   """Runs one weight layer with its input and output tapped."""
   c = _probe.current()
@@ -70,6 +103,8 @@ def _tap_layer(name: str, call, x, *args, **kwargs):
 def _linen_interceptor(next_fun, args, kwargs, context):
   kind = type(context.module).__name__
   c = _probe.current()
+  if c is not None:
+    _honour_linen_perturb(context.module)
   if c is not None and not context.module.path and context.method_name == "__call__":
     c.mark(*jax.tree.leaves((args, kwargs)))  # the top module's input is the data, not a tap
   if context.method_name != "__call__" or kind not in _LINEN_LAYERS + _NORMS or not args:
@@ -144,16 +179,37 @@ def _tapped_class(cls):
   return _NNX_TAPPED[cls]
 
 
+_NNX_PERTURBED: dict[type, type] = {}
+
+
+def _perturb_class(cls):
+  """A subclass of a user's NNX module class whose ``perturb(name, value)``
+  taps the value (see ``_tap_perturb_point``); while an analysis records, it
+  returns the tapped value without creating a ``Perturbation`` variable (the
+  tap is the perturbation), otherwise it is Flax's own."""
+  if cls not in _NNX_PERTURBED:
+    def perturb(self, name, value, *args, **kwargs):
+      if _probe.current() is None:
+        return cls.perturb(self, name, value, *args, **kwargs)
+      return _tap_perturb_point(self._gradflow_name, name, value)
+    _NNX_PERTURBED[cls] = type(cls.__name__, (cls,), {"perturb": perturb})
+  return _NNX_PERTURBED[cls]
+
+
 def tap_nnx_layers(m) -> None:
   """Swaps the class of every Flax weight and normalization layer inside
-  ``m`` (a merged copy, never the user's model) for its tapped subclass."""
+  ``m`` (a merged copy, never the user's model) for its tapped subclass, and
+  of every other module for one whose ``perturb`` calls are tapped."""
   from flax import nnx
   for path, mod in nnx.iter_graph(m):
-    if isinstance(mod, nnx.Module) and type(mod).__name__ in _NNX_LAYERS + _NORMS and type(
-        mod).__module__.startswith("flax."):
-      mod.__class__ = _tapped_class(type(mod))
-      object.__setattr__(mod, "_gradflow_name", "/".join(str(p) for p in path)
-                         or type(mod).__name__)
+    if not isinstance(mod, nnx.Module) or type(mod) in _NNX_TAPPED.values() or type(
+        mod) in _NNX_PERTURBED.values():
+      continue
+    flax_layer = type(mod).__name__ in _NNX_LAYERS + _NORMS and type(
+        mod).__module__.startswith("flax.")
+    name = "/".join(str(p) for p in path)
+    mod.__class__ = (_tapped_class if flax_layer else _perturb_class)(type(mod))
+    object.__setattr__(mod, "_gradflow_name", name or (type(mod).__name__ if flax_layer else ""))
 
 
 def from_nnx(model, *, output=None, auto: bool = True, name: str | None = None,

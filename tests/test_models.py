@@ -347,3 +347,76 @@ def test_importing_the_library_leaves_the_matplotlib_backend_alone():
           "print(matplotlib.get_backend())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "svg"
+
+
+def test_a_users_own_perturb_points_are_taps_with_their_values_and_gradients():
+  """Flax's own intermediate-gradient mechanism, `self.perturb(name, h)`, in
+  a linen and an NNX model (one nested in a submodule): each point is a tap
+  named by module path, its std and ||dL/dh|| equal a direct computation
+  (jax.grad with respect to h), and the user's NNX model is left as it was."""
+  from flax import linen as nn
+  from flax import nnx
+  x = jax.random.normal(jax.random.key(0), (6, 5))
+  y = jnp.arange(6) % 3
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+      return self.perturb("z", nn.Dense(8)(h) * 0.5)
+
+  class LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = self.perturb("hidden", jnp.tanh(nn.Dense(8)(x)))
+      return nn.Dense(3)(jnp.tanh(Block()(h)))
+
+  class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+      self.l1 = nnx.Linear(5, 8, rngs=rngs)
+      self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(self.perturb("hidden", jnp.tanh(self.l1(x))))
+
+  def reference(w1, b1, w2, b2):
+    h = jnp.tanh(x @ w1 + b1[None])
+    g = jax.grad(lambda h: gf.loss_value("cross_entropy", h @ w2 + b2[None], y))(h)
+    return float(jnp.std(h, ddof=1)), float(jnp.linalg.norm(g))
+
+  module = LinenNet()
+  variables = module.init(jax.random.key(1), x)
+  stats = gf.model_flow_stats(gf.from_linen(module, variables), x, y)
+  assert "hidden" in stats.names and "Block_0/z" in stats.names
+  assert "Block_0/Dense_0/input" not in stats.names  # the perturbed value is that input
+  p = variables["params"]
+  w1, b1 = p["Dense_0"]["kernel"], p["Dense_0"]["bias"]
+  h = jnp.tanh(x @ w1 + b1[None])
+  z = (h @ p["Block_0"]["Dense_0"]["kernel"] + p["Block_0"]["Dense_0"]["bias"][None]) * 0.5
+  gz = jax.grad(lambda z: gf.loss_value("cross_entropy", jnp.tanh(z) @ p["Dense_1"]["kernel"]
+                                        + p["Dense_1"]["bias"][None], y))(z)
+  i, k = stats.names.index("hidden"), stats.names.index("Block_0/z")
+  assert stats.roles[i] == "tap"
+  np.testing.assert_allclose(stats.tap_grad_norm[k], jnp.linalg.norm(gz), rtol=1e-5)
+  np.testing.assert_allclose(stats.activations.std[k], jnp.std(z, ddof=1), rtol=1e-5)
+  block = lambda h: (h @ p["Block_0"]["Dense_0"]["kernel"]
+                     + p["Block_0"]["Dense_0"]["bias"][None]) * 0.5
+  gh = jax.grad(lambda h: gf.loss_value("cross_entropy", jnp.tanh(block(h)) @ p["Dense_1"][
+      "kernel"] + p["Dense_1"]["bias"][None], y))(h)
+  np.testing.assert_allclose([stats.activations.std[i], stats.tap_grad_norm[i]],
+                             [jnp.std(h, ddof=1), jnp.linalg.norm(gh)], rtol=1e-5)
+
+  net = NNXNet(nnx.Rngs(2))
+  nstats = gf.model_flow_stats(gf.from_nnx(net), x, y)
+  j = nstats.names.index("hidden")
+  std, gnorm = reference(net.l1.kernel[...], net.l1.bias[...], net.l2.kernel[...],
+                         net.l2.bias[...])
+  np.testing.assert_allclose([nstats.activations.std[j], nstats.tap_grad_norm[j]], [std, gnorm],
+                             rtol=1e-5)
+  assert type(net) is NNXNet and not any(isinstance(v, nnx.Perturbation)
+                                         for _, v in nnx.iter_graph(net))
+  # the same point in a user's own training step
+  _, _, flow = gf.nnx_value_and_grad(lambda m, x, y: gf.loss_value("cross_entropy", m(x), y))(
+      net, x, y)
+  np.testing.assert_allclose(flow.tap_grad_norm[flow.names.index("hidden")], gnorm, rtol=1e-5)
+  assert type(net) is NNXNet and not any(isinstance(v, nnx.Perturbation)
+                                         for _, v in nnx.iter_graph(net))
