@@ -19,6 +19,10 @@ SATURATION_WARN_FRACTION = 0.10
 # init (deep representations correlate across examples, so a unit's sign is
 # shared by all of them); a quarter and more is the dying-ReLU pathology.
 DEAD_WARN_FRACTION = 0.25
+# a layer over DEAD_WARN_FRACTION with at least this share of its dead fraction
+# always active is collapsed examples, not dying units (healthy batches of
+# distinct inputs have almost no unit active on every example)
+COLLAPSE_ACTIVE_SHARE = 1 / 3
 # ||dL/dz|| at the first hidden layer against the last: a ratio below 1/100
 # means early layers learn 100x slower than late ones (vanishing); above 100,
 # early updates dominate and blow up (exploding).
@@ -122,16 +126,35 @@ def _fraction_finding(values, threshold, code, what, fix) -> list[Finding]:
 
 
 def _saturation_and_dead(acts) -> list[Finding]:
-  return (_fraction_finding(
+  """Saturation and dead units; a layer whose units are constant on the
+  whole batch both ways (as many always active as always inactive, to
+  COLLAPSE_ACTIVE_SHARE) is reported as collapsed examples, not dying units."""
+  dead = np.asarray(acts["dead_fraction"], float)
+  active = np.asarray(acts.get("always_active_fraction", np.full(dead.shape, np.nan)), float)
+  collapsed = (dead > DEAD_WARN_FRACTION) & (np.nan_to_num(active) >= COLLAPSE_ACTIVE_SHARE * dead)
+  found = (_fraction_finding(
               acts["saturation_fraction"], SATURATION_WARN_FRACTION, "saturation",
               "saturated units: up to {top:.0%} of pairs in a flat tail",
               "normalize inputs, add LayerNorm, or switch to a non-saturating activation; "
               "for the weight scale see the criticality finding (gf.theory.critical_sigma_w)")
-          + _fraction_finding(
-              acts["dead_fraction"], DEAD_WARN_FRACTION, "dead_units",
+           + _fraction_finding(
+              np.where(collapsed, 0.0, dead), DEAD_WARN_FRACTION, "dead_units",
               "dead units: up to {top:.0%} of a layer's units never active",
               "use He initialization, smaller learning rates, non-negative biases, or "
               "leaky ReLU / GELU / SiLU"))
+  if collapsed.any():
+    worst = int(np.argmax(np.where(collapsed, dead, -1)))
+    found.append(Finding(
+        "warning", "batch_collapse", _layers(collapsed),
+        f"the examples collapse onto one direction: up to {dead[worst]:.0%} of a layer's units "
+        f"are inactive and {active[worst]:.0%} active on every example (units constant on the "
+        "batch, not dying ones)",
+        {"max_fraction": float(dead[worst]), "always_active_fraction": float(active[worst])},
+        "the network maps different inputs to nearly the same point with depth (ReLU-like nets "
+        "at criticality: the correlation map's fixed point is c* = 1, Schoenholz et al. 2017): "
+        "add residual connections or normalization, or use fewer layers; fixes for dying units "
+        "will not help"))
+  return found
 
 
 def _flow(acts, grads) -> list[Finding]:
@@ -375,6 +398,7 @@ def diagnose_model(stats, jacobians=None, causes=(), input_jacobian=None) -> lis
                           and s.roles[i] != "pre" for i in range(len(names))])
   tested = np.nonzero(known | (~explained & np.asarray([r != "pre" for r in s.roles])))[0]
   sub = {"dead_fraction": a["dead_fraction"][tested],
+         "always_active_fraction": a["always_active_fraction"][tested],
          "saturation_fraction": np.nan_to_num(a["saturation_fraction"][tested])}
   found += [_tap_finding(f, names, tested) for f in _saturation_and_dead(sub)]
   pre = np.asarray([r == "pre" for r in s.roles])

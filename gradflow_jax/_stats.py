@@ -25,6 +25,11 @@ class ActivationStats(NamedTuple):
     dead_fraction: share of units inactive (zero derivative) on every example.
     zero_fraction: share of unit-example pairs with an activation of exactly 0.
     nonfinite: number of NaN/Inf entries in z_l or a_l.
+    always_active_fraction: share of units active on every example (NaN where
+      the activation has no inactive region, or is unknown). Next to a high
+      dead fraction it tells dying units (few always-active ones) from
+      examples that have collapsed onto one direction (units constant on the
+      batch both ways, as deep in a ReLU net at criticality).
   """
   mean: jax.Array
   std: jax.Array
@@ -34,6 +39,7 @@ class ActivationStats(NamedTuple):
   dead_fraction: jax.Array
   zero_fraction: jax.Array
   nonfinite: jax.Array
+  always_active_fraction: jax.Array
 
 
 class GradientStats(NamedTuple):
@@ -154,15 +160,17 @@ def _over_examples(fn, x):
 
 
 def _tests(g: _Group, dtype, size):
-  """(saturation fraction, dead fraction) per row. A unit is dead when it is
-  inactive on every example; for one-sided bounds that is a test of its
-  largest (or smallest) value, a plain reduction, which XLA:CPU runs several
-  times faster than the reduction of a mask."""
+  """(saturation fraction, dead fraction, always-active fraction) per row. A
+  unit is dead when it is inactive on every example; for one-sided bounds that
+  is a test of its largest (or smallest) value, a plain reduction, which
+  XLA:CPU runs several times faster than the reduction of a mask (and
+  always-active is the test of the other extreme)."""
   rows = g.values.shape[:1]
+  nan = jnp.full(rows, jnp.nan, jnp.float32)
   if g.act is None:  # dead: exactly 0 on every example
     v = g.values
     return jnp.full(rows, jnp.nan, dtype), _unit_share((_over_examples(jnp.max, v) == 0)
-                                                       & (_over_examples(jnp.min, v) == 0))
+                                                       & (_over_examples(jnp.min, v) == 0)), nan
   lo, hi = g.act.saturation_bounds
   if math.isinf(lo) and math.isinf(hi):
     sat = jnp.zeros(rows, dtype)
@@ -172,16 +180,18 @@ def _tests(g: _Group, dtype, size):
   t = g.tested
   if g.act.name == "prelu":
     slope = jnp.reshape(g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
-    dead = _dead_fraction(g.act.is_inactive(g.tested, slope))
-  elif math.isinf(lo) and math.isinf(hi):
-    dead = jnp.zeros(rows, jnp.float32)
-  elif math.isinf(hi):  # inactive at z <= lo
-    dead = _unit_share(_over_examples(jnp.max, t) <= lo)
-  elif math.isinf(lo):  # inactive at z > hi
-    dead = _unit_share(_over_examples(jnp.min, t) > hi)
-  else:
-    dead = _dead_fraction(g.act.is_inactive(g.tested))
-  return sat, dead
+    inactive = g.act.is_inactive(g.tested, slope)
+    return sat, _dead_fraction(inactive), _dead_fraction(~inactive)
+  if math.isinf(lo) and math.isinf(hi):
+    return sat, jnp.zeros(rows, jnp.float32), nan
+  if math.isinf(hi):  # inactive at z <= lo
+    return (sat, _unit_share(_over_examples(jnp.max, t) <= lo),
+            _unit_share(_over_examples(jnp.min, t) > lo))
+  if math.isinf(lo):  # inactive at z > hi
+    return (sat, _unit_share(_over_examples(jnp.min, t) > hi),
+            _unit_share(_over_examples(jnp.max, t) <= hi))
+  inactive = g.act.is_inactive(g.tested)
+  return sat, _dead_fraction(inactive), _dead_fraction(~inactive)
 
 
 def _unit_share(mask):
@@ -212,12 +222,12 @@ def _masked_group(g: _Group):
   bad = ~finite
   if not g.same:
     bad = bad | ~jnp.isfinite(g.tested)
-  sat, dead = _tests(g, values.dtype, size)
+  sat, dead, active = _tests(g, values.dtype, size)
   return (mean_d + shift.reshape(-1), jnp.sqrt(var),
           _per_row(jnp.min, jnp.where(finite, values, big)),
           _per_row(jnp.max, jnp.where(finite, values, -big)), sat, dead,
           _count(values == 0, values.dtype) / size,
-          _count(bad, values.dtype).astype(jnp.int32))
+          _count(bad, values.dtype).astype(jnp.int32), active)
 
 
 def _finite_group(g: _Group, shift, s1):
@@ -229,10 +239,10 @@ def _finite_group(g: _Group, shift, s1):
   s2 = _per_row(jnp.sum, d * d)
   mean_d = s1 / size
   var = jnp.maximum(s2 - s1 * mean_d, 0) / (size - 1)
-  sat, dead = _tests(g, values.dtype, size)
+  sat, dead, active = _tests(g, values.dtype, size)
   return (mean_d + shift, jnp.sqrt(var), _per_row(jnp.min, values), _per_row(jnp.max, values),
           sat, dead, _count(values == 0, values.dtype) / size,
-          jnp.zeros(values.shape[:1], jnp.int32))
+          jnp.zeros(values.shape[:1], jnp.int32), active)
 
 
 def rows_stats(rows: list[Row]) -> ActivationStats:

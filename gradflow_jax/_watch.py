@@ -273,7 +273,8 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
                   _activations.get_activation(i.activation) if i.activation else None)
               for i in info]
       stats = (rows_stats(rows) if rows else
-               ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32)))
+               ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32),
+                               jnp.zeros((0,), jnp.float32)))
       leaf_norms = jax.tree.map(leaf_norm, grads)
       tap_norms = (jnp.stack([leaf_norm(gt[n]) for n in names]) if names
                    else jnp.zeros((0,), jnp.float32))

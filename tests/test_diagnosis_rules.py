@@ -96,3 +96,30 @@ def test_rnn_bound_is_context_not_a_verdict():
   kinds = [f.kind for f in found]
   assert kinds == ["vanishing_gradients_rnn"], kinds
   assert "necessary, not sufficient" in found[0].message
+
+
+def test_examples_collapsed_onto_one_direction_are_not_called_dying_units():
+  """He-ReLU at depth 30, width 64: deep in the net the examples are nearly
+  collinear (mean cosine 0.99 at the last layer), so units are off on the
+  whole batch, but as many are on for all of it: batch_collapse, not
+  dead_units. A bias of -3 on one layer is dying units, on that layer."""
+  cfg = gf.MLPConfig(64, 64, 30, 10, activation="relu", init="he_normal")
+  params = gf.init_mlp(jax.random.key(0), cfg)
+  x = jax.random.normal(jax.random.key(1), (64, 64))
+  y = jnp.arange(64) % 10
+  _, trace = gf.mlp_forward(cfg, params, x)
+  a = np.asarray(trace.post[-1])
+  a = a / np.linalg.norm(a, axis=1, keepdims=True)
+  assert (a @ a.T)[np.triu_indices(64, 1)].mean() > 0.95  # the premise: collinear examples
+  kinds = {f.kind: f for f in gf.diagnose(cfg, params, x, y)}
+  assert "batch_collapse" in kinds and "dead_units" not in kinds
+  z = np.asarray(trace.pre[-1])
+  assert kinds["batch_collapse"].evidence["always_active_fraction"] >= 0.1
+  assert (z > 0).all(0).mean() > 0.1  # numpy: units active on every example exist
+  shifted = jax.tree.map(lambda v: v, params)
+  shifted["layers"][1] = {**shifted["layers"][1], "b": shifted["layers"][1]["b"] - 3.0}
+  small = gf.MLPConfig(64, 64, 4, 10, activation="relu", init="he_normal")
+  shallow = {"layers": shifted["layers"][:4] + [params["layers"][-1]]}
+  found = {f.kind: f for f in gf.diagnose(small, shallow, x, y)}
+  assert "dead_units" in found and 1 in found["dead_units"].layers
+  assert "batch_collapse" not in found

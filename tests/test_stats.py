@@ -234,6 +234,7 @@ def test_rows_of_mixed_shapes_and_tests_match_numpy():
   rng = np.random.default_rng(0)
   z = [rng.normal(size=(9, 7)).astype(np.float32) for _ in range(6)]
   z[0][:, :3] -= 8.0  # relu: three dead units
+  z[0][:, 5] += 8.0  # relu: one unit active on every example
   z[2][:, 1] = 9.0 * np.sign(rng.normal(size=9))  # tanh: a unit in both flat tails
   z[3][:, :2] = 0.0  # no activation: two units exactly 0
   z[4] = rng.normal(size=(9, 4)).astype(np.float32)  # another shape, between the others
@@ -253,7 +254,14 @@ def test_rows_of_mixed_shapes_and_tests_match_numpy():
       if a is None:
         want["dead_fraction"] = (v == 0).all(axis=0).mean()
       else:
-        want.update(_np_layer_stats(_activations.get_activation(a), v, v))
+        act = _activations.get_activation(a)
+        want.update(_np_layer_stats(act, v, v))
+        if not all(np.isinf(act.inactive_bounds)):
+          d = np.abs(np.asarray(act.derivative(jnp.asarray(v), None)))
+          active = d > _activations.INACTIVE_DERIVATIVE_RATIO * act.max_derivative
+          want["always_active_fraction"] = active.all(axis=0).mean()
+      if "always_active_fraction" not in want:
+        assert np.isnan(float(s.always_active_fraction[k])), (bad, k)
         for f in ("mean", "std", "min", "max"):
           want[f] = dict(mean=keep.mean(), std=keep.std(ddof=1), min=keep.min(),
                          max=keep.max())[f]
@@ -261,6 +269,7 @@ def test_rows_of_mixed_shapes_and_tests_match_numpy():
         assert float(getattr(s, field)[k]) == pytest.approx(float(w), rel=1e-5, abs=1e-6), \
             (bad, k, field)
     assert float(s.dead_fraction[0]) == pytest.approx(3 / 7)
+    assert float(s.always_active_fraction[0]) == pytest.approx(1 / 7)
     assert float(s.dead_fraction[2]) == pytest.approx(1 / 7)
     assert float(s.dead_fraction[3]) == pytest.approx(2 / 7)
     assert np.isnan(float(s.saturation_fraction[1]))
