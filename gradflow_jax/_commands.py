@@ -483,6 +483,11 @@ def _loss_name(args, extras: dict) -> str:
   return loss if isinstance(loss, str) else "the factory's loss"
 
 
+def _classes(labels: np.ndarray) -> int:
+  """Number of classes of integer labels (max + 1); 0 for other targets."""
+  return int(labels.max()) + 1 if np.issubdtype(labels.dtype, np.integer) else 0
+
+
 def _model_data(args, x, y, factory_data=None):
   """The training data of a --model run: --data; else the factory's own
   extras['data']; else digits for 64-feature vector inputs; else the
@@ -493,9 +498,8 @@ def _model_data(args, x, y, factory_data=None):
     data = _load_data(args.data, args.seed)
   elif factory_data is not None:
     x_train, y_train, x_test, y_test = factory_data
-    labels = np.concatenate([y_train.ravel(), y_test.ravel()])
-    classes = int(labels.max()) + 1 if np.issubdtype(labels.dtype, np.integer) else 0
-    data = _data.Dataset(x_train, y_train, x_test, y_test, classes,
+    data = _data.Dataset(x_train, y_train, x_test, y_test,
+                         _classes(np.concatenate([y_train.ravel(), y_test.ravel()])),
                          f"the factory's data ({len(x_train)} train, {len(x_test)} test)")
   elif x_np is not None and x_np.ndim == 2 and x_np.shape[1] == 64 and np.issubdtype(
       x_np.dtype, np.floating):
@@ -504,8 +508,8 @@ def _model_data(args, x, y, factory_data=None):
     if x_np is None:
       raise ValueError("expected the factory's x to be an array to train on (or pass --data)")
     y_np = np.asarray(y)
-    classes = int(y_np.max()) + 1 if np.issubdtype(y_np.dtype, np.integer) else 0
-    return _data.Dataset(x_np, y_np, x_np, y_np, classes, f"the factory's batch ({len(x_np)})")
+    return _data.Dataset(x_np, y_np, x_np, y_np, _classes(y_np),
+                         f"the factory's batch ({len(x_np)})")
   if x_np is not None and data.x_train.shape[1:] != x_np.shape[1:]:
     raise ValueError(f"expected the training inputs shaped like the factory's batch "
                      f"{tuple(x_np.shape[1:])}, got {tuple(data.x_train.shape[1:])}")
@@ -565,7 +569,8 @@ def train_model(args) -> int:
   for i, name in enumerate(result.names):
     taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in result.flows]
   payload = {"model": args.model, "data": data.name, "settings": dataclasses.asdict(tc),
-             "loss_name": _loss_name(args, extras), "taps": list(result.names), "roles": list(result.roles),
+             "loss_name": _loss_name(args, extras), "taps": list(result.names),
+             "roles": list(result.roles),
              "activation_names": list(result.activation_names),
              "steps_run": len(result.losses), "stopped_at": result.stopped_at,
              "skipped_steps": result.skipped,

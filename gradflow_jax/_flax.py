@@ -70,10 +70,9 @@ def _tap_perturb_point(path: str, name: str, value, perturb=lambda v: v):
   c = _probe.current()
   if c is None or not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.inexact):
     return perturb(value)
-  if c.tapped_as(value) is not None:
-    return perturb(c.tapped_as(value))
-  if c.seen(value):
-    return perturb(value)
+  earlier = c.tapped_as(value)
+  if earlier is not None or c.seen(value):
+    return perturb(value if earlier is None else earlier)
   return _probe.tap(f"{path}/{name}" if path else name, perturb(value), role="tap")
 
 
@@ -105,8 +104,8 @@ def _linen_interceptor(next_fun, args, kwargs, context):
   c = _probe.current()
   if c is not None:
     _honour_linen_perturb(context.module)
-  if c is not None and not context.module.path and context.method_name == "__call__":
-    c.mark(*jax.tree.leaves((args, kwargs)))  # the top module's input is the data, not a tap
+    if not context.module.path and context.method_name == "__call__":
+      c.mark(*jax.tree.leaves((args, kwargs)))  # the top module's input is the data, not a tap
   if context.method_name != "__call__" or kind not in _LINEN_LAYERS + _NORMS or not args:
     return next_fun(*args, **kwargs)
   path = "/".join(str(p) for p in context.module.path) or kind

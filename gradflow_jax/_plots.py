@@ -131,7 +131,6 @@ def plot_grad_norms(runs: list[dict], path):
     row[0].set_yscale("log")
     for ax, (act, members) in zip(row, _by_activation(runs)):
       _no_finite_note(ax, [_positive(r["gradient_stats"][key]) for r in members])
-  axes[0, 0].set_xlabel("")
   for ax in axes[-1]:
     ax.set_xlabel("layer index")
   return _io.save_figure(fig, path)

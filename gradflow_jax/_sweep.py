@@ -23,8 +23,8 @@ from gradflow_jax._config import MLPConfig
 
 
 # The time model of SweepSettings.estimated_seconds, fitted on 2 CPU cores
-# (jax 0.10) over widths 8-256 and depths 2000-100000: measured / estimated
-# of the sweep part fell within 0.6-1.6 at widths >= 64.
+# (jax 0.10) over widths 8-256 and depths 500-100000: measured / estimated
+# 0.85-0.97 there (benchmarks/bench_sweep_estimate.py).
 _FIXED_SECONDS = 6.0   # per config: compiling and starting the two programs
 _LAYER_SECONDS = 4e-5  # per layer and config: the loop's own overhead
 _STEP_FACTOR = 8       # a layer of the sweep costs this many calibration steps
