@@ -11,13 +11,14 @@ are held fixed).
 How: each tap passes on ``stop_gradient(value) + perturbation`` (see
 ``_probe.cutting``), so one jvp with tangents at every tap gives every
 J_k v at once and one vjp every J_k^T u. Which taps feed which is found once,
-by jvps from each tap; links that share an upstream tap go to different
+by jvps from each tap (one tap per example, so a jvp tests as many taps as
+the batch has examples); links that share an upstream tap go to different
 rounds (a vjp would otherwise mix them). Then block Lanczos on J_k^T J_k
-runs for every (tap, example) block of a round at once. The model is
-linearized once and each round's linear map is restricted to its sources,
-so a step of a round costs only its links (the operations between its
-sources and the next cuts): in all, about steps x (one jvp + one vjp of the
-model) however many rounds there are, plus one forward pass.
+runs for every (tap, example) block of every round at once, in one loop.
+The model is linearized once and each round's linear map is restricted to
+its sources, so a step of a round costs only its links (the operations
+between its sources and the next cuts): in all, about steps x (one jvp + one
+vjp of the model) however many rounds there are, plus one forward pass.
 
 The Lanczos recurrence runs without reorthogonalisation (no basis is kept: a
 basis of every tap's vectors did not fit the cost): in floating point that
@@ -29,6 +30,7 @@ subspace, as on rank-deficient ReLU Jacobians) ends the block's iteration.
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -39,6 +41,26 @@ from gradflow_jax import _model_stats, _probe
 
 INPUT = "<input>"
 LANCZOS_STEPS = 32
+
+
+def _cpu_tuned_jit(level: int, static_argnums):
+  """``jax.jit`` that, on the CPU, compiles at XLA backend optimization level
+  ``level``. These programs are compiled once per model and run few steps,
+  so on the CPU a lower level wins on compile + run (12-block transformer:
+  the dependency program 6.7 s at the default level, 3.6 s at 0; Lanczos
+  12.4 s against 10.1 s at 1; ``benchmarks/bench_models.py``). Other
+  backends, and an XLA_FLAGS that sets the level itself, keep theirs."""
+  def wrap(fun):
+    plain = jax.jit(fun, static_argnums=static_argnums)
+    tuned = jax.jit(fun, static_argnums=static_argnums,
+                    compiler_options={"xla_backend_optimization_level": level})
+
+    @functools.wraps(fun)
+    def call(*args):
+      own = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
+      return (tuned if jax.default_backend() == "cpu" and not own else plain)(*args)
+    return call
+  return wrap
 
 
 class TapJacobians(NamedTuple):
@@ -83,30 +105,80 @@ def _points(shapes, names, x, with_input):
   return pts
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
-def _dependencies(forward, params, x, info, with_input, roles):
-  """(n_sources, n_taps) bool: direct dependence on example 0 (a tangent at the
-  source reaches the tap), and whether that tangent reaches another example
-  (the examples interact). A tap whose Jacobian is exactly 0 on example 0 (all
-  its units dead there) is given the previous tap as its source."""
+@_cpu_tuned_jit(0, static_argnums=(0, 3, 4, 5, 6))
+def _hits(forward, params, x, info, with_input, roles, slots):
+  """(n_jvps, n_taps, batch) bool: which examples of each tap a jvp reaches.
+
+  Source j gets a fixed non-constant pattern on example j % slots in jvp
+  j // slots (``slots`` = 1: every source alone, on example 0). With
+  ``slots`` > 1 a last jvp puts every source on example 0 (do the examples
+  interact?)."""
   names = [i.name for i in info]
   shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
   f = _cut_forward(forward, params, x, names, with_input, roles)
   zeros = _points(shapes, names, x, with_input)
   sources = ([INPUT] if with_input else []) + names
-  key = jax.random.key(7)
+  n_jvps = -(-len(sources) // slots) + (slots > 1)
+  lead = lambda shape: shape[0] if shape else 1
+  width = max(lead(zeros[n].shape) for n in names)
+  # per shape the sources' patterns, stacked: one select per shape and jvp
+  groups: dict = {}
+  for j, n in enumerate(sources):
+    groups.setdefault((zeros[n].shape, zeros[n].dtype), []).append(j)
+  patterns = {}
+  for (shape, dtype), js in groups.items():
+    ids = np.asarray(js)
+    flat = (len(js), lead(shape), -1)
+    v = jnp.sin(jnp.arange(int(np.prod(shape)), dtype=jnp.float32)[None] * 12.9898
+                + jnp.asarray(ids, jnp.float32)[:, None]).reshape(flat)
+    example = jnp.arange(lead(shape))[None] == jnp.asarray(ids % slots)[:, None]
+    first = jnp.arange(lead(shape))[None] == 0
+    patterns[shape, dtype] = ((v * example[..., None]).reshape((len(js),) + shape),
+                              (v * first[..., None]).reshape((len(js),) + shape),
+                              jnp.asarray(ids // slots))
 
-  def from_source(i):
-    def tangent(j, n):  # a fixed non-constant pattern on example 0 of source j only
-      shape = zeros[n].shape
-      v = jnp.sin(jnp.arange(int(np.prod(shape)), dtype=jnp.float32) * 12.9898 + j).reshape(shape)
-      v = v * (jnp.arange(shape[0]) == 0).reshape((-1,) + (1,) * (len(shape) - 1))
-      return jnp.where(i == j, v, 0).astype(zeros[n].dtype)
-    out = jax.jvp(f, (zeros,), ({n: tangent(j, n) for j, n in enumerate(sources)},))[1]
-    reads = jnp.stack([jnp.any(out[n][:1] != 0) for n in names])
-    others = jnp.stack([jnp.any(out[n][1:] != 0) for n in names])
-    return reads, others
-  return jax.lax.map(from_source, jnp.arange(len(sources)))
+  def jvp(t):
+    tangents = {}
+    for (shape, dtype), js in groups.items():
+      own, on_first, at = patterns[shape, dtype]
+      stack = jnp.where(t == n_jvps - 1, on_first, 0) if slots > 1 else 0
+      stack = stack + jnp.where((at == t).reshape((-1,) + (1,) * len(shape)), own, 0)
+      tangents.update({sources[j]: stack[m].astype(dtype) for m, j in enumerate(js)})
+    out = jax.jvp(f, (zeros,), (tangents,))[1]
+    hits = jnp.zeros((len(names), width), bool)
+    by_shape: dict = {}
+    for k, n in enumerate(names):
+      by_shape.setdefault(out[n].shape, []).append(k)
+    for shape, ks in by_shape.items():
+      hit = jnp.stack([out[names[k]] for k in ks]).reshape(len(ks), lead(shape), -1) != 0
+      hits = hits.at[np.asarray(ks), :lead(shape)].set(jnp.any(hit, axis=-1))
+    return hits
+  return jax.lax.map(jvp, jnp.arange(n_jvps))
+
+
+def _dependencies(model, x, info, with_input, roles, shapes):
+  """(n_sources, n_taps) bool: direct dependence (a tangent at the source
+  reaches the tap), and whether the examples interact (a tangent on one
+  example reaches another). When every tap has the batch as its leading axis
+  one jvp tests one source per example (batch sources at once) and a last
+  one tests interaction; if the examples do interact, every source is tested
+  alone on example 0."""
+  batch = jax.tree.leaves(x)[0].shape[0]
+  n_sources = len(info) + with_input
+  batched = all(s.shape[:1] == (batch,) for s in shapes.values())
+  slots = batch if batched and batch > 1 else 1
+  hits = np.asarray(jax.device_get(
+      _hits(model.forward, model.params, x, info, with_input, roles, slots)))
+  interact = bool(np.any(hits[-1][:, 1:])) if slots > 1 else None
+  if interact:
+    slots = 1
+    hits = np.asarray(jax.device_get(
+        _hits(model.forward, model.params, x, info, with_input, roles, 1)))
+  j = np.arange(n_sources)
+  reads = hits[j // slots, :, j % slots]  # (n_sources, n_taps)
+  if interact is None:
+    interact = bool(np.any(hits[:, :, 1:]))
+  return reads, interact
 
 
 def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
@@ -123,7 +195,7 @@ def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
     # the latest tap it reads directly (in a residual stream that is the branch
     # just before it, not every earlier branch that the stream still carries)
     s = {int(direct[-1])} if direct.size else set()
-    if not s and k > 0:  # J exactly 0 on example 0 (all units dead there): the previous tap
+    if not s and k > 0:  # J exactly 0 on the example tested (all units dead): the previous tap
       s = {offset + k - 1}
     src_of.append(s)
     if not s:
@@ -141,7 +213,7 @@ def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
   return rounds, src_of
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
+@_cpu_tuned_jit(1, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
 def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, tol, rounds):
   """Block Lanczos on J_k^T J_k for every (tap, example) block of every round.
 
@@ -149,7 +221,10 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
   linearized once; each round then gets its own linear map restricted to its
   sources (the other tangents are symbolic zeros), so JAX keeps only the
   operations between those sources and the next cuts: a round costs its
-  links, not the whole model.
+  links, not the whole model. All rounds step in one loop, and the vectors of
+  links of one size are stacked into one array (one random draw, one dot, one
+  update per size), so the program grows with the number of sizes rather
+  than the number of links.
   Returns (n_taps, batch) norms and converged flags (NaN/False off-round)."""
   names = [i.name for i in info]
   shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
@@ -157,15 +232,21 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
   zeros = _points(shapes, names, x, with_input)
   sources = ([INPUT] if with_input else []) + names
   batch = jax.tree.leaves(x)[0].shape[0]
-  n_taps = len(names)
   _, jvp_all = jax.linearize(f, zeros)
   eps = jnp.finfo(jnp.float32).eps
-  norms = jnp.full((n_taps, batch), jnp.nan)
-  conv = jnp.zeros((n_taps, batch), bool)
 
-  for r, links in enumerate(rounds):
-    src = [sources[j] for _, j in links]
-    taps = [names[k] for k, _ in links]
+  # every link's place: group (its source's size per example) and row in it
+  links = [(r, k, j) for r, rl in enumerate(rounds) for k, j in rl]
+  size = lambda j: int(np.prod(zeros[sources[j]].shape[1:]))
+  dims = sorted({size(j) for _, _, j in links})
+  members = [[n for n, (_, _, j) in enumerate(links) if size(j) == d] for d in dims]
+  place = {n: (g, i) for g, m in enumerate(members) for i, n in enumerate(m)}
+  order = [n for m in members for n in m]  # row order of the per-link scalars
+
+  operators = []
+  for r, rl in enumerate(rounds):
+    src = [sources[j] for _, j in rl]
+    taps = [names[k] for k, _ in rl]
     fixed = {n: zeros[n] for n in sources if n not in set(src)}
 
     def restricted(t_src, fixed=fixed, taps=taps):
@@ -174,52 +255,58 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
 
     start = {n: zeros[n] for n in src}
     _, jvp_r = jax.linearize(restricted, start)
-    vjp_r = jax.linear_transpose(jvp_r, start)
+    operators.append((src, taps, jvp_r, jax.linear_transpose(jvp_r, start)))
 
-    def operator(v, src=src, taps=taps, jvp_r=jvp_r, vjp_r=vjp_r):
-      t = {n: p.reshape(zeros[n].shape).astype(zeros[n].dtype) for n, p in zip(src, v)}
-      u = jvp_r(t)
-      back = vjp_r({k: u[k] for k in taps})[0]
-      return [back[n].reshape(batch, -1).astype(jnp.float32) for n in src]
+  def operator(v):  # per group (n_g, batch, dim_g) -> the same
+    out = [[None] * len(m) for m in members]
+    n = 0
+    for src, taps, jvp_r, vjp_r in operators:
+      ids = range(n, n + len(src))
+      n += len(src)
+      t = {s: v[place[i][0]][place[i][1]].reshape(zeros[s].shape).astype(zeros[s].dtype)
+           for s, i in zip(src, ids)}
+      back = vjp_r(jvp_r(t))[0]
+      for s, i in zip(src, ids):
+        out[place[i][0]][place[i][1]] = back[s].reshape(batch, -1).astype(jnp.float32)
+    return [jnp.stack(o) for o in out]
 
-    def dots(a, b):  # -> (links, batch)
-      out = jnp.stack([jnp.sum(p * q, axis=-1) for p, q in zip(a, b)])
-      return out if per_example else jnp.sum(out, 1, keepdims=True) * jnp.ones((1, batch))
+  def dots(a, b):  # -> (links, batch), rows in ``order``
+    out = jnp.concatenate([jnp.sum(p * q, axis=-1) for p, q in zip(a, b)])
+    return out if per_example else jnp.sum(out, 1, keepdims=True) * jnp.ones((1, batch))
 
-    def scaled(c, xs):  # per link (batch,) scale times its vectors
-      return [p * c[i][:, None] for i, p in enumerate(xs)]
+  bounds = np.cumsum([0] + [len(m) for m in members])
 
-    keys = jax.random.split(jax.random.key(r), len(src))
-    v = [jax.random.normal(keys[i], (batch, int(np.prod(zeros[n].shape[1:]))))
-         for i, n in enumerate(src)]
-    v = scaled(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30)), v)
-    # a data dependence on the previous round runs the rounds one after
-    # another: XLA's CPU runtime otherwise starts independent loops at once,
-    # and on a small thread pool they can wait on each other forever
-    v = [p + 0 * jnp.nan_to_num(norms[0, 0]) for p in v]
-    zero = jnp.zeros((len(src), batch))
-    dim = max(p.shape[-1] for p in v)
+  def scaled(c, xs):  # per link (batch,) scale times its vectors
+    return [p * c[lo:hi, :, None] for p, lo, hi in zip(xs, bounds[:-1], bounds[1:])]
 
-    def body(i, state, operator=operator, dots=dots, scaled=scaled, dim=dim):
-      alphas, betas, v, v_prev, beta, scale, done = state
-      w = operator(v)
-      alpha = dots(v, w)
-      w = [a - b - c for a, b, c in zip(w, scaled(alpha, v), scaled(beta, v_prev))]
-      beta_new = jnp.sqrt(jnp.maximum(dots(w, w), 0))
-      scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
-      done = done | (beta_new <= 64 * eps * np.sqrt(dim) * scale)
-      beta_new = jnp.where(done, 0, beta_new)
-      inv = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
-      return (alphas.at[i].set(alpha), betas.at[i].set(beta_new), scaled(inv, w), v, beta_new,
-              scale, done)
+  key = jax.random.key(0)
+  v = [jax.random.normal(jax.random.fold_in(key, g), (len(m), batch, d))
+       for g, (m, d) in enumerate(zip(members, dims))]
+  v = scaled(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30)), v)
+  # the Lanczos threshold scales with each link's dimension
+  dim = jnp.asarray([size(links[n][2]) for n in order], jnp.float32)[:, None]
+  zero = jnp.zeros((len(links), batch))
 
-    init = (jnp.zeros((steps,) + zero.shape), jnp.zeros((steps,) + zero.shape), v,
-            [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros(zero.shape, bool))
-    alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
-    sigma, ok = _ritz(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done, tol)
-    idx = jnp.asarray([k for k, _ in links])
-    norms = norms.at[idx].set(sigma)
-    conv = conv.at[idx].set(ok)
+  def body(i, state):
+    alphas, betas, v, v_prev, beta, scale, done = state
+    w = operator(v)
+    alpha = dots(v, w)
+    w = [a - b - c for a, b, c in zip(w, scaled(alpha, v), scaled(beta, v_prev))]
+    beta_new = jnp.sqrt(jnp.maximum(dots(w, w), 0))
+    scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
+    done = done | (beta_new <= 64 * eps * jnp.sqrt(dim) * scale)
+    beta_new = jnp.where(done, 0, beta_new)
+    inv = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
+    return (alphas.at[i].set(alpha), betas.at[i].set(beta_new), scaled(inv, w), v, beta_new,
+            scale, done)
+
+  init = (jnp.zeros((steps,) + zero.shape), jnp.zeros((steps,) + zero.shape), v,
+          [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros(zero.shape, bool))
+  alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
+  sigma, ok = _ritz(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done, tol)
+  idx = jnp.asarray([links[n][1] for n in order])
+  norms = jnp.full((len(names), batch), jnp.nan).at[idx].set(sigma)
+  conv = jnp.zeros((len(names), batch), bool).at[idx].set(ok)
   return norms.T, conv.T
 
 
@@ -244,7 +331,8 @@ def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
                        tol: float = 1e-3, roles: tuple[str, ...] | None = None) -> TapJacobians:
   """Spectral norm of each tap's local Jacobian, per example (see the module
   docstring). Matrix-free: never forms a Jacobian. Two compiled programs (which
-  taps feed which, then Lanczos); the inputs are used as given (integer
+  taps feed which, then Lanczos; one more when the examples interact, which
+  are then tested one tap at a time); the inputs are used as given (integer
   tokens and dict inputs work; the input is a source only when it is one
   float array).
 
@@ -266,10 +354,9 @@ def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
   names = [i.name for i in info]
   with_input = _float_input(x)
   sources = ([INPUT] if with_input else []) + names
-  first, others = jax.device_get(_dependencies(model.forward, model.params, x, info, with_input, roles))
+  first, interact = _dependencies(model, x, info, with_input, roles, shapes)
   batch = jax.tree.leaves(x)[0].shape[0]
-  per_example = not bool(np.any(others)) and all(
-      s.shape[:1] == (batch,) for s in shapes.values())
+  per_example = not interact and all(s.shape[:1] == (batch,) for s in shapes.values())
   rounds, src_of = _rounds(np.asarray(first), sources, names)
   src_names = tuple(tuple(sources[j] for j in sorted(s)) for s in src_of)
   if not rounds:

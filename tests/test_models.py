@@ -146,6 +146,15 @@ def test_local_jacobians_match_jacfwd_on_parallel_branches():
   assert sources["Dense_1"] == sources["Dense_2"] == sources["Dense_0"] == ("Dense_0/input",)
   assert sources["Dense_3/input"] == ("Dense_2",)  # the latest of q, k, v (here v)
   assert jac.per_example
+  # which taps feed which: tested one source per example (3 at a time) it is
+  # the same matrix as tested one source at a time
+  from gradflow_jax import _model_stats, _tap_jacobians
+  info, shapes = _model_stats.discover(model, x)
+  reads, interact = _tap_jacobians._dependencies(model, x, info, True, (), shapes)
+  alone = np.asarray(_tap_jacobians._hits(model.forward, model.params, x, info, True, (), 1))
+  assert len(info) + 1 > 3 and not interact
+  np.testing.assert_array_equal(reads, alone[:, :, 0])
+  assert not alone[:, :, 1:].any()
 
 
 def test_batchnorm_in_training_mode_couples_examples():
