@@ -232,7 +232,6 @@ def _over_sizes(args, what: str, sizes, study):
 
 def depth_study(args) -> int:
   """``depth --model``: a family measured at each --depths, every seed."""
-  import jax
   from gradflow_jax import _depth_study, _loading, _plots, _render, _report
   _refuse(args, _SWEEP_ONLY + ("x64", "force"), "only for the built-in MLP sweep (a --model "
           "family sets its own architecture)")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _family, _jacobians, _model_stats, _probe
+from gradflow_jax import _family, _jacobians, _model_stats
 
 DEFAULT_DEPTHS = (2, 4, 8, 16, 32)
 EXACT_MAX = 1 << 16  # per-example Jacobians with at most this many entries: also exact SVD

@@ -4,14 +4,15 @@ gradient arriving there, from one jitted forward/backward pass."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradflow_jax import _activations, _losses, _probe
-from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms, Row, rows_stats
+from gradflow_jax._stats import (ActivationStats, grouped_norms, norm_of_norms, Row,
+                                 rows_stats)
 
 
 class ModelFlowStats(NamedTuple):
@@ -68,14 +69,26 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
 
   (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
       params, perturb)
-  rows = []
-  for i in info:
-    act = _activations.get_activation(i.activation) if i.activation else None
-    rows.append(Row(taps[i.name], taps[i.name], act))
-  stats = rows_stats(rows)
-  leaf_norms = jax.tree.map(leaf_norm, gp)
-  return (stats, jnp.stack([leaf_norm(gt[n]) for n in names]), leaf_norms,
-          norm_of_norms(leaf_norms), value, gp)
+  stats, tap_norms, leaf_norms = tap_statistics(info, taps, gt, gp)
+  return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), value, gp
+
+
+def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, tap_grads: dict, grads):
+  """(ActivationStats per tap, ||dL/d tap|| per tap, per-leaf ||dL/dp||) of
+  one forward/backward pass. The layers of a scanned tap are reduced as the
+  scan's stacked output (see ``Row.family``), small tensors of one shape
+  together."""
+  families = [_probe.family(i.name) for i in info]
+  rows = [Row(taps[i.name], taps[i.name],
+              _activations.get_activation(i.activation) if i.activation else None, None, f)
+          for i, f in zip(info, families)]
+  stats = (rows_stats(rows) if rows else
+           ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32),
+                           jnp.zeros((0,), jnp.float32)))
+  tap_norms = grouped_norms([tap_grads[i.name] for i in info], families)
+  leaves, treedef = jax.tree.flatten(grads)
+  norms = grouped_norms(leaves, [None] * len(leaves))
+  return stats, tap_norms, jax.tree.unflatten(treedef, [norms[k] for k in range(len(leaves))])
 
 
 def discover(model: _probe.ProbedModel, x):

@@ -97,6 +97,7 @@ class _Collector:
     self._seen: dict[int, Any] = {}  # id -> object, kept alive so ids stay unique
     self._stacks: dict[str, Any] = {}
     self._replaced: dict[int, tuple] = {}
+    self.sliced: dict[str, Any] = {}  # scan child: this layer's perturbations (the scan's xs)
 
   def final_name(self, name: str) -> str:
     """``name``, or ``name#2``, ``name#3``... for a name already taken (a
@@ -122,6 +123,10 @@ class _Collector:
     """The perturbation for tap ``name`` of this collector, or None."""
     if self.parent is None:
       return self.perturb.get(name)
+    if name in self.sliced and self.outside_names(name) == _layer_names(name, self.length):
+      return self.sliced[name]
+    # otherwise the stack is indexed by the loop counter; its transpose then
+    # adds a whole stack into an accumulator on every step
     outside = [self.parent.lookup(n) for n in self.outside_names(name)]
     if any(p is None for p in outside):
       return None
@@ -184,6 +189,13 @@ class _Collector:
         outside = child.outside_names(name)[i]
         self.adopt(outside, taps[name] if child.length is None else taps[name][i],
                    child.info[name])
+
+
+def family(name: str) -> str | None:
+  """The scanned tap a per-layer tap name belongs to (``name/layer_i`` ->
+  ``name``), or None."""
+  base, sep, layer = name.rpartition("/layer_")
+  return base if sep and layer.isdigit() else None
 
 
 def current():
@@ -303,6 +315,29 @@ def _child(parent, length=None, index=None):
     _STATE.collector = parent
 
 
+def _layer_names(name: str, length) -> list[str]:
+  return [f"{name}/layer_{i}" for i in range(length)]
+
+
+def _layer_stacks(parent: _Collector, length: int) -> dict:
+  """The parent's perturbations of every complete ``name/layer_i`` family
+  (i < ``length``), stacked in layer order: handed to a scan as extra xs,
+  each layer gets its slice, whose transpose is a slice of the backward
+  scan's output (no accumulation)."""
+  available = parent.perturb if parent.parent is None else parent.sliced
+  families: dict = {}
+  for key, value in available.items():
+    base = family(key)
+    if base is not None and value is not None:
+      families.setdefault(base, {})[int(key.rpartition("/layer_")[2])] = value
+  stacks = {}
+  for base, layers in families.items():
+    if sorted(layers) == list(range(length)) and len(
+        {(jnp.shape(v), jnp.result_type(v)) for v in layers.values()}) == 1:
+      stacks[base] = jnp.stack([layers[i] for i in range(length)])
+  return stacks
+
+
 def _scan(original):
   def scan(f, init=None, xs=None, length=None, reverse=False, unroll=1, **kw):
     parent = current()
@@ -311,15 +346,16 @@ def _scan(original):
     n = length if length is not None else jax.tree.leaves(xs)[0].shape[0]
     made = []
 
-    def body(carry, x):
-      carry, i = carry
+    def body(carry, x_and_perturb):
+      (carry, i), (x, perturb) = carry, x_and_perturb
       with _child(parent, n, n - 1 - i if reverse else i) as c:
+        c.sliced = perturb
         carry, y = f(carry, x)
       made.append(c)
       return (carry, i + 1), (y, dict(c.taps))
 
-    (carry, _), (ys, taps) = original(body, (init, jnp.int32(0)), xs, length=n,
-                                      reverse=reverse, unroll=unroll, **kw)
+    (carry, _), (ys, taps) = original(body, (init, jnp.int32(0)), (xs, _layer_stacks(parent, n)),
+                                      length=n, reverse=reverse, unroll=unroll, **kw)
     parent.adopt_child(made[-1], taps)
     return carry, ys
   return scan

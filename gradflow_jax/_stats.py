@@ -92,15 +92,23 @@ class Row(NamedTuple):
   ``values`` are described (moments, zero fraction); ``tested`` (the
   activation's input) gets ``act``'s saturation and dead-unit tests. Without an
   activation, saturation is NaN and a dead unit is one whose value is exactly 0
-  on every example. ``tested`` may be ``values`` itself.
+  on every example. ``tested`` may be ``values`` itself. Rows of one
+  ``family`` (the layers of one scanned tap, in layer order) are kept
+  together, in order, inside their group: XLA then reads their run of slices
+  as the scan's own stacked output instead of copying each slice.
   """
   values: jax.Array
   tested: jax.Array
   act: object = None
   slope: object = None
+  family: object = None
 
 
 _GROUP_LIMIT = 2**22  # entries per stacked group: above it, per-row kernels cost nothing extra
+# entries per row above which a norm alone is cheaper than the copy that
+# stacks it with others (one pass either way; the kernel launch, ~10 us on
+# CPU, is what stacking saves)
+_NORM_STACK_LIMIT = 2**13
 
 
 def _group_rows(rows: list[Row]) -> list[list[int]]:
@@ -121,7 +129,31 @@ def _group_rows(rows: list[Row]) -> list[list[int]]:
       group = open_groups[key] = []
       groups.append(group)
     group.append(k)
-  return groups
+  first: dict = {}  # family -> its first row
+  for k, r in enumerate(rows):
+    first.setdefault(k if r.family is None else r.family, k)
+  place = lambda k: (first[k if rows[k].family is None else rows[k].family], k)
+  return [sorted(g, key=place) for g in groups]
+
+
+def grouped_norms(arrays: list, families: list) -> jax.Array:
+  """(n,) ||a|| of each array (accumulated in at least float32), arrays of one
+  shape, dtype and family reduced together (see :class:`Row`)."""
+  if not arrays:
+    return jnp.zeros((0,), jnp.float32)
+  # a family's run of slices is its stacked array, free; other large arrays
+  # are reduced alone
+  small = [k for k, a in enumerate(arrays) if families[k] is not None or a.size <= _NORM_STACK_LIMIT]
+  index = [[small[i] for i in g] for g in _group_rows(
+      [Row(arrays[k], arrays[k], None, None, families[k]) for k in small])]
+  index += [[k] for k in sorted(set(range(len(arrays))) - set(small))]
+  out = [None] * len(arrays)
+  for members in index:
+    stack = _acc(_stack([arrays[k] for k in members]))
+    norms = jnp.sqrt(_per_row(jnp.sum, stack * stack))
+    for pos, k in enumerate(members):
+      out[k] = norms[pos]
+  return jnp.stack(out)
 
 
 def _stack(arrays):

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _probe
-from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms, Row, rows_stats
+from gradflow_jax import _activations, _model_stats, _probe
+from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms
 
 # Signed, log-spaced bin edges for in-jit histograms: 0, then +-10^k for k in
 # [-10, 4] at 4 bins per decade. They cover activations and gradients of any
@@ -232,7 +232,6 @@ def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: in
   Returns:
     ``f(params, x, y, step=None) -> (loss, grads, FlowStep)``.
   """
-  from gradflow_jax import _model_stats
   _check_every(every)
 
   def run(p, pt, x, y):
@@ -269,15 +268,7 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
       (loss, (aux, taps)), (grads, gt) = jax.value_and_grad(objective, argnums=(0, 1),
                                                             has_aux=True)(
           params, _probe.zero_perturbations(shapes))
-      rows = [Row(taps[i.name], taps[i.name],
-                  _activations.get_activation(i.activation) if i.activation else None)
-              for i in info]
-      stats = (rows_stats(rows) if rows else
-               ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32),
-                               jnp.zeros((0,), jnp.float32)))
-      leaf_norms = jax.tree.map(leaf_norm, grads)
-      tap_norms = (jnp.stack([leaf_norm(gt[n]) for n in names]) if names
-                   else jnp.zeros((0,), jnp.float32))
+      stats, tap_norms, leaf_norms = _model_stats.tap_statistics(info, taps, gt, grads)
       hist = {}
       if histograms:
         for n in names:

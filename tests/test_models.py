@@ -205,6 +205,42 @@ def test_taps_inside_lax_scan_and_remat_equal_the_unrolled_model():
   assert jax.lax.scan.__module__.startswith("jax")  # the routing is undone afterwards
 
 
+def test_taps_inside_reversed_and_nested_scans_equal_the_unrolled_model():
+  """Each scanned layer gets its own perturbation (handed in as the scan's
+  xs): dL/d tap per layer as jax.grad gives it on the unrolled model."""
+  w = jax.random.normal(jax.random.key(6), (2, 2, 6, 6)) / jnp.sqrt(6.0)
+  readout = jax.random.normal(jax.random.key(7), (6, 3))
+  layer = lambda h, w: (jnp.tanh(gf.tap("z", h @ w, role="pre")), None)
+
+  def reversed_scan(p, x):
+    return jax.lax.scan(layer, x, p.reshape(4, 6, 6), reverse=True)[0] @ readout
+
+  def reversed_flat(p, x):
+    for i in (3, 2, 1, 0):
+      x = jnp.tanh(gf.tap(f"z/layer_{i}", x @ p.reshape(4, 6, 6)[i], role="pre"))
+    return x @ readout
+
+  def nested_scan(p, x):
+    return jax.lax.scan(lambda h, wi: (jax.lax.scan(layer, h, wi)[0], None), x, p)[0] @ readout
+
+  def nested_flat(p, x):
+    for i in range(2):
+      for j in range(2):
+        x = jnp.tanh(gf.tap(f"z/layer_{j}/layer_{i}", x @ p[i, j], role="pre"))
+    return x @ readout
+
+  for scanned, flat in ((reversed_scan, reversed_flat), (nested_scan, nested_flat)):
+    s = gf.model_flow_stats(gf.probed(scanned, w), X, Y)
+    f = gf.model_flow_stats(gf.probed(flat, w), X, Y)
+    assert sorted(s.names) == sorted(f.names) and len(s.names) == 4
+    order = [s.names.index(n) for n in f.names]
+    np.testing.assert_allclose(np.asarray(s.tap_grad_norm)[order], f.tap_grad_norm, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(s.activations.std)[order], f.activations.std,
+                               rtol=1e-5)
+    g = np.sort(np.asarray(f.tap_grad_norm))
+    assert np.all(np.diff(g) > 1e-3 * g[-1]) and g[0] > 0  # the layers differ
+
+
 class LinenBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
