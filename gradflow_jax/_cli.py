@@ -341,6 +341,8 @@ def _run(args) -> int:
       return int(args.run(args) or 0)
   except (ValueError, TypeError, OSError) as e:
     msg = " ".join(str(e).split())
+    if "output=" in msg and getattr(args, "output", None) is not None:
+      msg += " (--output picks the model's output; the output folder is --out)"
     print(f"analyze.py {args.command}: error: {msg}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

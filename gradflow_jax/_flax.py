@@ -38,7 +38,20 @@ def select_output(out, output: Callable | str | int | None):
   if callable(output):
     return output(out)
   if output is not None:
-    return out[output]
+    if isinstance(out, dict):
+      if output not in out:
+        raise ValueError(f"expected output= to be a key of the model's output, one of "
+                         f"{list(out)}, got {output!r}")
+      return out[output]
+    if isinstance(out, (tuple, list)):
+      index = int(output) if isinstance(output, str) and output.lstrip("-").isdigit() else output
+      if isinstance(index, bool) or not isinstance(index, int) or not -len(out) <= index < len(out):
+        raise ValueError(f"expected output= to be an index of the model's {len(out)} outputs, "
+                         f"got {output!r}")
+      return out[index]
+    raise ValueError(f"expected output= only for a model that returns a tuple or a dict, got "
+                     f"{output!r} for a model that returns one "
+                     f"{'array' if hasattr(out, 'shape') else type(out).__name__}")
   if isinstance(out, (tuple, list)) and out:
     return out[0]
   if isinstance(out, dict):

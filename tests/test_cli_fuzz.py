@@ -117,6 +117,8 @@ def _cases(f):
       (["report", "--model", str(f / "none.py") + ":make"], "existing Python file"),
       (["diagnose", "--model", str(f / "wrong_params.py") + ":make"],
        "expected the model to run on the factory's batch with its params"),
+      (["diagnose", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--output", str(f / "folder")],
+       "the output folder is --out"),
   ]
 
 

@@ -2,6 +2,8 @@
 probed-model interface, against the built-in MLP and hand-computed
 references; everyday Flax features (Dropout, BatchNorm, scan, remat, Embed)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -465,3 +467,15 @@ def test_a_users_own_perturb_points_are_taps_with_their_values_and_gradients():
   np.testing.assert_allclose(flow.tap_grad_norm[flow.names.index("hidden")], gnorm, rtol=1e-5)
   assert type(net) is NNXNet and not any(isinstance(v, nnx.Perturbation)
                                          for _, v in nnx.iter_graph(net))
+
+
+def test_output_picks_by_key_or_index_and_refuses_what_it_cannot_pick():
+  from gradflow_jax._flax import select_output
+  a, b = jnp.zeros(2), jnp.ones(3)
+  assert select_output((a, b), "1") is b and select_output((a, b), -1) is b  # CLI strings too
+  assert select_output({"logits": a, "aux": b}, "aux") is b
+  for out, output, said in (((a, b), "2", "index of the model's 2 outputs"),
+                            ((a, b), "aux", "index"), ({"logits": a}, "x", "one of ['logits']"),
+                            (a, "/tmp/out", "returns one")):
+    with pytest.raises(ValueError, match=re.escape(said)):
+      select_output(out, output)
