@@ -563,7 +563,8 @@ def train_model(args) -> int:
     if not findings:
       console.print("[green]no warnings[/]")
   taps = {name: {k: [float(getattr(f.activations, k)[i]) for f in result.flows]
-                 for k in ("std", "saturation_fraction", "dead_fraction", "zero_fraction")}
+                 for k in ("std", "saturation_fraction", "dead_fraction", "zero_fraction",
+                           "always_active_fraction")}
           for i, name in enumerate(result.names)}
   for i, name in enumerate(result.names):
     taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in result.flows]

@@ -27,7 +27,22 @@ from gradflow_jax._watch import FlowStep, Histogram, HISTOGRAM_EDGES
 
 _ACT_FIELDS = (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max"),
                ("saturated", "saturation_fraction"), ("dead", "dead_fraction"),
-               ("zero", "zero_fraction"), ("nonfinite", "nonfinite"))
+               ("zero", "zero_fraction"), ("nonfinite", "nonfinite"),
+               ("always_active", "always_active_fraction"))
+
+
+def _has_field(label: str, activation: str | None) -> bool:
+  """Saturation needs a known activation; always-active also needs one with
+  an inactive region (ReLU-like), else it is NaN on every step."""
+  if label not in ("saturated", "always_active"):
+    return True
+  if activation is None:
+    return False
+  if label == "saturated":
+    return True
+  from gradflow_jax import _activations
+  lo, hi = _activations.get_activation(activation).inactive_bounds
+  return not (math.isinf(lo) and math.isinf(hi))
 
 
 class MetricWriter(Protocol):
@@ -80,7 +95,7 @@ def flat_metrics(flow: FlowStep, update_ratios=None, prefix: str = "") -> dict[s
     for i, name in enumerate(flow.names):
       out[f"tap_grad_norm/{name}"] = float(flow.tap_grad_norm[i])
       for label, field in _ACT_FIELDS:
-        if label == "saturated" and flow.activation_names[i] is None:
+        if not _has_field(label, flow.activation_names[i]):
           continue
         out[f"act/{label}/{name}"] = float(getattr(flow.activations, field)[i])
   if update_ratios is not None:

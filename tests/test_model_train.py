@@ -99,6 +99,9 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
   for name in data["taps"]:
     assert [r["scalars"][f"tap_grad_norm/{name}"] for r in logged] == pytest.approx(
         data["tap_stats"][name]["grad_norm"])
+    if f"act/always_active/{name}" in logged[0]["scalars"]:  # ReLU-like taps
+      assert [r["scalars"][f"act/always_active/{name}"] for r in logged] == pytest.approx(
+          data["tap_stats"][name]["always_active_fraction"])
   assert sorted(data["files"]) == ["activation_histograms.png", "gradient_histograms.png",
                                    "log.jsonl", "report.html", "tap_grad_heatmap.png",
                                    "training_curves.png", "update_ratios.png"]

@@ -277,6 +277,9 @@ def test_metrics_reach_jsonl_and_tensorboard_unchanged(linen_case, tmp_path):
   assert flat["act/dead/Dense_0"] == float(flow.activations.dead_fraction[0])
   assert flat["tap_grad_norm/Dense_1"] == float(flow.tap_grad_norm[3])
   assert "act/saturated/Dense_1" not in flat and "act/saturated/Dense_0" in flat
+  # always-active units: for the ReLU tap only (NaN wherever no activation says what inactive is)
+  assert flat["act/always_active/Dense_0"] == float(flow.activations.always_active_fraction[0])
+  assert [k for k in flat if k.startswith("act/always_active/")] == ["act/always_active/Dense_0"]
   np.testing.assert_allclose(flat["update_ratio/Dense_1/kernel"],
                              0.1 * np.linalg.norm(grads["Dense_1"]["kernel"])
                              / np.linalg.norm(v["params"]["Dense_1"]["kernel"]), rtol=1e-5)
