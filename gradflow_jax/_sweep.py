@@ -92,15 +92,18 @@ class SweepSettings:
     points = len(self.sigma_ws) * len(self.sigma_bs)
     return 4 * self.seeds * points * self.max_depth * (self.width**2 + self.width) * itemsize
 
-  def estimated_seconds(self, step_seconds: Callable[[int, int], float] | None = None) -> float:
+  def estimated_seconds(self, step_seconds: Callable[[int, int], float] | None = None,
+                        devices: int | None = None) -> float:
     """Wall time of the whole sweep, roughly (within about 2x on the machines
     measured; ``benchmarks/bench_sweep_estimate.py`` prints the ratio): per
     config a fixed compile cost, then per layer a loop overhead plus
     ``_STEP_FACTOR`` steps of a calibration scan of this machine
-    (``step_seconds(width, lanes)``, timed here when the sweep is large)."""
+    (``step_seconds(width, lanes)``, timed here when the sweep is large) on
+    one device's share of the grid (``devices``: all visible by default)."""
+    devices = len(jax.devices()) if devices is None else int(devices)
     configs = len(self.activations) * len(self.inits)
     points = len(self.sigma_ws) * len(self.sigma_bs)
-    lanes = points * self.seeds * self.batch
+    lanes = -(-points * self.seeds // devices) * self.batch  # per device, as run_group pads
     flops = configs * self.max_depth * lanes * 2 * self.width**3
     if flops < 2e10 and self.max_depth < 20000:  # seconds at most: not worth timing
       return configs * _FIXED_SECONDS

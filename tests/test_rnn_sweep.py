@@ -167,3 +167,17 @@ def test_layer_curves_carry_their_mean_field_reference(tmp_path):
   curves[0]["converged"] = np.zeros_like(curves[0]["converged"])
   _plots.plot_layer_jacobians(curves, tmp_path / "l.png")
   assert (tmp_path / "l.png").stat().st_size > 0
+
+
+def test_sweep_time_estimate_times_one_devices_share_of_the_grid():
+  """The grid (points x seeds) is split over the devices, padded to a
+  multiple: the calibration step is timed on one device's lanes."""
+  from gradflow_jax._sweep import SweepSettings
+  settings = SweepSettings(activations=("tanh",), sigma_ws=(1.0, 1.5, 2.0), max_depth=50000,
+                           width=64, batch=4, seeds=3)
+  asked = []
+  step = lambda width, lanes: asked.append(lanes) or 1e-6 * lanes
+  one, four = (settings.estimated_seconds(step, devices=d) for d in (1, 4))
+  assert asked[0] == 9 * 4 and asked[2] == 3 * 4  # 9 grid points: 3 per device (12 padded)
+  assert asked[1] == asked[3] == 3 * 4  # the per-layer curves run per point, not per seed
+  assert four < one
