@@ -109,41 +109,38 @@ def _points(shapes, names, x, with_input):
 def _hits(forward, params, x, info, with_input, roles, slots):
   """(n_jvps, n_taps, batch) bool: which examples of each tap a jvp reaches.
 
-  Source j gets a fixed non-constant pattern on example j % slots in jvp
-  j // slots (``slots`` = 1: every source alone, on example 0). With
-  ``slots`` > 1 a last jvp puts every source on example 0 (do the examples
-  interact?)."""
+  ``slots`` = 1: jvp j puts a fixed non-constant pattern on example 0 of
+  source j alone. ``slots`` > 1 (one source per example): with m =
+  ceil(n_sources / slots), jvp j // slots puts source j on example
+  j % slots, jvp m + j // slots puts it on example (j + 1) % slots (each
+  source is tested on two examples), and a last jvp puts every source on
+  example 0 (do the examples interact?)."""
   names = [i.name for i in info]
   shapes = _probe.discover_taps(_probe.ProbedModel(forward, params), x).shapes
   f = _cut_forward(forward, params, x, names, with_input, roles)
   zeros = _points(shapes, names, x, with_input)
   sources = ([INPUT] if with_input else []) + names
-  n_jvps = -(-len(sources) // slots) + (slots > 1)
+  m = -(-len(sources) // slots)
+  n_jvps = 2 * m + 1 if slots > 1 else m
   lead = lambda shape: shape[0] if shape else 1
   width = max(lead(zeros[n].shape) for n in names)
-  # per shape the sources' patterns, stacked: one select per shape and jvp
-  groups: dict = {}
+  groups: dict = {}  # sources of one shape and dtype: one pattern and one select per jvp
   for j, n in enumerate(sources):
     groups.setdefault((zeros[n].shape, zeros[n].dtype), []).append(j)
-  patterns = {}
-  for (shape, dtype), js in groups.items():
-    ids = np.asarray(js)
-    flat = (len(js), lead(shape), -1)
-    v = jnp.sin(jnp.arange(int(np.prod(shape)), dtype=jnp.float32)[None] * 12.9898
-                + jnp.asarray(ids, jnp.float32)[:, None]).reshape(flat)
-    example = jnp.arange(lead(shape))[None] == jnp.asarray(ids % slots)[:, None]
-    first = jnp.arange(lead(shape))[None] == 0
-    patterns[shape, dtype] = ((v * example[..., None]).reshape((len(js),) + shape),
-                              (v * first[..., None]).reshape((len(js),) + shape),
-                              jnp.asarray(ids // slots))
 
   def jvp(t):
     tangents = {}
     for (shape, dtype), js in groups.items():
-      own, on_first, at = patterns[shape, dtype]
-      stack = jnp.where(t == n_jvps - 1, on_first, 0) if slots > 1 else 0
-      stack = stack + jnp.where((at == t).reshape((-1,) + (1,) * len(shape)), own, 0)
-      tangents.update({sources[j]: stack[m].astype(dtype) for m, j in enumerate(js)})
+      ids = jnp.asarray(js)[:, None]
+      v = jnp.sin(jnp.arange(int(np.prod(shape)), dtype=jnp.float32)[None] * 12.9898
+                  + ids.astype(jnp.float32)).reshape(len(js), lead(shape), -1)
+      example = jnp.arange(lead(shape))[None]
+      on = (example == ids % slots) & (ids // slots == t)
+      if slots > 1:
+        on = on | ((example == (ids + 1) % slots) & (ids // slots + m == t))
+        on = on | ((example == 0) & (t == n_jvps - 1))
+      stack = jnp.where(on[..., None], v, 0).reshape((len(js),) + shape).astype(dtype)
+      tangents.update({sources[j]: stack[k] for k, j in enumerate(js)})
     out = jax.jvp(f, (zeros,), (tangents,))[1]
     hits = jnp.zeros((len(names), width), bool)
     by_shape: dict = {}
@@ -158,27 +155,25 @@ def _hits(forward, params, x, info, with_input, roles, slots):
 
 def _dependencies(model, x, info, with_input, roles, shapes):
   """(n_sources, n_taps) bool: direct dependence (a tangent at the source
-  reaches the tap), and whether the examples interact (a tangent on one
-  example reaches another). When every tap has the batch as its leading axis
-  one jvp tests one source per example (batch sources at once) and a last
-  one tests interaction; if the examples do interact, every source is tested
-  alone on example 0."""
+  reaches the tap, on either of the two examples it is tested on), and
+  whether the examples interact (a tangent on one example reaches another).
+  When every tap has the batch as its leading axis one jvp tests one source
+  per example (batch sources at once; see ``_hits``); if the examples do
+  interact, every source is tested alone on example 0."""
   batch = jax.tree.leaves(x)[0].shape[0]
   n_sources = len(info) + with_input
   batched = all(s.shape[:1] == (batch,) for s in shapes.values())
   slots = batch if batched and batch > 1 else 1
   hits = np.asarray(jax.device_get(
       _hits(model.forward, model.params, x, info, with_input, roles, slots)))
-  interact = bool(np.any(hits[-1][:, 1:])) if slots > 1 else None
-  if interact:
-    slots = 1
+  j = np.arange(n_sources)
+  if slots > 1 and not np.any(hits[-1][:, 1:]):
+    m = -(-n_sources // slots)
+    return hits[j // slots, :, j % slots] | hits[m + j // slots, :, (j + 1) % slots], False
+  if slots > 1:  # the examples interact: one source at a time
     hits = np.asarray(jax.device_get(
         _hits(model.forward, model.params, x, info, with_input, roles, 1)))
-  j = np.arange(n_sources)
-  reads = hits[j // slots, :, j % slots]  # (n_sources, n_taps)
-  if interact is None:
-    interact = bool(np.any(hits[:, :, 1:]))
-  return reads, interact
+  return hits[j, :, 0], bool(np.any(hits[:, :, 1:]))
 
 
 def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
