@@ -80,7 +80,7 @@ def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, tap_grads: dict
   together."""
   families = [_probe.family(i.name) for i in info]
   rows = [Row(taps[i.name], taps[i.name],
-              _activations.get_activation(i.activation) if i.activation else None, None, f)
+              _activations.get_activation(i.activation) if i.activation else None, family=f)
           for i, f in zip(info, families)]
   stats = (rows_stats(rows) if rows else
            ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32),

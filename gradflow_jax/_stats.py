@@ -137,16 +137,19 @@ def _group_rows(rows: list[Row]) -> list[list[int]]:
 
 
 def grouped_norms(arrays: list, families: list) -> jax.Array:
-  """(n,) ||a|| of each array (accumulated in at least float32), arrays of one
-  shape, dtype and family reduced together (see :class:`Row`)."""
+  """(n,) ||a|| of each array, accumulated in at least float32. Arrays of one
+  shape and dtype are reduced together (a scanned tap's layers in order, see
+  :class:`Row`); one above ``_NORM_STACK_LIMIT`` entries and of no family
+  alone."""
   if not arrays:
     return jnp.zeros((0,), jnp.float32)
-  # a family's run of slices is its stacked array, free; other large arrays
+  # a family's run of slices is its stacked array (free); other large arrays
   # are reduced alone
-  small = [k for k, a in enumerate(arrays) if families[k] is not None or a.size <= _NORM_STACK_LIMIT]
-  index = [[small[i] for i in g] for g in _group_rows(
-      [Row(arrays[k], arrays[k], None, None, families[k]) for k in small])]
-  index += [[k] for k in sorted(set(range(len(arrays))) - set(small))]
+  stackable = [k for k, a in enumerate(arrays)
+               if families[k] is not None or a.size <= _NORM_STACK_LIMIT]
+  index = [[stackable[i] for i in g] for g in _group_rows(
+      [Row(arrays[k], arrays[k], family=families[k]) for k in stackable])]
+  index += [[k] for k in range(len(arrays)) if k not in set(stackable)]
   out = [None] * len(arrays)
   for members in index:
     stack = _acc(_stack([arrays[k] for k in members]))

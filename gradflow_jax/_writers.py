@@ -22,7 +22,7 @@ from typing import Any, Mapping, Protocol
 import jax
 import numpy as np
 
-from gradflow_jax import _io
+from gradflow_jax import _activations, _io
 from gradflow_jax._watch import FlowStep, Histogram, HISTOGRAM_EDGES
 
 _ACT_FIELDS = (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max"),
@@ -40,7 +40,6 @@ def _has_field(label: str, activation: str | None) -> bool:
     return False
   if label == "saturated":
     return True
-  from gradflow_jax import _activations
   lo, hi = _activations.get_activation(activation).inactive_bounds
   return not (math.isinf(lo) and math.isinf(hi))
 

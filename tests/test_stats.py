@@ -273,3 +273,16 @@ def test_rows_of_mixed_shapes_and_tests_match_numpy():
     assert float(s.dead_fraction[2]) == pytest.approx(1 / 7)
     assert float(s.dead_fraction[3]) == pytest.approx(2 / 7)
     assert np.isnan(float(s.saturation_fraction[1]))
+
+
+def test_grouped_norms_match_numpy_in_the_callers_order():
+  """Stacked by shape (a family's layers together), large arrays alone: each
+  norm still lands at its own array's position, equal to NumPy's."""
+  rng = np.random.default_rng(0)
+  shapes = [(4, 3), (2, 5), (4, 3), (100, 100), (2, 5), (100, 100), (7,)]
+  families = [None, "f", None, None, "f", None, None]
+  arrays = [rng.normal(size=s).astype(np.float32) * (k + 1) for k, s in enumerate(shapes)]
+  got = jax.jit(lambda a: _stats.grouped_norms(a, families))(arrays)
+  want = [np.linalg.norm(a.astype(np.float64)) for a in arrays]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert _stats.grouped_norms([], []).shape == (0,)
