@@ -214,7 +214,8 @@ def _tests(g: _Group, dtype, size):
   lo, hi = g.act.inactive_bounds
   t = g.tested
   if g.act.name == "prelu":
-    slope = jnp.reshape(g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
+    slope = None if g.slope is None else jnp.reshape(  # None: the activation's default slope
+        g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
     inactive = g.act.is_inactive(g.tested, slope)
     return sat, _dead_fraction(inactive), _dead_fraction(~inactive)
   if math.isinf(lo) and math.isinf(hi):

@@ -38,7 +38,7 @@ def _has_field(label: str, activation: str | None) -> bool:
     return True
   if activation is None:
     return False
-  if label == "saturated":
+  if label == "saturated" or activation == "prelu":  # prelu: tested on its slope
     return True
   lo, hi = _activations.get_activation(activation).inactive_bounds
   return not (math.isinf(lo) and math.isinf(hi))

@@ -399,3 +399,17 @@ def test_training_examples_train_200_steps_on_digits_with_tensorboard(name, tmp_
   for tag in ("loss", "grad_norm/global"):
     logged = [(step, v) for t, step, v in events if t == tag]
     assert logged == [(r["step"], pytest.approx(r["scalars"][tag], rel=1e-6)) for r in records]
+
+
+def test_a_tap_named_prelu_without_its_slope_uses_the_default_slope():
+  """Named by the user (no slope known): PReLU's default slope a > 0 passes
+  gradient everywhere, so no unit is dead and every unit is always active;
+  with a ReLU-like a = 0 test, the negative units here would be dead."""
+  p = jnp.asarray([[1.0, -1.0, 2.0, -3.0]] * 3)
+  f = lambda p, x: jnp.sum(gf.tap("h", x @ p, role="pre"))
+  flow = gf.value_and_grad(f, activations={"h": "prelu"})(p, jnp.ones((2, 3)))[2]
+  assert float(flow.activations.dead_fraction[0]) == 0.0
+  assert float(flow.activations.always_active_fraction[0]) == 1.0
+  assert gf.flat_metrics(flow)["act/always_active/h"] == 1.0
+  relu = gf.value_and_grad(f, activations={"h": "relu"})(p, jnp.ones((2, 3)))[2]
+  assert float(relu.activations.dead_fraction[0]) == 0.5
