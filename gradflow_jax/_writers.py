@@ -91,12 +91,14 @@ def flat_metrics(flow: FlowStep, update_ratios=None, prefix: str = "") -> dict[s
   if bool(flow.measured):
     out["grad_norm/global"] = float(flow.global_norm)
     out.update(_named_leaves("grad_norm", flow.param_grad_norms))
+    acts, tap_grad_norm = flow.activations, flow.tap_grad_norm.tolist()
+    columns = {field: getattr(acts, field).tolist() for _, field in _ACT_FIELDS}
     for i, name in enumerate(flow.names):
-      out[f"tap_grad_norm/{name}"] = float(flow.tap_grad_norm[i])
+      out[f"tap_grad_norm/{name}"] = float(tap_grad_norm[i])
       for label, field in _ACT_FIELDS:
         if not _has_field(label, flow.activation_names[i]):
           continue
-        out[f"act/{label}/{name}"] = float(getattr(flow.activations, field)[i])
+        out[f"act/{label}/{name}"] = float(columns[field][i])
   if update_ratios is not None:
     out.update(_named_leaves("update_ratio", jax.device_get(update_ratios)))
   return {prefix + k: v for k, v in out.items()}

@@ -227,10 +227,15 @@ def test_finite_and_masked_paths_agree_with_numpy():
       assert float(stats.saturation_fraction[l]) == pytest.approx(sat)
 
 
-def test_rows_of_mixed_shapes_and_tests_match_numpy():
+@pytest.mark.parametrize("exact", [None, 150, 50, 5])
+def test_rows_of_mixed_shapes_and_tests_match_numpy(exact, monkeypatch):
   """rows_stats groups rows of one shape and test into one reduction; each row
   must still get its own numbers, in its own place, on both paths. Dead units
-  are read from the derivative in the reference (not from column extremes)."""
+  are read from the derivative in the reference (not from column extremes).
+  ``exact`` lowers the bound under which mask counts are packed into one
+  float code (9 examples: base 10): two masks a code, one, and none (int32)."""
+  if exact is not None:
+    monkeypatch.setattr(_stats, "_EXACT_FLOAT32", exact)
   rng = np.random.default_rng(0)
   z = [rng.normal(size=(9, 7)).astype(np.float32) for _ in range(6)]
   z[0][:, :3] -= 8.0  # relu: three dead units

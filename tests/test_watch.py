@@ -3,6 +3,8 @@ independent references: jax.grad of the plain loss, NumPy on tensors Flax
 captures itself, a plain nnx.value_and_grad training run, explicit
 perturbations of a scan over layers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from flax import linen as nn
 from flax import nnx
 
 import gradflow_jax as gf
+from gradflow_jax import _stats, _watch
 from helpers import read_event_file, tol
 
 
@@ -108,6 +111,27 @@ def test_histograms_are_numpy_histograms_of_the_same_bins(linen_case):
   assert set(flow.histograms) == {f"{k}/{n}" for k in ("act", "grad") for n in flow.names}
 
 
+def test_a_flow_step_is_a_few_stacked_arrays_whatever_the_model_size(linen_case):
+  """Each array a jitted step returns costs the host per call: a FlowStep's
+  leaves are a few stacked arrays, not one per statistic, tap or parameter; its
+  attributes are views of them, on the device and after ``device_get``
+  (five leaves, and five more for the histograms of every tap together)."""
+  m, v, x, y, key, loss_fn, (_, grads, flow) = linen_case
+  assert len(jax.tree.leaves(flow)) == 5 + len(dataclasses.fields(_watch.Histogram))
+  host = jax.device_get(flow)
+  for f in (flow, host):
+    n = len(f.names)
+    assert n >= 4 and f.tap_grad_norm.shape == (n,)
+    assert all(getattr(f.activations, k).shape == (n,) for k in _stats.ActivationStats._fields)
+    assert jax.tree.structure(f.param_grad_norms) == jax.tree.structure(grads)
+  np.testing.assert_allclose(jax.tree.leaves(host.param_grad_norms),
+                             [np.linalg.norm(np.asarray(g)) for g in jax.tree.leaves(grads)],
+                             rtol=1e-5)
+  assert float(host.global_norm) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-5)
+  assert host.activations.nonfinite.dtype == np.int32
+  assert np.asarray(host.histograms["grad/Dense_0"].counts).sum() == x.shape[0] * 16
+
+
 def test_nonfinite_entries_are_counted_and_left_out_of_histograms():
   x = jnp.array([[1.0, jnp.nan, 3.0, jnp.inf]])
   h = gf.watch_histogram(x)
@@ -164,6 +188,32 @@ def test_every_skips_statistics_but_never_gradients():
   np.testing.assert_allclose(flow.tap_grad_norm, ref_flow.tap_grad_norm)
   with pytest.raises(ValueError, match="Python bool"):
     gf.value_and_grad(loss_fn)(w, x, y, measure=jnp.bool_(True))
+
+
+def test_every_on_a_scanned_model_skips_the_whole_tapped_pass():
+  """A scanned model's off-steps run the plain value_and_grad under the cond
+  (an unrolled model's run the tapped pass, above): the same gradients, and
+  the measured step equals every=1."""
+  w = jnp.stack([jnp.eye(5) * 0.9, jnp.eye(5) * 1.1]) + 0.01
+  x, y = _batch()
+
+  def loss_fn(p, x, y):
+    def layer(h, wl):
+      return jnp.tanh(gf.tap("z", h @ wl, activation="tanh")), None
+    h, _ = jax.lax.scan(layer, x, p)
+    return _ce(h[:, :3], y)
+  every2 = jax.jit(gf.value_and_grad(loss_fn, every=2))
+  ref_loss, ref_grads, ref_flow = jax.jit(gf.value_and_grad(loss_fn))(w, x, y)
+  assert ref_flow.names == ("z/layer_0", "z/layer_1")
+  for step in range(2):
+    loss, grads, flow = every2(w, x, y, step=jnp.int32(step))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(grads, ref_grads, rtol=1e-6)
+    assert bool(flow.measured) == (step == 0)
+    if step == 0:
+      np.testing.assert_allclose(flow.stats, ref_flow.stats, rtol=1e-6)
+    else:
+      assert np.isnan(flow.stats).all() and np.isnan(flow.norms).all()
 
 
 def test_taps_through_a_scan_over_layers_match_explicit_perturbations():
