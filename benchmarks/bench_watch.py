@@ -12,7 +12,7 @@ For each: the monitored step with statistics on every step, and with
 ``every=10`` averaged over 10 consecutive steps, against the bare step (per
 jitted call, median of paired rounds); then whole training loops of 200
 steps (the monitored one logging every 10th step to a JSON Lines file on the
-host) in steps per second. Targets: every step <= 1.10x, every=10 <= 1.02x.
+host, by ``gf.log_step`` and by ``gf.StepLogger``) in steps per second. Targets: every step <= 1.10x, every=10 <= 1.02x.
 
 Run: python benchmarks/bench_watch.py
 """
@@ -123,27 +123,41 @@ def measure(label, bare, every1, every10, static10, x, y):
 
 
 def loop_rates(bare, watched, x, y, n=200):
-  """Steps per second of whole loops: bare, and monitored (every=10) with
-  the host logging each measured step to JSON Lines."""
+  """Steps per second of whole loops: bare, and monitored (measure every
+  10th step) with the host logging each measured step to JSON Lines, by
+  ``gf.log_step`` (reads the step it just dispatched: the device idles
+  meanwhile) and by ``gf.StepLogger`` (writes it one logged step late)."""
   def bare_loop():
     for i in range(n):
       out = bare(x, y, i)
     jax.block_until_ready(out)
 
-  def watched_loop():  # measure=(step % 10 == 0), logged on the host
+  def log_step_loop():
     with tempfile.TemporaryDirectory() as d, gf.JsonlWriter(os.path.join(d, "log.jsonl")) as w:
       for i in range(n):
         out = watched(x, y, i)
         if i % 10 == 0:
           gf.log_step(w, i, out[-1][0], None)
       jax.block_until_ready(out)
+
+  def step_logger_loop():
+    with tempfile.TemporaryDirectory() as d:
+      with gf.StepLogger(gf.JsonlWriter(os.path.join(d, "log.jsonl"))) as log:
+        for i in range(n):
+          out = watched(x, y, i)
+          if i % 10 == 0:
+            log(i, out[-1][0])
+        jax.block_until_ready(out)
   rates = {}
-  for name, loop in (("bare", bare_loop), ("monitored", watched_loop)) * 2:  # 2nd: warm
+  loops = (("bare", bare_loop), ("log_step", log_step_loop), ("StepLogger", step_logger_loop))
+  for name, loop in loops * 2:  # the 2nd round is warm
     t0 = time.perf_counter()
     loop()
     rates[name] = n / (time.perf_counter() - t0)
-  print(f"  whole loop of {n} steps: bare {rates['bare']:.0f} steps/s, monitored with logging "
-        f"{rates['monitored']:.0f} steps/s ({rates['bare'] / rates['monitored']:.3f}x)")
+  print(f"  whole loop of {n} steps: bare {rates['bare']:.0f} steps/s; monitored, logging to "
+        f"JSONL with log_step {rates['log_step']:.0f} steps/s "
+        f"({rates['bare'] / rates['log_step']:.3f}x), with StepLogger "
+        f"{rates['StepLogger']:.0f} steps/s ({rates['bare'] / rates['StepLogger']:.3f}x)")
 
 
 def main():

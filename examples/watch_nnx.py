@@ -4,7 +4,7 @@ The only change to the loop is ``gf.nnx_value_and_grad`` in place of
 ``nnx.value_and_grad``: it returns the same loss and gradients, plus the
 step's gradient flow from the same forward/backward pass (every 10th step
 here, chosen on the host with a static ``measure``: the other steps are
-exactly the plain step). ``gf.log_step`` writes it as JSON Lines
+exactly the plain step). ``gf.StepLogger`` writes it as JSON Lines
 (and TensorBoard with ``--tensorboard DIR``, needs tensorboardX).
 
   python examples/watch_nnx.py --steps 300 --out runs/nnx
@@ -63,17 +63,15 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
   if tensorboard:
     writers.append(gf.TensorBoardWriter(tensorboard))
   n = len(data.x_train)
-  try:
+  # StepLogger writes each measured step when the next one is logged: the
+  # host never waits for the step it has just dispatched
+  with gf.StepLogger(*writers) as log:
     for step in range(steps):
       at = (step * batch) % (n - batch)
       x, y = jnp.asarray(data.x_train[at:at + batch]), jnp.asarray(data.y_train[at:at + batch])
       loss, flow, ratios = train_step(model, optimizer, x, y, measure=step % every == 0)
       if step % every == 0:  # the host reads only the measured steps
-        for w in writers:
-          gf.log_step(w, step, flow, ratios)
-  finally:
-    for w in writers:
-      w.close()
+        log(step, flow, ratios)
   print(f"final loss {float(loss):.4f}; log in {writers[0].path}")
   return writers[0].path
 

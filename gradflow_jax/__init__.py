@@ -75,6 +75,7 @@ from gradflow_jax._width_study import WidthStudySettings
 from gradflow_jax._writers import flat_metrics
 from gradflow_jax._writers import JsonlWriter
 from gradflow_jax._writers import log_step
+from gradflow_jax._writers import StepLogger
 from gradflow_jax._writers import MetricWriter
 from gradflow_jax._writers import read_jsonl
 from gradflow_jax._writers import TensorBoardWriter
@@ -112,6 +113,7 @@ __all__ = (
     "load_digits",
     "load_npz",
     "log_step",
+    "StepLogger",
     "loss_value",
     "make_step",
     "mean_field_law",

@@ -122,6 +122,60 @@ def log_step(writer: MetricWriter, step: int, flow: FlowStep, update_ratios=None
   return scalars
 
 
+class StepLogger:
+  """:func:`log_step` one logged step late, so the host never waits for the
+  step it has just dispatched.
+
+  ``log_step`` reads the step's numbers, which blocks the host until that
+  step has run; the device then idles until the host has written them and
+  dispatched the next step. ``logger(step, flow, ratios)`` instead starts
+  the copy to the host and writes the step logged before it (finished long
+  ago), so logging overlaps with training. ``flush()`` (or leaving the
+  ``with`` block, or ``close()``) writes the last one.
+
+  Example:
+    >>> with gf.StepLogger(gf.JsonlWriter("runs/log.jsonl")) as log:
+    ...   for step in range(steps):
+    ...     params, opt_state, flow, ratios = train_step(params, opt_state, x, y, step)
+    ...     if step % 10 == 0:
+    ...       log(step, flow, ratios)
+  """
+
+  def __init__(self, *writers: MetricWriter):
+    self.writers = writers
+    self._pending = None
+    self.last: tuple[int, dict] | None = None  # (step, scalars) last written
+
+  def __call__(self, step: int, flow: FlowStep, update_ratios=None) -> None:
+    for leaf in jax.tree.leaves((flow, update_ratios)):
+      if hasattr(leaf, "copy_to_host_async"):
+        leaf.copy_to_host_async()
+    self.flush()
+    self._pending = (int(step), flow, update_ratios)
+
+  def flush(self) -> None:
+    """Writes the step held back, if any."""
+    if self._pending is None:
+      return
+    step, flow, ratios = self._pending
+    self._pending = None
+    scalars = [log_step(w, step, flow, ratios) for w in self.writers]
+    self.last = (step, scalars[0] if scalars else flat_metrics(flow, ratios))
+
+  def close(self) -> None:
+    """Writes the step held back and closes the writers that can be closed."""
+    self.flush()
+    for w in self.writers:
+      if hasattr(w, "close"):
+        w.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
 def _histogram_record(h: Histogram) -> dict:
   return {"counts": np.asarray(h.counts).tolist(), "min": float(h.min), "max": float(h.max),
           "sum": float(h.sum), "sum_squares": float(h.sum_squares)}

@@ -366,6 +366,39 @@ class _Recorder:
     self.calls.append((step, dict(scalars)))
 
 
+def test_step_logger_writes_each_step_once_one_step_late_and_the_last_on_exit(tmp_path):
+  """StepLogger holds a step back until the next is logged (the host then
+  reads a finished step), writes the same lines as log_step, and loses no
+  step when the loop stops early."""
+  w = {"w1": jnp.ones((5, 4)) * 0.3}
+  x, y = _batch()
+  step = jax.jit(gf.value_and_grad(lambda p, x, y: _ce(gf.tap("h", x @ p["w1"])[:, :3], y)))
+  flows = [step(jax.tree.map(lambda a, k=k: a * (1 + k), w), x, y)[2] for k in range(3)]
+
+  class Memory:
+    def __init__(self):
+      self.lines, self.closed = [], False
+
+    def write_scalars(self, step, scalars):
+      self.lines.append((step, scalars))
+
+    def close(self):
+      self.closed = True
+  memory = Memory()
+  with pytest.raises(RuntimeError):
+    with gf.StepLogger(memory, gf.JsonlWriter(tmp_path / "log.jsonl")) as log:
+      for k, f in enumerate(flows):
+        log(10 * k, f)
+        assert [s for s, _ in memory.lines] == [10 * j for j in range(k)]  # one step late
+      raise RuntimeError("the loop stops")
+  assert memory.closed and log.last[0] == 20
+  assert memory.lines == [(10 * k, gf.flat_metrics(f)) for k, f in enumerate(flows)]
+  records = [r for r in gf.read_jsonl(tmp_path / "log.jsonl") if "scalars" in r]
+  assert [r["step"] for r in records] == [0, 10, 20]
+  assert records[2]["scalars"]["tap_grad_norm/h"] == pytest.approx(
+      float(flows[2].tap_grad_norm[0]), rel=1e-6)
+
+
 def test_skipped_steps_log_only_the_loss_to_any_writer():
   w = {"w": jnp.ones((5, 3)) * 0.1}
   x, y = _batch()
