@@ -90,8 +90,8 @@ def test_pre_ln_stream_grows_and_last_layer_gradient_falls_post_ln_neither():
   """Xiong et al. 2020: pre-LN's residual stream grows like sqrt(L), so the
   final LN shrinks the gradient at the last block like 1/sqrt(L); post-LN
   normalises every block: both stay flat (theory for pre-LN from depth 2 to
-  16: x sqrt(8) = 2.8 and x 0.35)."""
-  settings = gf.DepthStudySettings(depths=(2, 16), seeds=1, width=16, examples=16,
+  8: x sqrt(4) = 2 and x 0.5)."""
+  settings = gf.DepthStudySettings(depths=(2, 8), seeds=1, width=16, examples=16,
                                    jacobians=False)
 
   def at_last_block(make):
@@ -105,8 +105,9 @@ def test_pre_ln_stream_grows_and_last_layer_gradient_falls_post_ln_neither():
     return s8 / s2, g8 / g2
   pre_std, pre_grad = at_last_block(transformer_ln.make_pre)
   post_std, post_grad = at_last_block(transformer_ln.make_post)
-  assert pre_std > 2 and pre_grad < 0.55  # measured 3.0-3.2, 0.33-0.39 (3 seeds)
-  assert 0.75 < post_std < 1.6 and post_grad > 0.65  # measured 1.25, 0.9-1.2 (3 seeds)
+  # measured over 3 seeds: pre 1.92-1.99 and 0.47-0.52; post 1.27-1.37 and 0.79-0.97
+  assert 1.7 < pre_std < 2.3 and 0.4 < pre_grad < 0.6
+  assert 0.75 < post_std < 1.55 and post_grad > 0.7
 
 
 def test_interacting_examples_take_each_block_with_the_batch_fixed():
