@@ -14,7 +14,6 @@ import argparse
 import functools
 import os
 
-import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
