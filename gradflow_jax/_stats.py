@@ -194,6 +194,14 @@ def _over_examples(fn, x):
   return fn(x, axis=tuple(range(1, x.ndim - 1)))
 
 
+def _broadcast_slope(g: _Group):
+  """A PReLU group's slope shaped to broadcast against its tested values, or
+  None (the activation's default slope)."""
+  if g.slope is None:
+    return None
+  return jnp.reshape(g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
+
+
 def _tests(g: _Group, dtype, size):
   """(saturation fraction, dead fraction, always-active fraction) per row. A
   unit is dead when it is inactive on every example; for one-sided bounds that
@@ -214,9 +222,7 @@ def _tests(g: _Group, dtype, size):
   lo, hi = g.act.inactive_bounds
   t = g.tested
   if g.act.name == "prelu":
-    slope = None if g.slope is None else jnp.reshape(  # None: the activation's default slope
-        g.slope, (1,) * (g.tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
-    inactive = g.act.is_inactive(g.tested, slope)
+    inactive = g.act.is_inactive(g.tested, _broadcast_slope(g))
     return sat, _dead_fraction(inactive), _dead_fraction(~inactive)
   if math.isinf(lo) and math.isinf(hi):
     return sat, jnp.zeros(rows, jnp.float32), nan
@@ -323,9 +329,7 @@ def _finite_tests(g: _Group, unit_min, unit_max, dtype):
   lo, hi = g.act.inactive_bounds if g.act is not None else (-math.inf, math.inf)
   one_sided = math.isinf(lo) != math.isinf(hi)
   if g.act is not None and g.act.name == "prelu":
-    slope = None if g.slope is None else jnp.reshape(  # None: the activation's default slope
-        g.slope, (1,) * (tested.ndim - jnp.ndim(g.slope)) + jnp.shape(g.slope))
-    masks["inactive"] = g.act.is_inactive(tested, slope)
+    masks["inactive"] = g.act.is_inactive(tested, _broadcast_slope(g))
   elif not (math.isinf(lo) and math.isinf(hi)) and not (one_sided and g.same):
     masks["inactive"] = g.act.is_inactive(tested)
   counts = dict(zip(masks, _unit_counts(list(masks.values()), examples)))
@@ -360,7 +364,7 @@ def _finite_group(g: _Group, shift, s1):
   unit_max = _over_examples(jnp.max, values)
   sat, dead, active, zero = _finite_tests(g, unit_min, unit_max, values.dtype)
   return (mean_d + shift, jnp.sqrt(var), _per_row(jnp.min, unit_min),
-          _per_row(jnp.max, unit_max), sat, dead, zero.astype(values.dtype),
+          _per_row(jnp.max, unit_max), sat, dead, zero,
           jnp.zeros(values.shape[:1], jnp.int32), active)
 
 

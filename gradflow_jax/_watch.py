@@ -59,6 +59,12 @@ def histogram(x) -> Histogram:
                    jnp.max(jnp.where(finite, v, -jnp.inf)), jnp.sum(zero), jnp.sum(zero * zero))
 
 
+def _histogram_keys(names) -> list[str]:
+  """``act/NAME`` for every tap, then ``grad/NAME``: a FlowStep's histograms in
+  stacking order."""
+  return [f"{kind}/{n}" for kind in ("act", "grad") for n in names]
+
+
 _PACKED_FIELDS = ActivationStats._fields[:7] + ActivationStats._fields[8:] + ("tap_grad_norm",)
 
 
@@ -121,8 +127,8 @@ class FlowStep:
                       + [global_norm])
     hist = None
     if histograms:
-      keys = [f"{kind}/{n}" for kind in ("act", "grad") for n in names]
-      hist = jax.tree.map(lambda *h: jnp.stack(h), *[histograms[k] for k in keys])
+      hist = jax.tree.map(lambda *h: jnp.stack(h),
+                          *[histograms[k] for k in _histogram_keys(names)])
     return cls(names, roles, activation_names, stats, activations.nonfinite, norms, loss,
                measured, hist, treedef)
 
@@ -155,9 +161,8 @@ class FlowStep:
   def histograms(self) -> dict:
     if self.stacked_histograms is None:
       return {}
-    keys = [f"{kind}/{n}" for kind in ("act", "grad") for n in self.names]
     return {k: jax.tree.map(lambda a, i=i: a[i], self.stacked_histograms)
-            for i, k in enumerate(keys)}
+            for i, k in enumerate(_histogram_keys(self.names))}
 
   def _repr_html_(self) -> str:
     from gradflow_jax import _writers
@@ -346,6 +351,10 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
       (loss, (aux, taps)), (grads, gt) = tapped_pass(params, args)
       return (loss, aux), grads, statistics(taps, gt, grads)
 
+    def skipped(shape):
+      """The statistics of a step ``every`` skipped: NaN, measured=False."""
+      return _nan_like(shape[:4]) + (jnp.asarray(False), _nan_like(shape[5]))
+
     def bare(params, args, like_measured=True):
       # the user's own forward/backward, no taps: what a skipped step costs.
       # Under a cond it must return the measured step's structure (NaN);
@@ -355,9 +364,8 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
           lambda p: _split_output(plain(p, *args), has_aux), has_aux=True)(params)
       if not like_measured:
         return (loss, aux), grads, (None, None, None, None, jnp.asarray(False), {})
-      shape = jax.eval_shape(lambda p, a: measured(p, a)[2], params, args)
-      flow = _nan_like(shape[:4]) + (jnp.asarray(False), _nan_like(shape[5]))
-      return (loss, aux), grads, flow
+      return (loss, aux), grads, skipped(jax.eval_shape(lambda p, a: measured(p, a)[2],
+                                                        params, args))
 
     if measure is not None:
       (loss, aux), grads, flow = (measured(params, args) if measure else
@@ -376,9 +384,7 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
       (loss, (aux, taps)), (grads, gt) = tapped_pass(params, args)
       shape = jax.eval_shape(statistics, taps, gt, grads)
       flow = jax.lax.cond(jnp.asarray(step) % every == 0, statistics,
-                          lambda *_: _nan_like(shape[:4]) + (jnp.asarray(False),
-                                                             _nan_like(shape[5])),
-                          taps, gt, grads)
+                          lambda *_: skipped(shape), taps, gt, grads)
     stats, tap_norms, leaf_norms, gnorm, done, hist = flow
     step_stats = FlowStep.pack(names, tuple(i.role for i in info),
                                tuple(i.activation for i in info), stats, tap_norms, leaf_norms,

@@ -114,11 +114,19 @@ def histograms(flow: FlowStep) -> dict[str, Histogram]:
 def log_step(writer: MetricWriter, step: int, flow: FlowStep, update_ratios=None) -> dict:
   """Writes a step's scalars (and histograms, where the writer takes them);
   returns the scalars."""
+  return _write_step([writer], step, flow, update_ratios)
+
+
+def _write_step(writers, step: int, flow: FlowStep, update_ratios=None) -> dict:
+  """One step to every writer, its numbers read from the device once."""
   scalars = flat_metrics(flow, update_ratios)
-  writer.write_scalars(int(step), scalars)
-  if hasattr(writer, "write_histogram_counts"):
-    for name, h in histograms(flow).items():
-      writer.write_histogram_counts(int(step), name, h)
+  hists = None
+  for writer in writers:
+    writer.write_scalars(int(step), scalars)
+    if hasattr(writer, "write_histogram_counts"):
+      hists = histograms(flow) if hists is None else hists
+      for name, h in hists.items():
+        writer.write_histogram_counts(int(step), name, h)
   return scalars
 
 
@@ -159,8 +167,7 @@ class StepLogger:
       return
     step, flow, ratios = self._pending
     self._pending = None
-    scalars = [log_step(w, step, flow, ratios) for w in self.writers]
-    self.last = (step, scalars[0] if scalars else flat_metrics(flow, ratios))
+    self.last = (step, _write_step(self.writers, step, flow, ratios))
 
   def close(self) -> None:
     """Writes the step held back and closes the writers that can be closed."""
