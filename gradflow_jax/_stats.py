@@ -105,17 +105,20 @@ class Row(NamedTuple):
 
 
 _GROUP_LIMIT = 2**22  # entries per stacked group: above it, per-row kernels cost nothing extra
-# entries per row above which a norm alone is cheaper than the copy that
-# stacks it with others (one pass either way; the kernel launch, ~10 us on
-# CPU, is what stacking saves)
-_NORM_STACK_LIMIT = 2**13
+# entries per row above which reducing a row alone is cheaper than the copy
+# that stacks it with rows of other arrays (the kernel launch, ~10 us on CPU,
+# is what stacking saves; the copy of large rows costs more, several times the
+# reductions once the taps outgrow the caches). A family's run of slices is
+# its scan's own stacked output, free at any size.
+_STACK_LIMIT = 2**13
 
 
 def _group_rows(rows: list[Row]) -> list[list[int]]:
   """Indices of rows that can be stacked and reduced together: same shapes,
-  dtypes and tests, no per-row slope, at most ``_GROUP_LIMIT`` entries a group.
-  One reduction over a stack replaces a kernel launch per row, which on CPU
-  costs more than the arithmetic for tensors of ~1e4 entries."""
+  dtypes and tests, no per-row slope, at most ``_GROUP_LIMIT`` entries a group,
+  and above ``_STACK_LIMIT`` entries a row only the rows of one family. One
+  reduction over a stack replaces a kernel launch per row, which on CPU costs
+  more than the arithmetic for tensors of ~1e4 entries."""
   groups, open_groups = [], {}
   for k, r in enumerate(rows):
     if r.slope is not None or r.values.size >= _GROUP_LIMIT:
@@ -124,6 +127,8 @@ def _group_rows(rows: list[Row]) -> list[list[int]]:
     same = r.tested is r.values
     key = (r.values.shape, r.values.dtype, same, None if same else (r.tested.shape, r.tested.dtype),
            id(r.act))
+    if r.values.size > _STACK_LIMIT:
+      key += (("family", r.family) if r.family is not None else ("alone", k),)
     group = open_groups.get(key)
     if group is None or (len(group) + 1) * r.values.size > _GROUP_LIMIT:
       group = open_groups[key] = []
@@ -137,19 +142,12 @@ def _group_rows(rows: list[Row]) -> list[list[int]]:
 
 
 def grouped_norms(arrays: list, families: list) -> jax.Array:
-  """(n,) ||a|| of each array, accumulated in at least float32. Arrays of one
-  shape and dtype are reduced together (a scanned tap's layers in order, see
-  :class:`Row`); one above ``_NORM_STACK_LIMIT`` entries and of no family
-  alone."""
+  """(n,) ||a|| of each array, accumulated in at least float32. Small arrays
+  of one shape and dtype are reduced together, and the layers of one family
+  (a scanned tap, see :class:`Row`) in order (see ``_group_rows``)."""
   if not arrays:
     return jnp.zeros((0,), jnp.float32)
-  # a family's run of slices is its stacked array (free); other large arrays
-  # are reduced alone
-  stackable = [k for k, a in enumerate(arrays)
-               if families[k] is not None or a.size <= _NORM_STACK_LIMIT]
-  index = [[stackable[i] for i in g] for g in _group_rows(
-      [Row(arrays[k], arrays[k], family=families[k]) for k in stackable])]
-  index += [[k] for k in range(len(arrays)) if k not in set(stackable)]
+  index = _group_rows([Row(a, a, family=f) for a, f in zip(arrays, families)])
   out = [None] * len(arrays)
   for members in index:
     stack = _acc(_stack([arrays[k] for k in members]))
@@ -349,21 +347,24 @@ def _finite_tests(g: _Group, unit_min, unit_max, dtype):
   return sat, share(unit_min > hi), share(unit_max <= hi), zero  # inactive at z > hi
 
 
-def _finite_group(g: _Group, shift, s1):
+def _finite_group(g: _Group, s1):
   """``_masked_group`` of rows known to hold no NaN/Inf: the same statistics
   without the finiteness masks, which cost a pass over the tensor each. The
-  extremes are taken per unit first (the dead-unit tests use them), then per
-  row."""
+  variance is the two-pass one, centred on the mean from ``s1`` (each row's
+  plain sum): on XLA:CPU a reduction of an elementwise expression with one
+  consumer reads the tensor once, where a shifted tensor shared by two
+  reductions is first written out whole (measured 2-3x slower per group once
+  the taps outgrow the cache). The extremes are taken per unit first (the
+  dead-unit tests use them), then per row."""
   values = g.values
   size = values[0].size
-  d = values - _per_row_value(shift, values)
-  s2 = _per_row(jnp.sum, d * d)
-  mean_d = s1 / size
-  var = jnp.maximum(s2 - s1 * mean_d, 0) / (size - 1)
+  mean = s1 / size
+  d = values - _per_row_value(mean, values)
+  var = _per_row(jnp.sum, d * d) / (size - 1)
   unit_min = _over_examples(jnp.min, values)
   unit_max = _over_examples(jnp.max, values)
   sat, dead, active, zero = _finite_tests(g, unit_min, unit_max, values.dtype)
-  return (mean_d + shift, jnp.sqrt(var), _per_row(jnp.min, unit_min),
+  return (mean, jnp.sqrt(var), _per_row(jnp.min, unit_min),
           _per_row(jnp.max, unit_max), sat, dead, zero,
           jnp.zeros(values.shape[:1], jnp.int32), active)
 
@@ -385,9 +386,7 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
     tested = values if same else _stack([r.tested for r in rs])
     slope = rs[0].slope
     groups.append(_Group(values, tested, rs[0].act, slope, same))
-  shifts = [_first_entry(g.values) for g in groups]
-  s1 = [_per_row(jnp.sum, g.values - _per_row_value(c, g.values))
-        for g, c in zip(groups, shifts)]
+  s1 = [_per_row(jnp.sum, g.values) for g in groups]
   tested_sums = [_per_row(jnp.sum, _acc(g.tested)) for g in groups if not g.same]
   all_finite = jnp.all(jnp.isfinite(jnp.concatenate(s1 + tested_sums)))
   order = [k for members in index for k in members]
@@ -402,7 +401,7 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
     return ActivationStats(*columns)
 
   def finite():
-    return stacked([_finite_group(g, c, t) for g, c, t in zip(groups, shifts, s1)])
+    return stacked([_finite_group(g, t) for g, t in zip(groups, s1)])
 
   def masked():
     return stacked([_masked_group(g) for g in groups])

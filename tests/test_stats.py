@@ -203,6 +203,31 @@ def test_std_of_collapsed_layer_does_not_cancel():
   np.testing.assert_allclose(s.std, want, rtol=1e-3)
 
 
+@pytest.mark.parametrize("mean,spread", [(0.5, 1e-4), (1e3, 0.1), (-40.0, 3.0)])
+def test_std_of_offset_rows_matches_numpy_to_float32(mean, spread):
+  """The finite path's two-pass variance (centred on the row mean) keeps
+  float32 precision however far the values sit from 0."""
+  rng = np.random.default_rng(1)
+  v = (mean + spread * rng.normal(size=(3, 512, 64))).astype(np.float32)
+  s = jax.jit(lambda v: _stats.rows_stats([_stats.Row(v[i], v[i]) for i in range(3)]))(v)
+  want = v.astype(np.float64).reshape(3, -1)
+  np.testing.assert_allclose(s.std, want.std(axis=1, ddof=1), rtol=1e-6)
+  np.testing.assert_allclose(s.mean, want.mean(axis=1), rtol=1e-6)
+
+
+def test_only_a_familys_own_large_rows_are_stacked_together():
+  """Stacking rows of different arrays copies them; only a family's run of
+  slices (a scan's own stacked output) is free. Large rows of two families,
+  and a large row of none, get groups of their own; small rows share one."""
+  big = (8, _stats._STACK_LIMIT // 8 + 1)
+  rows = ([_stats.Row(jnp.zeros(big), None, family="a") for _ in range(3)]
+          + [_stats.Row(jnp.zeros(big), None, family="b") for _ in range(2)]
+          + [_stats.Row(jnp.zeros(big), None)]
+          + [_stats.Row(jnp.zeros((4, 4)), None, family=f) for f in ("a2", "b2", None)])
+  rows = [r._replace(tested=r.values) for r in rows]
+  assert sorted(_stats._group_rows(rows)) == [[0, 1, 2], [3, 4], [5], [6, 7, 8]]
+
+
 def test_finite_and_masked_paths_agree_with_numpy():
   """All-finite traces skip the finiteness masks; one Inf/NaN sends the whole
   trace through the masked path. Both must give NumPy's numbers."""
