@@ -106,11 +106,12 @@ class Row(NamedTuple):
 
 _GROUP_LIMIT = 2**22  # entries per stacked group: above it, per-row kernels cost nothing extra
 # entries per row above which reducing a row alone is cheaper than the copy
-# that stacks it with rows of other arrays (the kernel launch, ~10 us on CPU,
-# is what stacking saves; the copy of large rows costs more, several times the
-# reductions once the taps outgrow the caches). A family's run of slices is
-# its scan's own stacked output, free at any size.
-_STACK_LIMIT = 2**13
+# that stacks it with rows of other arrays: the kernel launch, ~10 us on CPU,
+# is what stacking saves, and the copy of large rows costs more (measured on
+# 21 rows, single-threaded: stacked rows of 2**14-2**15 entries cost 0.6x
+# their rows alone, of 2**16-2**17 entries 1.8-1.9x). A family's run of
+# slices is its scan's own stacked output, free at any size.
+_STACK_LIMIT = 2**15
 
 
 def _group_rows(rows: list[Row]) -> list[list[int]]:
