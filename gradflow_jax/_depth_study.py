@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _family, _jacobians, _model_stats
+from gradflow_jax import _family, _jacobians, _model_stats, _stats
 
 DEFAULT_DEPTHS = (2, 4, 8, 16, 32)
 EXACT_MAX = 1 << 16  # per-example Jacobians with at most this many entries: also exact SVD
@@ -196,14 +196,11 @@ def _measure_fn(fam: _family.Family, depth: int, source, target, interacting, s:
 
 
 def _after(x, deps):
-  """``x``, made to depend on ``deps`` (x + 0 * their finite sum; XLA keeps a
-  float multiply by 0 but drops optimization barriers). jaxlib's batched
+  """``x``, made to depend on ``deps`` (see ``_stats.after``). jaxlib's batched
   LAPACK kernels (SVD, eigh) each wait on the intra-op thread pool for their
   batch; two in flight at once deadlocked (in 3 of 4 runs on 2 cores, jax
   0.10), so every LAPACK call here waits for the one before."""
-  total = sum(jnp.sum(jnp.where(jnp.isfinite(d), d, 0).astype(jnp.float32))
-              for d in jax.tree.leaves(deps))
-  return x + (0 * total).astype(x.dtype)
+  return _stats.after(x, deps)
 
 
 def _jacobians_gram() -> bool:

@@ -402,11 +402,39 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
     return ActivationStats(*columns)
 
   def finite():
-    return stacked([_finite_group(g, t) for g, t in zip(groups, s1)])
+    return stacked(_one_after_another(lambda g, t: _finite_group(g, t), groups, s1))
 
   def masked():
-    return stacked([_masked_group(g) for g in groups])
+    return stacked(_one_after_another(lambda g, _: _masked_group(g), groups, s1))
   return jax.lax.cond(all_finite, finite, masked)
+
+
+def after(x, deps):
+  """``x``, made to depend on ``deps`` (x + 0 * their finite sum; XLA keeps a
+  float multiply by 0 but drops optimization barriers), so that XLA computes
+  what reads ``x`` only once ``deps`` are done."""
+  total = sum(jnp.sum(jnp.where(jnp.isfinite(d), d, 0).astype(jnp.float32))
+              for d in jax.tree.leaves(deps))
+  return x + (0 * total).astype(x.dtype)
+
+
+def _one_after_another(group_stats, groups: list, sums: list) -> list:
+  """``group_stats(group, sums)`` of each group, each group's computed only
+  once the previous group's statistics are (see ``after``). Left to itself XLA
+  overlaps the groups, and their temporaries add up: a CNN's 7 taps of
+  (32, 16, 16, 32) needed 7.3 MB (36.7 MB on the NaN-masked path) against
+  2.1 MB (7.3 MB) in sequence. XLA:CPU allocates a call's temporaries afresh
+  each call, and above glibc's 32 MB mmap threshold every page of them is a
+  page fault (measured: the CNN's every=10 off-step 1.44x the bare step with
+  36.7 MB of temporaries, 0.99x without the faults)."""
+  out = []
+  for g, t in zip(groups, sums):
+    if out:
+      values = after(g.values, out[-1])
+      tested = values if g.same else after(g.tested, out[-1])
+      g = g._replace(values=values, tested=tested)
+    out.append(group_stats(g, t))
+  return out
 
 
 def trace_stats(cfg: MLPConfig, trace: _mlp.Trace, slope=None) -> ActivationStats:
