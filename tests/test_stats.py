@@ -217,15 +217,17 @@ def test_std_of_offset_rows_matches_numpy_to_float32(mean, spread):
 
 def test_only_a_familys_own_large_rows_are_stacked_together():
   """Stacking rows of different arrays copies them; only a family's run of
-  slices (a scan's own stacked output) is free. Large rows of two families,
-  and a large row of none, get groups of their own; small rows share one."""
+  slices (a scan's own stacked output) is free. Rows of two families, large
+  or small, and a large row of none, get groups of their own; small rows of
+  no family share one."""
   big = (8, _stats._STACK_LIMIT // 8 + 1)
   rows = ([_stats.Row(jnp.zeros(big), None, family="a") for _ in range(3)]
           + [_stats.Row(jnp.zeros(big), None, family="b") for _ in range(2)]
           + [_stats.Row(jnp.zeros(big), None)]
-          + [_stats.Row(jnp.zeros((4, 4)), None, family=f) for f in ("a2", "b2", None)])
+          + [_stats.Row(jnp.zeros((4, 4)), None, family=f) for f in ("a2", "b2", None, None)]
+          + [_stats.Row(jnp.zeros((4, 4)), None, family="a2")])
   rows = [r._replace(tested=r.values) for r in rows]
-  assert sorted(_stats._group_rows(rows)) == [[0, 1, 2], [3, 4], [5], [6, 7, 8]]
+  assert sorted(_stats._group_rows(rows)) == [[0, 1, 2], [3, 4], [5], [6, 10], [7], [8, 9]]
 
 
 def test_finite_and_masked_paths_agree_with_numpy():
