@@ -172,7 +172,8 @@ class _Collector:
       self.mark(out)
       return out
     if p is not None:
-      x = x + p.astype(x.dtype)
+      p = p.astype(x.dtype)
+      x = _plus_tangent(x, p) if getattr(_STATE, "zero_perturbations", False) else x + p
     self.adopt(name, x, info)
     return x
 
@@ -240,6 +241,36 @@ def collecting(perturb=None):
   finally:
     _STATE.collector = previous
     _remove_routes()
+
+
+@jax.custom_jvp
+def _plus_tangent(x, p):
+  """``x`` with ``p``'s tangent added to its own: ``x + p`` where ``p`` is
+  zero, without reading ``p`` in the forward pass."""
+  del p
+  return x
+
+
+@_plus_tangent.defjvp
+def _plus_tangent_jvp(primals, tangents):
+  return primals[0], tangents[0] + tangents[1]
+
+
+@contextlib.contextmanager
+def zero_perturbations_promised():
+  """Within the block (while tracing) the caller promises every perturbation
+  is zero, so a tap passes its value on unchanged and only differentiates
+  through the perturbation. A scan then needs no perturbation input in its
+  forward pass (each was a zero-filled stack copied into the loop and
+  sliced every layer): the 4 x 64 scan transformer's monitored step
+  1.64-1.67x -> 1.60-1.63x the bare one, with the same numbers bit for bit.
+  Perturbations meant to move the forward pass must stay outside it."""
+  previous = getattr(_STATE, "zero_perturbations", False)
+  _STATE.zero_perturbations = True
+  try:
+    yield
+  finally:
+    _STATE.zero_perturbations = previous
 
 
 @contextlib.contextmanager

@@ -335,8 +335,9 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
         out, taps = run(p, pt, *args)
         loss, aux = _split_output(out, has_aux)
         return loss, (aux, taps)
-      return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-          params, _probe.zero_perturbations(shapes))
+      with _probe.zero_perturbations_promised():
+        return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
+            params, _probe.zero_perturbations(shapes))
 
     def statistics(taps, gt, grads):
       stats, tap_norms, leaf_norms = _model_stats.tap_statistics(info, taps, gt, grads)

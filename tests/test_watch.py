@@ -496,3 +496,34 @@ def test_a_tap_named_prelu_without_its_slope_uses_the_default_slope():
   assert gf.flat_metrics(flow)["act/always_active/h"] == 1.0
   relu = gf.value_and_grad(f, activations={"h": "relu"})(p, jnp.ones((2, 3)))[2]
   assert float(relu.activations.dead_fraction[0]) == 0.5
+
+
+def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forward_read():
+  """Under ``zero_perturbations_promised`` (the monitored step) a tap adds only
+  its perturbation's tangent: gradients equal those of ``x + p`` bit for bit
+  (through a scan and a checkpointed body), and the forward pass ignores p."""
+  from gradflow_jax import _probe
+  ws = jax.random.normal(jax.random.key(0), (3, 5, 5)) / np.sqrt(5)
+  x = jax.random.normal(jax.random.key(1), (2, 5))
+
+  def fn(ws, x):
+    @jax.checkpoint
+    def layer(h, w):
+      return gf.tap("h", jnp.tanh(h @ w)), None
+    h, _ = jax.lax.scan(layer, gf.tap("x", x * 2.0), ws)
+    return jnp.sum(h ** 3)
+  model = gf.probed(fn, ws)
+  shapes = _probe.discover_taps(model, x).shapes
+  assert sorted(shapes) == ["h/layer_0", "h/layer_1", "h/layer_2", "x"]
+
+  def value_and_grads(p):
+    return jax.value_and_grad(lambda w, p: model.forward(w, x, p)[0], argnums=(0, 1))(ws, p)
+  zeros = _probe.zero_perturbations(shapes)
+  want = jax.jit(value_and_grads)(zeros)
+  with _probe.zero_perturbations_promised():
+    got = jax.jit(value_and_grads)(zeros)
+    ones = jax.tree.map(jnp.ones_like, zeros)
+    moved = jax.jit(lambda p: model.forward(ws, x, p)[0])(ones)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert float(moved) == float(want[0])
+  assert float(model.forward(ws, x, ones)[0]) != float(want[0])  # outside: p moves it
