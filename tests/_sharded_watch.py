@@ -72,7 +72,6 @@ def main():
   ys = jax.device_put(y, NamedSharding(mesh, P("data")))
   step = jax.jit(monitored)
   out = step(sharded_params, opt_state, xs, ys)
-  leaves = lambda t: [np.asarray(v, np.float64) for v in jax.tree.leaves(t)]
   # error relative to the size of what was summed: a mean near 0 against its
   # std, a histogram's sum against sqrt(n * sum of squares) (Cauchy-Schwarz)
   a_single, a_sharded = single[2].activations, out[2].activations
@@ -91,7 +90,7 @@ def main():
     count_moves += int(np.abs(np.asarray(g.counts) - np.asarray(h.counts)).sum())
     n = float(np.sum(h.counts))
     scale = np.sqrt(n * float(h.sum_squares))
-    errors[f"histograms.sum"] = max(errors.get("histograms.sum", 0.0), _rel(g.sum, h.sum, scale))
+    errors["histograms.sum"] = max(errors.get("histograms.sum", 0.0), _rel(g.sum, h.sum, scale))
     for field in ("min", "max", "sum_squares"):
       errors[f"histograms.{field}"] = max(errors.get(f"histograms.{field}", 0.0),
                                           _rel(getattr(g, field), getattr(h, field)))

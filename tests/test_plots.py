@@ -21,7 +21,6 @@ def _texts(fig):
 
 
 def _run(act, values, role="recommended", init="he"):
-  n = len(values)
   return {"activation": act, "role": role, "init": init,
           "activation_stats": {k: values for k in ("std", "saturation_fraction",
                                                    "dead_fraction")},
