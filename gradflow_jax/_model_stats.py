@@ -69,13 +69,16 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
 
   (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
       params, perturb)
-  stats, tap_norms, leaf_norms = tap_statistics(info, taps, gt, gp)
+  stats, tap_norms, leaf_norms = tap_statistics(info, taps, gp, tap_grads=gt)
   return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), value, gp
 
 
-def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, tap_grads: dict, grads):
+def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, grads, *, tap_grads=None,
+                   tap_grad_squares=None):
   """(ActivationStats per tap, ||dL/d tap|| per tap, per-leaf ||dL/dp||) of
-  one forward/backward pass. The layers of a scanned tap are reduced as the
+  one forward/backward pass, from ``tap_grads`` (dL/d tap per tap) or, when
+  they are None, ``tap_grad_squares`` (||dL/d tap||^2 per tap, see
+  ``_probe.norm_slots``). The layers of a scanned tap are reduced as the
   scan's stacked output (see ``Row.family``), small tensors of one shape
   together."""
   families = [_probe.family(i.name) for i in info]
@@ -85,7 +88,10 @@ def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, tap_grads: dict
   stats = (rows_stats(rows) if rows else
            ActivationStats(*[jnp.zeros((0,), jnp.float32)] * 7, jnp.zeros((0,), jnp.int32),
                            jnp.zeros((0,), jnp.float32)))
-  tap_norms = grouped_norms([tap_grads[i.name] for i in info], families)
+  if tap_grads is not None:
+    tap_norms = grouped_norms([tap_grads[i.name] for i in info], families)
+  else:
+    tap_norms = jnp.sqrt(jnp.stack([tap_grad_squares[i.name] for i in info]))
   leaves, treedef = jax.tree.flatten(grads)
   norms = grouped_norms(leaves, [None] * len(leaves))
   return stats, tap_norms, jax.tree.unflatten(treedef, [norms[k] for k in range(len(leaves))])

@@ -172,8 +172,13 @@ class _Collector:
       self.mark(out)
       return out
     if p is not None:
-      p = p.astype(x.dtype)
-      x = _plus_tangent(x, p) if getattr(_STATE, "zero_perturbations", False) else x + p
+      promise = getattr(_STATE, "zero_perturbations", None)
+      if promise == "norms":
+        x = _norm_slot(x, p)
+      elif promise:
+        x = _plus_tangent(x, p.astype(x.dtype))
+      else:
+        x = x + p.astype(x.dtype)
     self.adopt(name, x, info)
     return x
 
@@ -256,17 +261,46 @@ def _plus_tangent_jvp(primals, tangents):
   return primals[0], tangents[0] + tangents[1]
 
 
+@jax.custom_vjp
+def _norm_slot(x, slot):
+  """``x``; the gradient with respect to the scalar ``slot`` is
+  ||dL/dx||^2 (accumulated in at least float32), computed where the backward
+  pass makes dL/dx: inside a scan's backward loop, one layer at a time, rather
+  than written out as a stacked gradient and reduced afterwards."""
+  del slot
+  return x
+
+
+def _norm_slot_fwd(x, slot):
+  return x, jnp.zeros((0,), slot.dtype)
+
+
+def _norm_slot_bwd(like, ct):
+  c = ct.astype(like.dtype) if jnp.finfo(ct.dtype).bits < jnp.finfo(like.dtype).bits else ct
+  return ct, jnp.sum(c * c).astype(like.dtype)
+
+
+_norm_slot.defvjp(_norm_slot_fwd, _norm_slot_bwd)
+
+
+def norm_slots(shapes: dict) -> dict[str, jax.Array]:
+  """A zero scalar per tap: perturbations whose gradients, under
+  ``zero_perturbations_promised(norms=True)``, are each tap's ||dL/d tap||^2."""
+  return {k: jnp.zeros((), jnp.promote_types(v.dtype, jnp.float32)) for k, v in shapes.items()}
+
+
 @contextlib.contextmanager
-def zero_perturbations_promised():
+def zero_perturbations_promised(norms: bool = False):
   """Within the block (while tracing) the caller promises every perturbation
   is zero, so a tap passes its value on unchanged and only differentiates
   through the perturbation. A scan then needs no perturbation input in its
   forward pass (each was a zero-filled stack copied into the loop and
   sliced every layer): the 4 x 64 scan transformer's monitored step
   1.64-1.67x -> 1.60-1.63x the bare one, with the same numbers bit for bit.
-  Perturbations meant to move the forward pass must stay outside it."""
-  previous = getattr(_STATE, "zero_perturbations", False)
-  _STATE.zero_perturbations = True
+  Perturbations meant to move the forward pass must stay outside it. With
+  ``norms`` the perturbations are ``norm_slots``."""
+  previous = getattr(_STATE, "zero_perturbations", None)
+  _STATE.zero_perturbations = "norms" if norms else True
   try:
     yield
   finally:

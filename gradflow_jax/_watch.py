@@ -335,12 +335,16 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
         out, taps = run(p, pt, *args)
         loss, aux = _split_output(out, has_aux)
         return loss, (aux, taps)
-      with _probe.zero_perturbations_promised():
-        return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-            params, _probe.zero_perturbations(shapes))
+      # without histograms only ||dL/d tap|| is needed: computed in the
+      # backward pass itself (see _probe.norm_slots)
+      perturb = (_probe.zero_perturbations(shapes) if histograms else
+                 _probe.norm_slots(shapes))
+      with _probe.zero_perturbations_promised(norms=not histograms):
+        return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, perturb)
 
     def statistics(taps, gt, grads):
-      stats, tap_norms, leaf_norms = _model_stats.tap_statistics(info, taps, gt, grads)
+      stats, tap_norms, leaf_norms = _model_stats.tap_statistics(
+          info, taps, grads, **{"tap_grads" if histograms else "tap_grad_squares": gt})
       hist = {}
       if histograms:
         for n in names:

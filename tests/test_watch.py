@@ -527,3 +527,40 @@ def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forwar
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert float(moved) == float(want[0])
   assert float(model.forward(ws, x, ones)[0]) != float(want[0])  # outside: p moves it
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_norm_slots_give_each_taps_squared_gradient_norm(dtype):
+  """Under ``zero_perturbations_promised(norms=True)`` the gradient with
+  respect to a tap's scalar slot is ||dL/d tap||^2, per layer of a scan and
+  through a checkpointed body, as float32 for bfloat16 taps. The reference
+  is jax.grad with respect to full perturbations, in float32 on the same
+  (rounded) weights and inputs. bfloat16 keeps 8 significant bits: each of
+  the 5 rounding stages (x * 2, three layers, the cube) moves a squared norm
+  by up to 2 * 2**-8 relative, whose sum is the tolerance."""
+  from gradflow_jax import _probe
+  ws = (jax.random.normal(jax.random.key(0), (3, 5, 5)) / np.sqrt(5)).astype(dtype)
+  x = jax.random.normal(jax.random.key(1), (2, 5)).astype(dtype)
+
+  def fn(ws, x):
+    @jax.checkpoint
+    def layer(h, w):
+      return gf.tap("h", jnp.tanh(h @ w)), None
+    h, _ = jax.lax.scan(layer, gf.tap("x", x * 2), ws)
+    return jnp.sum(h.astype(jnp.float32) ** 3)
+
+  def grad(ws, x, p):
+    return jax.grad(lambda p: gf.probed(fn, ws).forward(ws, x, p)[0])(p)
+  shapes = _probe.discover_taps(gf.probed(fn, ws), x).shapes
+  full = jax.jit(grad)(ws.astype(jnp.float32), x.astype(jnp.float32),
+                       _probe.zero_perturbations({k: jax.ShapeDtypeStruct(v.shape, jnp.float32)
+                                                  for k, v in shapes.items()}))
+  with _probe.zero_perturbations_promised(norms=True):
+    squares = jax.jit(grad)(ws, x, _probe.norm_slots(shapes))
+  assert set(squares) == set(shapes) == {"x", "h/layer_0", "h/layer_1", "h/layer_2"}
+  rtol = 1e-6 if dtype == jnp.float32 else 5 * 2 * 2**-8
+  for name, g in full.items():
+    assert squares[name].dtype == jnp.float32 and squares[name].shape == ()
+    want = np.sum(np.asarray(g, np.float64) ** 2)
+    assert want > 0
+    np.testing.assert_allclose(float(squares[name]), want, rtol=rtol, err_msg=name)
