@@ -329,22 +329,24 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
       raise ValueError(f"expected step= (the step number) with every={every}")
     info, shapes = discover(params, *args)
     names = tuple(i.name for i in info)
+    scanned = any(_probe.family(n) is not None for n in names)
+    # ||dL/d tap|| from the backward pass itself (see _probe.norm_slots),
+    # unless the tap gradients are needed whole (histograms) or an unrolled
+    # model's statistics wait under a cond (the norms would run every step)
+    slots = not histograms and (measure is not None or every == 1 or scanned)
 
     def tapped_pass(params, args):
       def objective(p, pt):
         out, taps = run(p, pt, *args)
         loss, aux = _split_output(out, has_aux)
         return loss, (aux, taps)
-      # without histograms only ||dL/d tap|| is needed: computed in the
-      # backward pass itself (see _probe.norm_slots)
-      perturb = (_probe.zero_perturbations(shapes) if histograms else
-                 _probe.norm_slots(shapes))
-      with _probe.zero_perturbations_promised(norms=not histograms):
+      perturb = _probe.norm_slots(shapes) if slots else _probe.zero_perturbations(shapes)
+      with _probe.zero_perturbations_promised(norms=slots):
         return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, perturb)
 
     def statistics(taps, gt, grads):
       stats, tap_norms, leaf_norms = _model_stats.tap_statistics(
-          info, taps, grads, **{"tap_grads" if histograms else "tap_grad_squares": gt})
+          info, taps, grads, **{"tap_grad_squares" if slots else "tap_grads": gt})
       hist = {}
       if histograms:
         for n in names:
@@ -377,7 +379,7 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
                                   bare(params, args, like_measured=False))
     elif every == 1:
       (loss, aux), grads, flow = measured(params, args)
-    elif any(_probe.family(n) is not None for n in names):
+    elif scanned:
       # a scanned model's taps cost a stacked copy per layer: skip the whole
       # tapped pass on off-steps
       (loss, aux), grads, flow = jax.lax.cond(jnp.asarray(step) % every == 0, measured, bare,
