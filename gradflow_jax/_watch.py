@@ -99,7 +99,8 @@ class FlowStep:
   Python object per call (~3-15 us each, measured under ``jax.jit`` and
   ``nnx.jit``), which for dozens of statistics is several percent of a small
   model's step. The attributes above are views of them (traced inside jit,
-  NumPy after ``jax.device_get``).
+  NumPy after ``jax.device_get``). A FlowStep of a vmapped step (over
+  seeds, say) has leading axes on every array, and the views keep them.
   """
   names: tuple[str, ...]
   roles: tuple[str, ...]
@@ -133,7 +134,8 @@ class FlowStep:
                measured, hist, treedef)
 
   def _column(self, field):
-    return None if self.stats is None else self.stats[_PACKED_FIELDS.index(field)]
+    # indexed from the right: a FlowStep of a vmapped step has leading axes
+    return None if self.stats is None else self.stats[..., _PACKED_FIELDS.index(field), :]
 
   @property
   def activations(self) -> ActivationStats | None:
@@ -151,17 +153,21 @@ class FlowStep:
     if self.norms is None:
       return None
     return jax.tree.unflatten(self.param_treedef,
-                              [self.norms[k] for k in range(self.param_treedef.num_leaves)])
+                              [self.norms[..., k] for k in range(self.param_treedef.num_leaves)])
 
   @property
   def global_norm(self):
-    return None if self.norms is None else self.norms[-1]
+    return None if self.norms is None else self.norms[..., -1]
 
   @property
   def histograms(self) -> dict:
     if self.stacked_histograms is None:
       return {}
-    return {k: jax.tree.map(lambda a, i=i: a[i], self.stacked_histograms)
+    # the tap axis: first of counts' two, or of the others' one, after any
+    # leading (vmapped) axes
+    pick = lambda h, i: Histogram(h.counts[..., i, :], *(getattr(h, f)[..., i] for f in (
+        "min", "max", "sum", "sum_squares")))
+    return {k: pick(self.stacked_histograms, i)
             for i, k in enumerate(_histogram_keys(self.names))}
 
   def _repr_html_(self) -> str:

@@ -564,3 +564,31 @@ def test_norm_slots_give_each_taps_squared_gradient_norm(dtype):
     want = np.sum(np.asarray(g, np.float64) ** 2)
     assert want > 0
     np.testing.assert_allclose(float(squares[name]), want, rtol=rtol, err_msg=name)
+
+
+def test_a_vmapped_steps_flow_step_reads_each_seed_in_place():
+  """vmap over seeds of the monitored step of a scan: every view of the
+  batched FlowStep (activations, tap and parameter gradient norms, global
+  norm, histograms) has the seed axis in front and equals that seed's own
+  step."""
+  def loss_fn(ws, x):
+    def layer(h, w):
+      return gf.tap("h", jnp.tanh(h @ w)), None
+    h, _ = jax.lax.scan(layer, x, ws)
+    return jnp.sum(h ** 2)
+  watched = gf.value_and_grad(loss_fn, histograms=True)
+  ws = jax.random.normal(jax.random.key(0), (3, 2, 4, 4)) / 2
+  x = jax.random.normal(jax.random.key(1), (3, 4))
+  batched = jax.device_get(jax.jit(jax.vmap(lambda w: watched(w, x)))(ws)[2])
+  step = jax.jit(watched)
+  for seed in range(3):
+    one = jax.device_get(step(ws[seed], x)[2])
+    views = lambda f: [f.tap_grad_norm, f.global_norm, f.activations.std, f.activations.mean,
+                       f.activations.nonfinite, *jax.tree.leaves(f.param_grad_norms),
+                       *jax.tree.leaves(f.histograms)]
+    want = views(one)
+    got = views(batched)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+      assert g.shape == (3,) + np.shape(w)
+      np.testing.assert_allclose(g[seed], w, rtol=1e-5, atol=1e-6)
