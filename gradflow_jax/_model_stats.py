@@ -61,15 +61,17 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
   ``(ActivationStats, tap grad norms, per-leaf grad norms, global norm, loss,
   parameter gradients)``. ``info``/``shapes`` come from :func:`discover`."""
   names = [i.name for i in info]
-  perturb = {n: jnp.zeros(shapes[n].shape, shapes[n].dtype) for n in names}
+  # only ||dL/d tap|| is needed: computed in the backward pass itself
+  slots = _probe.norm_slots({n: shapes[n] for n in names})
 
   def objective(p, pt):
     out, taps = forward(p, x, pt)
     return loss(out, y), taps
 
-  (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-      params, perturb)
-  stats, tap_norms, leaf_norms = tap_statistics(info, taps, gp, tap_grads=gt)
+  with _probe.zero_perturbations_promised(norms=True):
+    (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
+        params, slots)
+  stats, tap_norms, leaf_norms = tap_statistics(info, taps, gp, tap_grad_squares=gt)
   return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), value, gp
 
 
