@@ -175,7 +175,7 @@ class _Collector:
       promise = getattr(_STATE, "zero_perturbations", None)
       if promise == "norms":
         x = _norm_slot(x, p)
-      elif promise:
+      elif promise == "tangents":
         x = _plus_tangent(x, p.astype(x.dtype))
       else:
         x = x + p.astype(x.dtype)
@@ -276,7 +276,7 @@ def _norm_slot_fwd(x, slot):
 
 
 def _norm_slot_bwd(like, ct):
-  c = ct.astype(like.dtype) if jnp.finfo(ct.dtype).bits < jnp.finfo(like.dtype).bits else ct
+  c = ct.astype(jnp.promote_types(ct.dtype, like.dtype))
   return ct, jnp.sum(c * c).astype(like.dtype)
 
 
@@ -300,7 +300,7 @@ def zero_perturbations_promised(norms: bool = False):
   Perturbations meant to move the forward pass must stay outside it. With
   ``norms`` the perturbations are ``norm_slots``."""
   previous = getattr(_STATE, "zero_perturbations", None)
-  _STATE.zero_perturbations = "norms" if norms else True
+  _STATE.zero_perturbations = "norms" if norms else "tangents"
   try:
     yield
   finally:

@@ -414,7 +414,7 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
     return ActivationStats(*columns)
 
   def finite():
-    return stacked(_one_after_another(lambda g, t: _finite_group(g, t), groups, s1))
+    return stacked(_one_after_another(_finite_group, groups, s1))
 
   def masked():
     return stacked(_one_after_another(lambda g, _: _masked_group(g), groups, s1))

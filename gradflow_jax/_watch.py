@@ -352,7 +352,8 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
 
     def statistics(taps, gt, grads):
       stats, tap_norms, leaf_norms = _model_stats.tap_statistics(
-          info, taps, grads, **{"tap_grad_squares" if slots else "tap_grads": gt})
+          info, taps, grads, tap_grads=None if slots else gt,
+          tap_grad_squares=gt if slots else None)
       hist = {}
       if histograms:
         for n in names:
