@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _losses, _probe
+from gradflow_jax import _activations, _losses, _probe, _shared_outputs
 from gradflow_jax._stats import (ActivationStats, grouped_norms, norm_of_norms, Row,
                                  rows_stats)
 
@@ -68,9 +68,11 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
     out, taps = forward(p, x, pt)
     return loss(out, y), taps
 
+  grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+  if any(_probe.family(n) is not None for n in names):  # see _shared_outputs
+    grad = _shared_outputs.share_scan_outputs(grad)
   with _probe.zero_perturbations_promised(norms=True):
-    (value, taps), (gp, gt) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-        params, slots)
+    (value, taps), (gp, gt) = grad(params, slots)
   stats, tap_norms, leaf_norms = tap_statistics(info, taps, gp, tap_grad_squares=gt)
   return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), value, gp
 
@@ -80,7 +82,7 @@ def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, grads, *, tap_g
   """(ActivationStats per tap, ||dL/d tap|| per tap, per-leaf ||dL/dp||) of
   one forward/backward pass, from ``tap_grads`` (dL/d tap per tap) or, when
   they are None, ``tap_grad_squares`` (||dL/d tap||^2 per tap, see
-  ``_probe.norm_slots``). The layers of a scanned tap are reduced as the
+  ``_probe.norm_slots``, in its layout). The layers of a scanned tap are reduced as the
   scan's stacked output (see ``Row.family``), small tensors of one shape
   together."""
   families = [_probe.family(i.name) for i in info]
@@ -93,7 +95,7 @@ def tap_statistics(info: tuple[_probe.TapInfo, ...], taps: dict, grads, *, tap_g
   if tap_grads is not None:
     tap_norms = grouped_norms([tap_grads[i.name] for i in info], families)
   else:
-    tap_norms = jnp.sqrt(jnp.stack([tap_grad_squares[i.name] for i in info]))
+    tap_norms = jnp.sqrt(_probe.slot_values(tap_grad_squares, [i.name for i in info]))
   leaves, treedef = jax.tree.flatten(grads)
   norms = grouped_norms(leaves, [None] * len(leaves))
   return stats, tap_norms, jax.tree.unflatten(treedef, [norms[k] for k in range(len(leaves))])

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ROLES = ("pre", "post", "tap")
 
@@ -122,6 +123,9 @@ class _Collector:
   def lookup(self, name: str):
     """The perturbation for tap ``name`` of this collector, or None."""
     if self.parent is None:
+      if name not in self.perturb and family(name) is not None:  # see norm_slots
+        stack = self.perturb.get(family(name) + ALL_LAYERS)
+        return None if stack is None else stack[int(name.rpartition("/layer_")[2])]
       return self.perturb.get(name)
     if name in self.sliced and self.outside_names(name) == _layer_names(name, self.length):
       return self.sliced[name]
@@ -283,10 +287,47 @@ def _norm_slot_bwd(like, ct):
 _norm_slot.defvjp(_norm_slot_fwd, _norm_slot_bwd)
 
 
+ALL_LAYERS = "/layer_*"  # the key suffix of a scanned tap's slots for all its layers
+
+
 def norm_slots(shapes: dict) -> dict[str, jax.Array]:
-  """A zero scalar per tap: perturbations whose gradients, under
-  ``zero_perturbations_promised(norms=True)``, are each tap's ||dL/d tap||^2."""
-  return {k: jnp.zeros((), jnp.promote_types(v.dtype, jnp.float32)) for k, v in shapes.items()}
+  """Zero slots: perturbations whose gradients, under
+  ``zero_perturbations_promised(norms=True)``, are each tap's ||dL/d tap||^2
+  (read them with :func:`slot_values`). A tap's slot is a scalar; the layers
+  of a scanned tap (``name/layer_i`` for i < n) share one (n,) slot keyed
+  ``name/layer_*``, which the scan takes as it is: its gradient is the
+  backward loop's own stacked output (scalars per layer were a stack to build
+  and, on the way back, a slice per layer to take apart)."""
+  dtype = lambda v: jnp.promote_types(v.dtype, jnp.float32)
+  layers: dict = {}
+  for k, v in shapes.items():
+    base = family(k)
+    if base is not None:
+      layers.setdefault(base, {})[int(k.rpartition("/layer_")[2])] = dtype(v)
+  stacked = {b: len(d) for b, d in layers.items()
+             if sorted(d) == list(range(len(d))) and len(set(d.values())) == 1}
+  slots = {}
+  for k, v in shapes.items():
+    base = family(k)
+    if base in stacked:
+      slots.setdefault(base + ALL_LAYERS, jnp.zeros((stacked[base],), dtype(v)))
+    else:
+      slots[k] = jnp.zeros((), dtype(v))
+  return slots
+
+
+def slot_values(slots: dict, names) -> jax.Array:
+  """(len(names),) the entries of ``norm_slots``-shaped ``slots`` (their
+  gradients) for each tap name, in order (one concatenation and one gather)."""
+  offsets, pieces, at = {}, [], 0
+  for k, v in slots.items():
+    offsets[k] = at
+    pieces.append(jnp.ravel(v))
+    at += pieces[-1].size
+  index = [offsets[n] if n in offsets else
+           offsets[family(n) + ALL_LAYERS] + int(n.rpartition("/layer_")[2]) for n in names]
+  flat = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
+  return flat[np.asarray(index, np.int32)]
 
 
 @contextlib.contextmanager
@@ -391,11 +432,14 @@ def _layer_stacks(parent: _Collector, length: int) -> dict:
   scan's output (no accumulation)."""
   available = parent.perturb if parent.parent is None else parent.sliced
   families: dict = {}
+  stacks = {}
   for key, value in available.items():
+    if key.endswith(ALL_LAYERS) and jnp.shape(value)[:1] == (length,):
+      stacks[key[:-len(ALL_LAYERS)]] = value  # already stacked (norm_slots)
+      continue
     base = family(key)
     if base is not None and value is not None:
       families.setdefault(base, {})[int(key.rpartition("/layer_")[2])] = value
-  stacks = {}
   for base, layers in families.items():
     if sorted(layers) == list(range(length)) and len(
         {(jnp.shape(v), jnp.result_type(v)) for v in layers.values()}) == 1:

@@ -424,21 +424,35 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
 def after(x, deps):
   """``x``, made to depend on ``deps`` (x + 0 * their finite sum; XLA keeps a
   float multiply by 0 but drops optimization barriers), so that XLA computes
-  what reads ``x`` only once ``deps`` are done."""
-  total = sum(jnp.sum(jnp.where(jnp.isfinite(d), d, 0).astype(jnp.float32))
-              for d in jax.tree.leaves(deps))
+  what reads ``x`` only once ``deps`` are done. The leaves of ``deps`` (small
+  arrays) are summed as one: a reduction each would be a kernel each."""
+  leaves = [jnp.ravel(d).astype(jnp.float32) for d in jax.tree.leaves(deps)]
+  flat = leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
+  total = jnp.sum(jnp.where(jnp.isfinite(flat), flat, 0))
   return x + (0 * total).astype(x.dtype)
 
 
+# bytes of stacked tap values above which the groups' statistics are computed
+# one after another (their temporaries are ~5x the values they read)
+_SEQUENTIAL_BYTES = 2**22
+
+
 def _one_after_another(group_stats, groups: list, sums: list) -> list:
-  """``group_stats(group, sums)`` of each group, each group's computed only
-  once the previous group's statistics are (see ``after``). Left to itself XLA
-  overlaps the groups, and their temporaries add up: a CNN's 7 taps of
-  (32, 16, 16, 32) needed 7.3 MB (36.7 MB on the NaN-masked path) against
-  2.1 MB (7.3 MB) in sequence. XLA:CPU allocates a call's temporaries afresh
-  each call, and above glibc's 32 MB mmap threshold every page of them is a
-  page fault (measured: the CNN's every=10 off-step 1.44x the bare step with
-  36.7 MB of temporaries, 0.99x without the faults)."""
+  """``group_stats(group, sums)`` of each group; when the groups' values
+  exceed ``_SEQUENTIAL_BYTES``, each group's computed only once the previous
+  group's statistics are (see ``after``). Left to itself XLA overlaps the
+  groups, and their temporaries add up: a CNN's 7 taps of (32, 16, 16, 32)
+  needed 7.3 MB (36.7 MB on the NaN-masked path) against 2.1 MB (7.3 MB) in
+  sequence. XLA:CPU allocates a call's temporaries afresh each call, and above
+  glibc's 32 MB mmap threshold every page of them is a page fault (measured:
+  the CNN's every=10 off-step 1.44x the bare step with 36.7 MB of
+  temporaries, 0.99x without the faults). Below the threshold the sequence
+  only costs: its ``after`` is a pass over each group's values and a few
+  kernels (a 4 x 64 scan transformer's 17 groups of 2.6 MB in all: ~85
+  kernels)."""
+  nbytes = sum(g.values.nbytes + (0 if g.same else g.tested.nbytes) for g in groups)
+  if nbytes <= _SEQUENTIAL_BYTES:
+    return [group_stats(g, t) for g, t in zip(groups, sums)]
   out = []
   for g, t in zip(groups, sums):
     if out:

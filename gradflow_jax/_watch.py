@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _model_stats, _probe
+from gradflow_jax import _activations, _model_stats, _probe, _shared_outputs
 from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms
 
 # Signed, log-spaced bin edges for in-jit histograms: 0, then +-10^k for k in
@@ -347,8 +347,11 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
         loss, aux = _split_output(out, has_aux)
         return loss, (aux, taps)
       perturb = _probe.norm_slots(shapes) if slots else _probe.zero_perturbations(shapes)
+      grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+      if scanned:  # taps that are residuals too: one stacked output each
+        grad = _shared_outputs.share_scan_outputs(grad)
       with _probe.zero_perturbations_promised(norms=slots):
-        return jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, perturb)
+        return grad(params, perturb)
 
     def statistics(taps, gt, grads):
       stats, tap_norms, leaf_norms = _model_stats.tap_statistics(

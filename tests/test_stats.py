@@ -327,7 +327,8 @@ def test_groups_temporaries_do_not_add_up():
   Past glibc's 32 MB mmap threshold every page of a fresh temporary is a page
   fault, on every step."""
   act = _activations.get_activation("relu")
-  shape = (64, _stats._STACK_LIMIT // 32)  # too large to stack: a group each
+  shape = (256, _stats._STACK_LIMIT // 32)  # too large to stack: a group each
+  assert 7 * np.prod(shape) * 4 > _stats._SEQUENTIAL_BYTES
   vs = [jnp.zeros(shape) for _ in range(7)]
   fn = lambda vs: _stats.rows_stats([_stats.Row(v, v, act, family=f"f{i}")
                                      for i, v in enumerate(vs)])
