@@ -125,7 +125,7 @@ class _Collector:
     if self.parent is None:
       if name not in self.perturb and family(name) is not None:  # see norm_slots
         stack = self.perturb.get(family(name) + ALL_LAYERS)
-        return None if stack is None else stack[int(name.rpartition("/layer_")[2])]
+        return None if stack is None else stack[_layer_index(name)]
       return self.perturb.get(name)
     if name in self.sliced and self.outside_names(name) == _layer_names(name, self.length):
       return self.sliced[name]
@@ -206,6 +206,11 @@ def family(name: str) -> str | None:
   ``name``), or None."""
   base, sep, layer = name.rpartition("/layer_")
   return base if sep and layer.isdigit() else None
+
+
+def _layer_index(name: str) -> int:
+  """i of a per-layer tap name ``name/layer_i``."""
+  return int(name.rpartition("/layer_")[2])
 
 
 def current():
@@ -303,7 +308,7 @@ def norm_slots(shapes: dict) -> dict[str, jax.Array]:
   for k, v in shapes.items():
     base = family(k)
     if base is not None:
-      layers.setdefault(base, {})[int(k.rpartition("/layer_")[2])] = dtype(v)
+      layers.setdefault(base, {})[_layer_index(k)] = dtype(v)
   stacked = {b: len(d) for b, d in layers.items()
              if sorted(d) == list(range(len(d))) and len(set(d.values())) == 1}
   slots = {}
@@ -325,7 +330,7 @@ def slot_values(slots: dict, names) -> jax.Array:
     pieces.append(jnp.ravel(v))
     at += pieces[-1].size
   index = [offsets[n] if n in offsets else
-           offsets[family(n) + ALL_LAYERS] + int(n.rpartition("/layer_")[2]) for n in names]
+           offsets[family(n) + ALL_LAYERS] + _layer_index(n) for n in names]
   flat = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces)
   return flat[np.asarray(index, np.int32)]
 
@@ -439,7 +444,7 @@ def _layer_stacks(parent: _Collector, length: int) -> dict:
       continue
     base = family(key)
     if base is not None and value is not None:
-      families.setdefault(base, {})[int(key.rpartition("/layer_")[2])] = value
+      families.setdefault(base, {})[_layer_index(key)] = value
   for base, layers in families.items():
     if sorted(layers) == list(range(length)) and len(
         {(jnp.shape(v), jnp.result_type(v)) for v in layers.values()}) == 1:

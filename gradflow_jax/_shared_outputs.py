@@ -68,22 +68,17 @@ def _rewrite(jaxpr: jcore.Jaxpr, cse: bool = False) -> jcore.Jaxpr:
       inner = e.params["jaxpr"]  # a jitted function's body: its scans too
       e = e.replace(params=dict(e.params, jaxpr=inner.replace(jaxpr=_rewrite(inner.jaxpr))))
     if cse and not e.effects:
-      try:
-        key = (e.primitive, tuple(_atom(a, subst) for a in e.invars),
-               tuple(sorted((k, _key(v)) for k, v in e.params.items())))
-        hash(key)
-      except TypeError:
-        key = None
-      if key is not None:
-        hit = seen.get(key)
-        if hit is not None and len(hit.outvars) == len(e.outvars):
-          for new, old in zip(e.outvars, hit.outvars):
-            if not isinstance(new, jcore.DropVar) and not isinstance(old, jcore.DropVar):
-              subst[new] = old
-          if all(isinstance(o, jcore.DropVar) or o in subst for o in e.outvars):
-            continue
-        else:
-          seen[key] = e
+      key = (e.primitive, tuple(_atom(a, subst) for a in e.invars),
+             tuple(sorted((k, _key(v)) for k, v in e.params.items())))
+      hit = seen.get(key)
+      if hit is None:
+        seen[key] = e
+      else:
+        for new, old in zip(e.outvars, hit.outvars):
+          if not isinstance(new, jcore.DropVar) and not isinstance(old, jcore.DropVar):
+            subst[new] = old
+        if all(isinstance(o, jcore.DropVar) or o in subst for o in e.outvars):
+          continue
     eqns.append(e)
   outvars = [a if isinstance(a, jcore.Literal) else subst.get(a, a) for a in jaxpr.outvars]
   return jaxpr.replace(eqns=eqns, outvars=outvars)
