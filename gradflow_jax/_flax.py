@@ -62,16 +62,10 @@ def select_output(out, output: Callable | str | int | None):
   return out
 
 
-def _tap_input(c, name: str, x, role: str):
+def _tap_input(name: str, x, role: str):
   """``x`` tapped as ``name/input`` unless it is the model's input, already a
   tap, or read by an earlier layer too (q, k, v: then that same tap)."""
-  if c is None or not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-    return x
-  if c.tapped_as(x) is not None:
-    return c.tapped_as(x)
-  if c.seen(x):
-    return x
-  return c.replace(x, _probe.tap(f"{name}/input", x, role=role))
+  return _probe.tap(f"{name}/input", x, role=role, auto=True)
 
 
 def _tap_perturb_point(path: str, name: str, value, perturb=lambda v: v):
@@ -80,13 +74,7 @@ def _tap_perturb_point(path: str, name: str, value, perturb=lambda v: v):
   its statistics and dL/d value then come out of the analysis. A value that
   is already a tap (a layer's output), or the model's input, is not tapped
   again."""
-  c = _probe.current()
-  if c is None or not hasattr(value, "dtype") or not jnp.issubdtype(value.dtype, jnp.inexact):
-    return perturb(value)
-  earlier = c.tapped_as(value)
-  if earlier is not None or c.seen(value):
-    return perturb(value if earlier is None else earlier)
-  return _probe.tap(f"{path}/{name}" if path else name, perturb(value), role="tap")
+  return _probe.tap(f"{path}/{name}" if path else name, perturb(value), role="tap", auto=True)
 
 
 def _honour_linen_perturb(module) -> None:
@@ -106,24 +94,19 @@ def _honour_linen_perturb(module) -> None:
 
 def _tap_layer(name: str, call, x, *args, **kwargs):
   """Runs one weight layer with its input and output tapped."""
-  c = _probe.current()
-  x = _tap_input(c, name, x, "post")
-  out = call(x, *args, **kwargs)
-  return _probe.tap(name, out, role="pre") if c is not None else out
+  out = call(_tap_input(name, x, "post"), *args, **kwargs)
+  inexact = hasattr(out, "dtype") and jnp.issubdtype(out.dtype, jnp.inexact)
+  return _probe.tap(name, out, role="pre") if inexact else out
 
 
 def _linen_interceptor(next_fun, args, kwargs, context):
   kind = type(context.module).__name__
-  c = _probe.current()
-  if c is not None:
-    _honour_linen_perturb(context.module)
-    if not context.module.path and context.method_name == "__call__":
-      c.mark(*jax.tree.leaves((args, kwargs)))  # the top module's input is the data, not a tap
+  _honour_linen_perturb(context.module)
   if context.method_name != "__call__" or kind not in _LINEN_LAYERS + _NORMS or not args:
     return next_fun(*args, **kwargs)
   path = "/".join(str(p) for p in context.module.path) or kind
   if kind in _NORMS:
-    return next_fun(_tap_input(_probe.current(), path, args[0], "tap"), *args[1:], **kwargs)
+    return next_fun(_tap_input(path, args[0], "tap"), *args[1:], **kwargs)
   return _tap_layer(path, next_fun, *args, **kwargs)
 
 
@@ -183,7 +166,7 @@ def _tapped_class(cls):
   if cls not in _NNX_TAPPED:
     def __call__(self, x, *args, **kwargs):
       if cls.__name__ in _NORMS:
-        x = _tap_input(_probe.current(), self._gradflow_name, x, "tap")
+        x = _tap_input(self._gradflow_name, x, "tap")
         return cls.__call__(self, x, *args, **kwargs)
       return _tap_layer(self._gradflow_name, lambda *a, **k: cls.__call__(self, *a, **k), x,
                         *args, **kwargs)
@@ -196,13 +179,11 @@ _NNX_PERTURBED: dict[type, type] = {}
 
 def _perturb_class(cls):
   """A subclass of a user's NNX module class whose ``perturb(name, value)``
-  taps the value (see ``_tap_perturb_point``); while an analysis records, it
-  returns the tapped value without creating a ``Perturbation`` variable (the
-  tap is the perturbation), otherwise it is Flax's own."""
+  taps the value (see ``_tap_perturb_point``) and returns it without
+  creating a ``Perturbation`` variable (the tap is the perturbation)."""
   if cls not in _NNX_PERTURBED:
     def perturb(self, name, value, *args, **kwargs):
-      if _probe.current() is None:
-        return cls.perturb(self, name, value, *args, **kwargs)
+      del args, kwargs
       return _tap_perturb_point(self._gradflow_name, name, value)
     _NNX_PERTURBED[cls] = type(cls.__name__, (cls,), {"perturb": perturb})
   return _NNX_PERTURBED[cls]

@@ -65,14 +65,13 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
   slots = _probe.norm_slots({n: shapes[n] for n in names})
 
   def objective(p, pt):
-    out, taps = forward(p, x, pt)
+    out, taps = forward(p, x, pt, how="norms")
     return loss(out, y), taps
 
   grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
   if any(_probe.family(n) is not None for n in names):  # see _shared_outputs
     grad = _shared_outputs.share_scan_outputs(grad)
-  with _probe.zero_perturbations_promised(norms=True):
-    (value, taps), (gp, gt) = grad(params, slots)
+  (value, taps), (gp, gt) = grad(params, slots)
   stats, tap_norms, leaf_norms = tap_statistics(info, taps, gp, tap_grad_squares=gt)
   return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), value, gp
 

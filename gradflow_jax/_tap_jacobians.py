@@ -9,7 +9,7 @@ stream the source is the branch just before (the stream's earlier branches
 are held fixed).
 
 How: each tap passes on ``stop_gradient(value) + perturbation`` (see
-``_probe.cutting``), so one jvp with tangents at every tap gives every
+``how="cut"``), so one jvp with tangents at every tap gives every
 J_k v at once and one vjp every J_k^T u. Which taps feed which is found once,
 by jvps from each tap (one tap per example, so a jvp tests as many taps as
 the batch has examples); links that share an upstream tap go to different
@@ -92,8 +92,7 @@ def _cut_forward(forward, params, x, names, with_input, roles=()):
   """points (dict: tap -> perturbation, INPUT -> input shift) -> raw taps."""
   def f(points):
     xin = x + points[INPUT].astype(x.dtype) if with_input else x
-    with _probe.cutting(roles):
-      _, taps = forward(params, xin, {n: points[n] for n in names})
+    _, taps = forward(params, xin, {n: points[n] for n in names}, how="cut", cut=roles)
     return {n: taps[n] for n in names}
   return f
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _model_stats, _probe, _shared_outputs
+from gradflow_jax import _activations, _model_stats, _probe, _shared_outputs, capture
 from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms
 
 # Signed, log-spaced bin edges for in-jit histograms: 0, then +-10^k for k in
@@ -192,19 +192,17 @@ def _check_activations(activations):
   return dict(activations or {})
 
 
-def _run_collecting(fun, perturb, auto, args):
-  """``fun(*args)`` with taps recorded (and linen layers tapped when
-  ``auto``); returns (fun's output, taps, infos in recording order)."""
-  with _probe.collecting(perturb) as c:
-    c.mark(*jax.tree.leaves(args[1:]))  # the data is never a layer's input tap
-    if auto:
-      from flax import linen as nn
-      from gradflow_jax import _flax
-      with nn.intercept_methods(_flax._linen_interceptor):
-        out = fun(*args)
-    else:
-      out = fun(*args)
-  return out, dict(c.taps), dict(c.info)
+def _with_linen_taps(fun: Callable, auto: bool) -> Callable:
+  """``fun`` with every linen weight layer it applies tapped (when ``auto``)."""
+  if not auto:
+    return fun
+
+  def tapped(*args):
+    from flax import linen as nn
+    from gradflow_jax import _flax
+    with nn.intercept_methods(_flax._linen_interceptor):
+      return fun(*args)
+  return tapped
 
 
 def _split_output(out, has_aux):
@@ -222,16 +220,12 @@ def _check_scalar(loss):
     raise ValueError(f"expected the loss function to return a scalar, got shape {shape}")
 
 
-def _discover(fun, auto, args, activations):
-  """(TapInfo per tap in order, tap shapes) of ``fun`` on ``args`` (traced)."""
-  found = {}
-
-  def shapes(*a):
-    out, taps, info = _run_collecting(fun, None, auto, a)
-    found.update(info)
-    return out, taps
-  out, taps = jax.eval_shape(shapes, *args)
-  return out, tuple(_with_activation(found[n], activations) for n in found), taps
+def _discover(fun, args, activations):
+  """(output shape, TapInfo per tap in order, tap shapes, the traced program)
+  of ``fun`` on ``args`` (the data: ``args[1:]``)."""
+  tapped = capture.trace(fun, args, data_argnums=tuple(range(1, len(args))))
+  info = tuple(_with_activation(i, activations) for i in tapped.info.values())
+  return tapped.out_shape, info, tapped.avals, tapped
 
 
 def _with_activation(info: _probe.TapInfo, activations):
@@ -289,12 +283,16 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
   _check_every(every)
   activations = _check_activations(activations)
 
-  def run(p, pt, *args):
-    return _run_collecting(fun, pt, auto, (p,) + args)[:2]
+  tapped_fun = _with_linen_taps(fun, auto)
+  traced = []  # the program discover traced, reused by run within one call
+
+  def run(p, pt, *args, how):
+    return capture.run(traced[-1], (p,) + args, pt, how)
 
   def discover(params, *args):
-    out_shape, info, shapes = _discover(fun, auto, (params,) + args, activations)
+    out_shape, info, shapes, tapped = _discover(tapped_fun, (params,) + args, activations)
     _check_scalar(_split_output(out_shape, has_aux)[0])
+    traced[:] = [tapped]
     return info, shapes
   return _monitored(run, fun, discover, has_aux, every, histograms)
 
@@ -310,8 +308,8 @@ def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: in
   """
   _check_every(every)
 
-  def run(p, pt, x, y):
-    out, taps = model.forward(p, x, pt)
+  def run(p, pt, x, y, how):
+    out, taps = model.forward(p, x, pt, how=how)
     return loss(out, y), taps
 
   def plain(p, x, y):
@@ -343,15 +341,14 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
 
     def tapped_pass(params, args):
       def objective(p, pt):
-        out, taps = run(p, pt, *args)
+        out, taps = run(p, pt, *args, how="norms" if slots else "tangent")
         loss, aux = _split_output(out, has_aux)
         return loss, (aux, taps)
       perturb = _probe.norm_slots(shapes) if slots else _probe.zero_perturbations(shapes)
       grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
       if scanned:  # taps that are residuals too: one stacked output each
         grad = _shared_outputs.share_scan_outputs(grad)
-      with _probe.zero_perturbations_promised(norms=slots):
-        return grad(params, perturb)
+      return grad(params, perturb)
 
     def statistics(taps, gt, grads):
       stats, tap_norms, leaf_norms = _model_stats.tap_statistics(

@@ -101,10 +101,9 @@ def test_a_tap_that_is_a_residual_adds_no_output_to_the_forward_loop():
   slots = _probe.norm_slots(shapes)
 
   def tapped(ws, x, slots):
-    grad = jax.value_and_grad(lambda w, p: gf.probed(loss, w).forward(w, x, p)[0],
+    grad = jax.value_and_grad(lambda w, p: gf.probed(loss, w).forward(w, x, p, how="norms")[0],
                               argnums=(0, 1))
-    with _probe.zero_perturbations_promised(norms=True):
-      return share_scan_outputs(grad)(ws, slots)
+    return share_scan_outputs(grad)(ws, slots)
   counts = _scan_ys_counts(tapped, ws, x, slots)
   assert counts[0] == bare[0], (counts, bare)  # the forward loop
 

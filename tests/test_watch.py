@@ -4,6 +4,7 @@ captures itself, a plain nnx.value_and_grad training run, explicit
 perturbations of a scan over layers."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -499,7 +500,7 @@ def test_a_tap_named_prelu_without_its_slope_uses_the_default_slope():
 
 
 def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forward_read():
-  """Under ``zero_perturbations_promised`` (the monitored step) a tap adds only
+  """With ``how="tangent"`` (the monitored step) a tap adds only
   its perturbation's tangent: gradients equal those of ``x + p`` bit for bit
   (through a scan and a checkpointed body), and the forward pass ignores p."""
   from gradflow_jax import _probe
@@ -516,14 +517,14 @@ def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forwar
   shapes = _probe.discover_taps(model, x).shapes
   assert sorted(shapes) == ["h/layer_0", "h/layer_1", "h/layer_2", "x"]
 
-  def value_and_grads(p):
-    return jax.value_and_grad(lambda w, p: model.forward(w, x, p)[0], argnums=(0, 1))(ws, p)
+  def value_and_grads(p, how="add"):
+    return jax.value_and_grad(lambda w, p: model.forward(w, x, p, how=how)[0],
+                              argnums=(0, 1))(ws, p)
   zeros = _probe.zero_perturbations(shapes)
   want = jax.jit(value_and_grads)(zeros)
-  with _probe.zero_perturbations_promised():
-    got = jax.jit(value_and_grads)(zeros)
-    ones = jax.tree.map(jnp.ones_like, zeros)
-    moved = jax.jit(lambda p: model.forward(ws, x, p)[0])(ones)
+  got = jax.jit(functools.partial(value_and_grads, how="tangent"))(zeros)
+  ones = jax.tree.map(jnp.ones_like, zeros)
+  moved = jax.jit(lambda p: model.forward(ws, x, p, how="tangent")[0])(ones)
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert float(moved) == float(want[0])
   assert float(model.forward(ws, x, ones)[0]) != float(want[0])  # outside: p moves it
@@ -531,7 +532,7 @@ def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forwar
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_norm_slots_give_each_taps_squared_gradient_norm(dtype):
-  """Under ``zero_perturbations_promised(norms=True)`` the gradient with
+  """With ``how="norms"`` the gradient with
   respect to a tap's scalar slot is ||dL/d tap||^2, per layer of a scan and
   through a checkpointed body, as float32 for bfloat16 taps. The reference
   is jax.grad with respect to full perturbations, in float32 on the same
@@ -549,14 +550,13 @@ def test_norm_slots_give_each_taps_squared_gradient_norm(dtype):
     h, _ = jax.lax.scan(layer, gf.tap("x", x * 2), ws)
     return jnp.sum(h.astype(jnp.float32) ** 3)
 
-  def grad(ws, x, p):
-    return jax.grad(lambda p: gf.probed(fn, ws).forward(ws, x, p)[0])(p)
+  def grad(ws, x, p, how="add"):
+    return jax.grad(lambda p: gf.probed(fn, ws).forward(ws, x, p, how=how)[0])(p)
   shapes = _probe.discover_taps(gf.probed(fn, ws), x).shapes
   full = jax.jit(grad)(ws.astype(jnp.float32), x.astype(jnp.float32),
                        _probe.zero_perturbations({k: jax.ShapeDtypeStruct(v.shape, jnp.float32)
                                                   for k, v in shapes.items()}))
-  with _probe.zero_perturbations_promised(norms=True):
-    slots = jax.jit(grad)(ws, x, _probe.norm_slots(shapes))
+  slots = jax.jit(functools.partial(grad, how="norms"))(ws, x, _probe.norm_slots(shapes))
   assert set(shapes) == {"x", "h/layer_0", "h/layer_1", "h/layer_2"}
   assert set(slots) == {"x", "h/layer_*"}  # the scanned tap's layers share a slot
   squares = dict(zip(shapes, _probe.slot_values(slots, list(shapes))))
