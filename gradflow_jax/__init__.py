@@ -21,9 +21,9 @@ from gradflow_jax._depth_study import depth_study
 from gradflow_jax._depth_study import DepthStudySettings
 from gradflow_jax._depth_study import mean_field_law
 from gradflow_jax._depth_study import residual_law
-from gradflow_jax._diagnose import diagnose
+from gradflow_jax._analyze import diagnose
 from gradflow_jax._diagnose import diagnose_model
-from gradflow_jax._diagnose import diagnose_rnn
+from gradflow_jax._analyze import diagnose_rnn
 from gradflow_jax._flax import as_probed
 from gradflow_jax._flax import from_linen
 from gradflow_jax._flax import from_nnx

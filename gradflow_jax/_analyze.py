@@ -68,3 +68,32 @@ def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
   io = (target, None if msq is None else jax.device_get(msq))
   findings = _diagnose.diagnose_model(stats, jac, causes, io[1])
   return ModelAnalysis(model, stats, jac, findings, io)
+
+
+def diagnose(cfg, params, x, y, loss: str = "cross_entropy", stats=None) -> list:
+  """The seed's debugging checklist on a built-in MLP: measures the
+  statistics, gradients and input-output Jacobian (exact, a few examples),
+  then reads them (``_diagnose.mlp_findings``). Returns findings, most
+  severe first.
+
+  ``stats``: the run's :class:`FlowStats` when already measured (they are
+  then read, not measured again)."""
+  import numpy as np
+  from gradflow_jax import _jacobians, _stats
+  if stats is None:
+    stats = _stats.flow_stats(cfg, params, x, y, loss)
+  stats = jax.device_get(stats)
+  causes = _diagnose.input_findings(x, y if loss == "cross_entropy" else None, params,
+                                    cfg.out_dim)
+  m1 = None
+  if not causes and cfg.norm != "batchnorm" and cfg.width <= 512:
+    spec = _jacobians.jacobian_spectra(cfg, params, np.asarray(x)[:4], depths=[cfg.depth])
+    m1 = float(np.median(np.asarray(spec.mean_sq_singular_value)))
+  return _diagnose.mlp_findings(cfg, params, stats, causes, m1)
+
+
+def diagnose_rnn(cfg, params, xs) -> list:
+  """Findings for a vanilla RNN: measures its gradients through time
+  (:func:`rnn_through_time`), then reads them (``_diagnose.rnn_findings``)."""
+  from gradflow_jax import _rnn
+  return _diagnose.rnn_findings(cfg, jax.device_get(_rnn.rnn_through_time(cfg, params, xs)))

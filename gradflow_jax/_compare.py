@@ -10,7 +10,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from gradflow_jax import _diagnose, _initializers, _losses, _mlp, _stats
+from gradflow_jax import _analyze, _initializers, _losses, _mlp, _stats
 from gradflow_jax._config import MLPConfig
 
 DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu")
@@ -111,7 +111,7 @@ def run_compare(settings: CompareSettings, x: np.ndarray | None = None,
         "gain": None if params_from else spec.gain,
         "activation_stats": acts, "gradient_stats": grads,
         "first_nonfinite_layer": int(np.argmax(acts["nonfinite"] > 0)) if acts["nonfinite"].any() else None,
-        "findings": _diagnose.diagnose(cfg, params, x, y, settings.loss, stats=stats),
+        "findings": _analyze.diagnose(cfg, params, x, y, settings.loss, stats=stats),
     })
   return {"settings": dataclasses.asdict(settings), "runs": runs,
           "input_nonfinite": int((~np.isfinite(x)).sum())}

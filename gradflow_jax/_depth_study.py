@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _family, _jacobians, _model_stats, _stats
+from gradflow_jax import _backend, _family, _linalg, _model_stats
 
 DEFAULT_DEPTHS = (2, 4, 8, 16, 32)
 EXACT_MAX = 1 << 16  # per-example Jacobians with at most this many entries: also exact SVD
@@ -160,7 +160,7 @@ def _measure_fn(fam: _family.Family, depth: int, source, target, interacting, s:
           lambda i: lin_t_T(lin_t(v * keep(i)) * keep(i))[0][i])(jnp.arange(n_ex))
       columns = lambda e: jax.vmap(lambda i: lin_t(e[None] * keep(i))[i])(jnp.arange(n_ex))
     v0 = jax.random.normal(key, (n_ex, n_in), work)
-    top, conv = _jacobians.lanczos_rows(operator, v0, s.steps, s.tol)
+    top, conv = _linalg.lanczos_rows(operator, v0, s.steps, s.tol)
 
     probes = jax.random.normal(jax.random.fold_in(key, 1), (s.probes,) + like.shape, work)
 
@@ -168,22 +168,22 @@ def _measure_fn(fam: _family.Family, depth: int, source, target, interacting, s:
       out = lin(v.astype(like.dtype))
       return jnp.stack([jnp.mean(jnp.sum(rows(out[n]) ** 2, -1)) for n in names]), jnp.sum(
           rows(out[target]) ** 2, -1)
-    fro_taps, fro_target = jax.lax.map(one, probes)
-    tap_msq = jnp.mean(fro_taps, 0) / sizes
+    fro_taps, fro_target = _linalg.hutchinson(one, probes)
+    tap_msq = fro_taps / sizes
     if exact:
       eye = _after(jnp.eye(n_in, dtype=work), top)
       jac = jnp.transpose(jax.vmap(columns)(eye), (1, 2, 0))  # (B, n_out, n_in)
-      sv = _jacobians.singular_values(jac, gram)
+      sv = _linalg.singular_values(jac, gram)
       top_exact, msq = sv[:, 0], jnp.sum(sv**2, -1) / min(n_in, n_out)
     else:
       top_exact = jnp.full((n_ex,), jnp.nan, work)
-      msq = jnp.mean(fro_target, 0) / min(n_in, n_out)
+      msq = fro_target / min(n_in, n_out)
 
     mats = _weight_matrices(params, depth)
     if mats:
       tops, last = [], (top, top_exact)
       for m in mats:  # one LAPACK call after another (see _after)
-        last = _jacobians.singular_values(_after(m.astype(jnp.float32), last), gram)[:, 0]
+        last = _linalg.singular_values(_after(m.astype(jnp.float32), last), gram)[:, 0]
         tops.append(last)
       wnorms = jnp.concatenate(tops)
       log_prod = jnp.sum(jnp.log10(wnorms))
@@ -196,11 +196,8 @@ def _measure_fn(fam: _family.Family, depth: int, source, target, interacting, s:
 
 
 def _after(x, deps):
-  """``x``, made to depend on ``deps`` (see ``_stats.after``). jaxlib's batched
-  LAPACK kernels (SVD, eigh) each wait on the intra-op thread pool for their
-  batch; two in flight at once deadlocked (in 3 of 4 runs on 2 cores, jax
-  0.10), so every LAPACK call here waits for the one before."""
-  return _stats.after(x, deps)
+  """``x`` computed only once ``deps`` are: ``_backend.lapack_after``."""
+  return _backend.lapack_after(x, deps)
 
 
 def _jacobians_gram() -> bool:

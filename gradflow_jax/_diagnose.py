@@ -318,25 +318,17 @@ def architecture_findings(cfg, found: list[Finding]) -> list[Finding]:
                   "residual=True))")]
 
 
-def diagnose(cfg, params, x, y, loss: str = "cross_entropy", stats=None) -> list[Finding]:
-  """The seed's debugging checklist on a built-in MLP: statistics, gradients,
-  the input-output Jacobian (exact, a few examples), initialization and
-  architecture. Returns findings, most severe first.
-
-  ``stats``: the run's :class:`FlowStats` when already measured (they are
-  then read, not measured again)."""
-  import jax
-  from gradflow_jax import _jacobians, _stats
-  if stats is None:
-    stats = _stats.flow_stats(cfg, params, x, y, loss)
-  stats = jax.device_get(stats)
+def mlp_findings(cfg, params, stats, causes=(), m1: float | None = None) -> list[Finding]:
+  """The seed's debugging checklist on a built-in MLP, from measurements it is
+  given: ``stats`` (host :class:`FlowStats`), ``causes`` (findings of the
+  input data, :func:`input_findings`), ``m1`` (the median mean squared
+  singular value of the input-output Jacobian, or None) and the
+  configuration and weights (initialization, architecture). Most severe first."""
   found = diagnose_stats(stats.activations, stats.gradients)
-  causes = input_findings(x, y if loss == "cross_entropy" else None, params, cfg.out_dim)
   if causes:  # the rest would diagnose the symptoms of bad input
-    return _blame([f for f in found if f.kind.startswith("nonfinite")], causes)
-  if cfg.norm != "batchnorm" and cfg.width <= 512:
-    spec = _jacobians.jacobian_spectra(cfg, params, np.asarray(x)[:4], depths=[cfg.depth])
-    found += _jacobian_findings(float(np.median(np.asarray(spec.mean_sq_singular_value))))
+    return _blame([f for f in found if f.kind.startswith("nonfinite")], list(causes))
+  if m1 is not None:
+    found += _jacobian_findings(m1)
   found += init_findings(cfg, params)
   found += architecture_findings(cfg, found)
   return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
@@ -430,16 +422,15 @@ def _unconverged(jac) -> list[Finding]:
                   "raise steps in gf.tap_jacobian_norms")]
 
 
-def diagnose_rnn(cfg, params, xs) -> list[Finding]:
-  """Findings for a vanilla RNN: the Pascanu bound and measured norms through time."""
-  import jax
-  from gradflow_jax import _rnn
-  r = jax.device_get(_rnn.rnn_through_time(cfg, params, xs))
+def rnn_findings(cfg, through_time) -> list[Finding]:
+  """Findings for a vanilla RNN from ``through_time`` (host
+  :func:`rnn_through_time` of it): the Pascanu bound and the measured norms."""
+  r = through_time
   found = []
   gamma_w = cfg.act.max_derivative * float(r.weight_norm)
   whole = float(np.median(np.asarray(r.jacobian_norm)[:, 0]))
-  ev = {"gamma_times_weight_norm": gamma_w, "median_dhT_dh0": whole, "steps": int(xs.shape[0])}
-  steps = xs.shape[0]
+  steps = int(np.asarray(r.jacobian_norm).shape[-1])
+  ev = {"gamma_times_weight_norm": gamma_w, "median_dhT_dh0": whole, "steps": steps}
   # the Pascanu condition gamma ||W|| > 1 is necessary for exploding, not
   # sufficient: the verdict is the measured norm, the bound its context
   bound = (f"the bound gamma ||W|| = {gamma_w:.3g} {'>' if gamma_w > RNN_BOUND else '<='} 1 "

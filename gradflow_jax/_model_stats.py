@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _losses, _probe, _shared_outputs
+from gradflow_jax import _activations, _flow_pass, _losses, _probe
 from gradflow_jax._stats import (ActivationStats, grouped_norms, norm_of_norms, Row,
                                  rows_stats)
 
@@ -61,17 +61,13 @@ def flow_body(forward, params, x, y, loss, info: tuple[_probe.TapInfo, ...], sha
   ``(ActivationStats, tap grad norms, per-leaf grad norms, global norm, loss,
   parameter gradients)``. ``info``/``shapes`` come from :func:`discover`."""
   names = [i.name for i in info]
-  # only ||dL/d tap|| is needed: computed in the backward pass itself
-  slots = _probe.norm_slots({n: shapes[n] for n in names})
 
-  def objective(p, pt):
-    out, taps = forward(p, x, pt, how="norms")
+  def run(p, pt, how):
+    out, taps = forward(p, x, pt, how=how)
     return loss(out, y), taps
-
-  grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
-  if any(_probe.family(n) is not None for n in names):  # see _shared_outputs
-    grad = _shared_outputs.share_scan_outputs(grad)
-  (value, taps), (gp, gt) = grad(params, slots)
+  # only ||dL/d tap|| is needed: computed in the backward pass itself
+  fp = _flow_pass.forward_backward(run, params, {n: shapes[n] for n in names}, norms=True)
+  value, taps, gp, gt = fp.loss, fp.taps, fp.grads, fp.tap_grads
   stats, tap_norms, leaf_norms = tap_statistics(info, taps, gp, tap_grad_squares=gt)
   return stats, tap_norms, leaf_norms, norm_of_norms(leaf_norms), value, gp
 

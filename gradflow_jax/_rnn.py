@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _initializers, _jacobians, _losses
+from gradflow_jax import _activations, _initializers, _linalg, _losses
 
 SCALE_KINDS = ("spectral_norm", "spectral_radius")
 
@@ -160,7 +160,7 @@ def _through_time(cfg, params, xs, ys):
 
   j0, js = jax.lax.scan(back, eye, d[1:][::-1])  # js: J_n, ..., J_1
   full = jnp.concatenate([j0[None], js[::-1]])  # (T, batch, H, H): J_0 .. J_n
-  sv = _jacobians.singular_values(full)[..., 0]
+  sv = _linalg.singular_values(full)[..., 0]
   fro = jnp.sqrt(jnp.sum(full**2, axis=(-2, -1)))
 
   def loss(p):
@@ -169,7 +169,7 @@ def _through_time(cfg, params, xs, ys):
 
   g = jax.grad(loss)(jnp.zeros_like(hs))
   gnorm = jnp.sqrt(jnp.sum(g**2, axis=-1))
-  wnorm = _jacobians.singular_values(w)[0]
+  wnorm = _linalg.singular_values(w)[0]
   T = xs.shape[0]
   bound = (act.max_derivative * wnorm) ** jnp.arange(T - 1, -1, -1, dtype=w.dtype)
   return ThroughTime(sv.T, fro.T, gnorm.T, bound, wnorm)

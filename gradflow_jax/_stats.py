@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow_jax import _losses, _mlp
+from gradflow_jax import _backend, _losses, _mlp
 from gradflow_jax._config import MLPConfig
 
 
@@ -151,20 +151,15 @@ def _group_rows(rows: list[Row]) -> list[list[int]]:
 def grouped_norms(arrays: list, families: list) -> jax.Array:
   """(n,) ||a|| of each array, accumulated in at least float32. Small arrays
   of one shape and dtype are reduced together, and the layers of one family
-  (a scanned tap, see :class:`Row`) in order (see ``_group_rows``).
-
-  One factor of the square goes through an optimization barrier: XLA would
-  otherwise merge ``a * a`` with an optimizer's own ``g ** 2`` (Adam's second
-  moment), write the shared square out whole and reduce it apart (measured:
-  11 kernel gradients of an MLP with adam, the norms cost 154 us over the
-  update alone, 35 us with the barrier)."""
+  (a scanned tap, see :class:`Row`) in order (see ``_group_rows``). The
+  square is ``_backend.squared``."""
   if not arrays:
     return jnp.zeros((0,), jnp.float32)
   index = _group_rows([Row(a, a, family=f) for a, f in zip(arrays, families)])
   out = [None] * len(arrays)
   for members in index:
     stack = _acc(_stack([arrays[k] for k in members]))
-    norms = jnp.sqrt(_per_row(jnp.sum, jax.lax.optimization_barrier(stack) * stack))
+    norms = jnp.sqrt(_per_row(jnp.sum, _backend.squared(stack)))
     for pos, k in enumerate(members):
       out[k] = norms[pos]
   return jnp.stack(out)
@@ -421,43 +416,18 @@ def rows_stats(rows: list[Row]) -> ActivationStats:
   return jax.lax.cond(all_finite, finite, masked)
 
 
-def after(x, deps):
-  """``x``, made to depend on ``deps`` (x + 0 * their finite sum; XLA keeps a
-  float multiply by 0 but drops optimization barriers), so that XLA computes
-  what reads ``x`` only once ``deps`` are done. The leaves of ``deps`` (small
-  arrays) are summed as one: a reduction each would be a kernel each."""
-  leaves = [jnp.ravel(d).astype(jnp.float32) for d in jax.tree.leaves(deps)]
-  flat = leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
-  total = jnp.sum(jnp.where(jnp.isfinite(flat), flat, 0))
-  return x + (0 * total).astype(x.dtype)
-
-
-# bytes of stacked tap values above which the groups' statistics are computed
-# one after another (their temporaries are ~5x the values they read)
-_SEQUENTIAL_BYTES = 2**22
-
-
 def _one_after_another(group_stats, groups: list, sums: list) -> list:
-  """``group_stats(group, sums)`` of each group; when the groups' values
-  exceed ``_SEQUENTIAL_BYTES``, each group's computed only once the previous
-  group's statistics are (see ``after``). Left to itself XLA overlaps the
-  groups, and their temporaries add up: a CNN's 7 taps of (32, 16, 16, 32)
-  needed 7.3 MB (36.7 MB on the NaN-masked path) against 2.1 MB (7.3 MB) in
-  sequence. XLA:CPU allocates a call's temporaries afresh each call, and above
-  glibc's 32 MB mmap threshold every page of them is a page fault (measured:
-  the CNN's every=10 off-step 1.44x the bare step with 36.7 MB of
-  temporaries, 0.99x without the faults). Below the threshold the sequence
-  only costs: its ``after`` is a pass over each group's values and a few
-  kernels (a 4 x 64 scan transformer's 17 groups of 2.6 MB in all: ~85
-  kernels)."""
+  """``group_stats(group, sums)`` of each group; where ``_backend.in_sequence``
+  says so, each group's computed only once the previous group's statistics
+  are (``_backend.after``)."""
   nbytes = sum(g.values.nbytes + (0 if g.same else g.tested.nbytes) for g in groups)
-  if nbytes <= _SEQUENTIAL_BYTES:
+  if not _backend.in_sequence(nbytes):
     return [group_stats(g, t) for g, t in zip(groups, sums)]
   out = []
   for g, t in zip(groups, sums):
     if out:
-      values = after(g.values, out[-1])
-      tested = values if g.same else after(g.tested, out[-1])
+      values = _backend.after(g.values, out[-1])
+      tested = values if g.same else _backend.after(g.tested, out[-1])
       g = g._replace(values=values, tested=tested)
     out.append(group_stats(g, t))
   return out
@@ -498,16 +468,21 @@ def flow_stats_fn(cfg: MLPConfig, params, x, y, loss: str) -> FlowStats:
 
 
 def probe(cfg: MLPConfig, params, x, y, loss: str):
-  """(FlowStats, parameter gradients) from one forward/backward pass: what a
-  training step needs to both log and update."""
-  perturb = _mlp.zero_perturb(cfg, x.shape[:-1])
+  """(FlowStats, parameter gradients) from one forward/backward pass (the
+  built-in MLP's taps through ``_flow_pass``): what a training step needs to
+  both log and update."""
+  from gradflow_jax import _flow_pass, _probe
+  model = _mlp.mlp_model(cfg, params)
+  shapes = _probe.discover_taps(model, x).shapes
+  pre = [f"layer_{l}/pre" for l in range(cfg.depth)]
+  post = [f"layer_{l}/post" for l in range(cfg.depth)]
 
-  def objective(params, perturb):
-    out, trace = _mlp.mlp_apply(cfg, params, x, perturb, stack=False)
-    return _losses.loss_value(loss, out, y), trace
-
-  (value, trace), (gp, gz) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(
-      params, perturb)
+  def run(p, pt, how):
+    out, taps = model.forward(p, x, pt, how=how)
+    return _losses.loss_value(loss, out, y), taps
+  fp = _flow_pass.forward_backward(run, params, shapes)
+  value, gp = fp.loss, fp.grads
+  tap_norms = fp.tap_grad_norms(pre + post)
   layers = gp["layers"]
   w_norm = jnp.stack([_norm(g["w"]) for g in layers])
   b_norm = jnp.stack([_norm(g["b"]) for g in layers])
@@ -515,12 +490,13 @@ def probe(cfg: MLPConfig, params, x, y, loss: str):
   grads = GradientStats(
       weight_grad_norm=w_norm,
       bias_grad_norm=b_norm,
-      preact_grad_norm=jnp.stack([_norm(g) for g in gz.pre]),
-      postact_grad_norm=jnp.stack([_norm(g) for g in gz.post]),
+      preact_grad_norm=tap_norms[:cfg.depth],
+      postact_grad_norm=tap_norms[cfg.depth:],
       global_norm=jnp.sqrt(jnp.sum(w_norm**2) + jnp.sum(b_norm**2)
                            + norm_of_norms(jax.tree.map(_norm, others))**2),
       loss=value,
       nonfinite=~jnp.isfinite(w_norm + b_norm))
+  trace = _mlp.Trace(tuple(fp.taps[n] for n in pre), tuple(fp.taps[n] for n in post), ())
   return FlowStats(trace_stats(cfg, trace, _slopes(cfg, params)), grads), gp
 
 

@@ -30,37 +30,16 @@ subspace, as on rank-deficient ReLU Jacobians) ends the block's iteration.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _model_stats, _probe
+from gradflow_jax import _backend, _linalg, _model_stats, _probe
 
 INPUT = "<input>"
 LANCZOS_STEPS = 32
-
-
-def _cpu_tuned_jit(level: int, static_argnums):
-  """``jax.jit`` that, on the CPU, compiles at XLA backend optimization level
-  ``level``. These programs are compiled once per model and run few steps,
-  so on the CPU a lower level wins on compile + run (12-block transformer:
-  the dependency program 6.7 s at the default level, 3.6 s at 0; Lanczos
-  12.4 s against 10.1 s at 1; ``benchmarks/bench_models.py``). Other
-  backends, and an XLA_FLAGS that sets the level itself, keep theirs."""
-  def wrap(fun):
-    plain = jax.jit(fun, static_argnums=static_argnums)
-    tuned = jax.jit(fun, static_argnums=static_argnums,
-                    compiler_options={"xla_backend_optimization_level": level})
-
-    @functools.wraps(fun)
-    def call(*args):
-      own = "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")
-      return (tuned if jax.default_backend() == "cpu" and not own else plain)(*args)
-    return call
-  return wrap
 
 
 class TapJacobians(NamedTuple):
@@ -104,7 +83,7 @@ def _points(shapes, names, x, with_input):
   return pts
 
 
-@_cpu_tuned_jit(0, static_argnums=(0, 3, 4, 5, 6))
+@_backend.tuned_jit(0, static_argnums=(0, 3, 4, 5, 6))
 def _hits(forward, params, x, info, with_input, roles, slots):
   """(n_jvps, n_taps, batch) bool: which examples of each tap a jvp reaches.
 
@@ -207,7 +186,7 @@ def _rounds(deps: np.ndarray, sources: list[str], names: list[str]):
   return rounds, src_of
 
 
-@_cpu_tuned_jit(1, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
+@_backend.tuned_jit(1, static_argnums=(0, 3, 4, 5, 6, 7, 8, 9))
 def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, tol, rounds):
   """Block Lanczos on J_k^T J_k for every (tap, example) block of every round.
 
@@ -297,28 +276,11 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
   init = (jnp.zeros((steps,) + zero.shape), jnp.zeros((steps,) + zero.shape), v,
           [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros(zero.shape, bool))
   alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
-  sigma, ok = _ritz(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done, tol)
+  sigma, ok = _linalg.ritz_top(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done, tol)
   idx = jnp.asarray([links[n][1] for n in order])
   norms = jnp.full((len(names), batch), jnp.nan).at[idx].set(sigma)
   conv = jnp.zeros((len(names), batch), bool).at[idx].set(ok)
   return norms.T, conv.T
-
-
-def _ritz(a, b, done, tol):
-  """Largest Ritz value of each tridiagonal (alphas a, betas b, last axis:
-  steps) and whether it has converged."""
-  tri = (jax.vmap(jax.vmap(jnp.diag))(a) + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], 1)))(b)
-         + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], -1)))(b))
-  theta, vecs = jnp.linalg.eigh(tri)
-  top = jnp.maximum(theta[..., -1], 0)
-  residual = jnp.abs(b[..., -1] * vecs[..., -1, -1])
-  # eigenvalue error <= residual^2 / gap (Parlett, The Symmetric Eigenvalue
-  # Problem, thm 11.7.1), the gap taken to the next distinct Ritz value
-  gap = theta[..., -1] - theta[..., -2]
-  error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, 1e-30))
-  distinct = gap > 1e-3 * top  # a duplicate (no reorthogonalisation) says nothing
-  error = jnp.where(distinct, error, residual)
-  return jnp.sqrt(top), (error <= tol * top) | done
 
 
 def tap_jacobian_norms(model: _probe.ProbedModel, x, steps: int = LANCZOS_STEPS,
@@ -370,12 +332,12 @@ def _hutchinson(forward, params, x, target, probes):
   def f(xin):
     return forward(params, xin, None)[1][target]
   keys = jax.random.split(jax.random.key(3), probes)
+  vs = jax.vmap(lambda k: jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype))(keys)
 
-  def one(key):
-    v = jax.random.normal(key, x.shape, jnp.float32).astype(x.dtype)
+  def squares(v):
     out = jax.jvp(f, (x,), (v,))[1].astype(jnp.float32)
     return jnp.sum(out.reshape(out.shape[0], -1) ** 2, axis=-1)
-  return jnp.mean(jax.lax.map(one, keys), axis=0)
+  return _linalg.hutchinson(squares, vs)
 
 
 def input_output_mean_sq_singular_value(model: _probe.ProbedModel, x, target: str | None = None,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations, _model_stats, _probe, _shared_outputs, capture
+from gradflow_jax import _activations, _flow_pass, _model_stats, _probe, capture
 from gradflow_jax._stats import ActivationStats, leaf_norm, norm_of_norms
 
 # Signed, log-spaced bin edges for in-jit histograms: 0, then +-10^k for k in
@@ -205,13 +205,7 @@ def _with_linen_taps(fun: Callable, auto: bool) -> Callable:
   return tapped
 
 
-def _split_output(out, has_aux):
-  if not has_aux:
-    return out, None
-  if not isinstance(out, (tuple, list)) or len(out) != 2:
-    raise ValueError(f"expected has_aux=True's loss to return (loss, aux), got "
-                     f"{type(out).__name__}")
-  return out[0], out[1]
+_split_output = _flow_pass.split_output
 
 
 def _check_scalar(loss):
@@ -284,16 +278,13 @@ def value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
   activations = _check_activations(activations)
 
   tapped_fun = _with_linen_taps(fun, auto)
-  traced = []  # the program discover traced, reused by run within one call
-
-  def run(p, pt, *args, how):
-    return capture.run(traced[-1], (p,) + args, pt, how)
+  def run(p, pt, *args, how, program):
+    return capture.run(program, (p,) + args, pt, how)  # the program discover traced
 
   def discover(params, *args):
     out_shape, info, shapes, tapped = _discover(tapped_fun, (params,) + args, activations)
     _check_scalar(_split_output(out_shape, has_aux)[0])
-    traced[:] = [tapped]
-    return info, shapes
+    return info, shapes, tapped
   return _monitored(run, fun, discover, has_aux, every, histograms)
 
 
@@ -308,7 +299,7 @@ def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: in
   """
   _check_every(every)
 
-  def run(p, pt, x, y, how):
+  def run(p, pt, x, y, how, program=None):
     out, taps = model.forward(p, x, pt, how=how)
     return loss(out, y), taps
 
@@ -316,14 +307,16 @@ def model_value_and_grad(model: _probe.ProbedModel, loss: Callable, *, every: in
     return loss(model.forward(p, x, None)[0], y)
 
   def discover(params, x, y):
-    return _model_stats.discover(model._replace(params=params), x)
+    return _model_stats.discover(model._replace(params=params), x) + (None,)
   return _monitored(run, plain, discover, False, every, histograms)
 
 
 def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool) -> Callable:
-  """The monitored step of ``run(params, perturb, *args) -> (out, taps)``;
+  """The monitored step of ``run(params, perturb, *args, how, program) ->
+  (out, taps)``;
   ``plain(params, *args) -> out`` is the same without taps (the bare step);
-  ``discover(params, *args) -> (TapInfo per tap, tap shapes)``."""
+  ``discover(params, *args) -> (TapInfo per tap, tap shapes, program)``
+  (``program``: what ``run`` evaluates, traced once per call)."""
 
   def wrapped(params, *args, step=None, measure=None):
     if measure is not None and not isinstance(measure, bool):
@@ -331,7 +324,7 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
                        f"every= and step= for a traced choice), got {type(measure).__name__}")
     if measure is None and every > 1 and step is None:
       raise ValueError(f"expected step= (the step number) with every={every}")
-    info, shapes = discover(params, *args)
+    info, shapes, program = discover(params, *args)
     names = tuple(i.name for i in info)
     scanned = any(_probe.family(n) is not None for n in names)
     # ||dL/d tap|| from the backward pass itself (see _probe.norm_slots),
@@ -340,15 +333,10 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
     slots = not histograms and (measure is not None or every == 1 or scanned)
 
     def tapped_pass(params, args):
-      def objective(p, pt):
-        out, taps = run(p, pt, *args, how="norms" if slots else "tangent")
-        loss, aux = _split_output(out, has_aux)
-        return loss, (aux, taps)
-      perturb = _probe.norm_slots(shapes) if slots else _probe.zero_perturbations(shapes)
-      grad = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
-      if scanned:  # taps that are residuals too: one stacked output each
-        grad = _shared_outputs.share_scan_outputs(grad)
-      return grad(params, perturb)
+      fp = _flow_pass.forward_backward(lambda p, pt, how: run(p, pt, *args, how=how,
+                                                              program=program), params,
+                                       shapes, norms=slots, has_aux=has_aux)
+      return (fp.loss, (fp.aux, fp.taps)), (fp.grads, fp.tap_grads)
 
     def statistics(taps, gt, grads):
       stats, tap_norms, leaf_norms = _model_stats.tap_statistics(

@@ -6,7 +6,7 @@ import numpy as np
 
 import gradflow_jax as gf
 from gradflow_jax import _probe
-from gradflow_jax._shared_outputs import share_scan_outputs
+from gradflow_jax.capture._shared_outputs import share_scan_outputs
 
 
 def _scan_ys_counts(fn, *args):

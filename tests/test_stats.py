@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _activations, _mlp, _stats
+from gradflow_jax import _activations, _backend, _mlp, _stats
 from helpers import np_act, np_mlp
 
 KEY = jax.random.key(0)
@@ -328,7 +328,7 @@ def test_groups_temporaries_do_not_add_up():
   fault, on every step."""
   act = _activations.get_activation("relu")
   shape = (256, _stats._STACK_LIMIT // 32)  # too large to stack: a group each
-  assert 7 * np.prod(shape) * 4 > _stats._SEQUENTIAL_BYTES
+  assert 7 * np.prod(shape) * 4 > _backend.SEQUENTIAL_BYTES
   vs = [jnp.zeros(shape) for _ in range(7)]
   fn = lambda vs: _stats.rows_stats([_stats.Row(v, v, act, family=f"f{i}")
                                      for i, v in enumerate(vs)])
