@@ -12,7 +12,7 @@ estimated above an hour without --force, so the ratio should stay near 1
 
 import time
 
-from gradflow_jax import _sweep
+from gradflow_jax.studies import _sweep
 
 CASES = [(100_000, 8), (20_000, 32), (5_000, 64), (1_000, 128), (500, 256)]
 

@@ -13,7 +13,7 @@ and the user's backend is untouched.
 
 from __future__ import annotations
 
-from gradflow_jax import _plots
+from gradflow_jax.render import _plots
 
 
 def model_taps(analysis, path=None):

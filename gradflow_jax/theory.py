@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax import _activations
+from gradflow_jax.models import _activations
 
 _Z_MAX = 12.0  # normal mass beyond 12 sigma: 4e-33
 _PANEL_NODES = 16

@@ -4,7 +4,7 @@
 Run ``python scripts/analyze.py --help`` for the subcommands.
 """
 
-from gradflow_jax._cli import script_main
+from gradflow_jax.cli._cli import script_main
 
 if __name__ == "__main__":
   script_main()

@@ -8,7 +8,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 import gradflow_jax as gf
-from gradflow_jax import _probe, capture
+from gradflow_jax import capture
+from gradflow_jax.capture import _probed as _probe
 
 mesh = jax.make_mesh((2, 2), ("data", "model"),
                      axis_types=(jax.sharding.AxisType.Auto,) * 2)

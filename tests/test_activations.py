@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _activations
+from gradflow_jax.models import _activations
 from helpers import np_act
 
 NAMES = [n for n in gf.ACTIVATIONS if n != "swish"]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradflow_jax as gf
-from gradflow_jax import _backend
+from gradflow_jax.measure import _backend
 
 W = jax.random.normal(jax.random.key(0), (4, 6, 6)) / np.sqrt(6.0)
 X = jax.random.normal(jax.random.key(1), (8, 6))

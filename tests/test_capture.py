@@ -18,7 +18,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.lax import scan  # imported early: the capture must not care how scan is reached
 
 import gradflow_jax as gf
-from gradflow_jax import _probe, capture
+from gradflow_jax import capture
+from gradflow_jax.capture import _probed as _probe
 from helpers import tol
 
 W = jax.random.normal(jax.random.key(0), (3, 4, 4)) / 2.0

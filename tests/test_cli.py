@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from gradflow_jax import _cli, _io
+from gradflow_jax import _io
+from gradflow_jax.cli import _cli
 
 SMALL = ["--depth", "3", "--width", "16", "--batch-size", "8", "--in-dim", "6", "--classes", "3"]
 
@@ -254,7 +255,7 @@ def test_a_plot_that_cannot_be_drawn_never_costs_the_results(tmp_path, capsys, m
   """A plot that raises (as matplotlib's "Data cannot be log-scaled" did for
   rnn --hidden 1) is skipped with a note; results.json is written anyway and
   says so. Off a terminal, progress is plain lines."""
-  from gradflow_jax import _plots
+  from gradflow_jax.render import _plots
 
   def broken(*a, **k):
     raise ValueError("Data cannot be log-scaled because all values are <= 0.")

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from gradflow_jax import _cli
+from gradflow_jax.cli import _cli
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 

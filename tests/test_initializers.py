@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _initializers
+from gradflow_jax.models import _initializers
 
 N = 1024
 

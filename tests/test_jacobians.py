@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _mlp
+from gradflow_jax.models import _mlp
 from helpers import np_act
 
 KEY = jax.random.key(0)
@@ -157,7 +157,7 @@ def test_lanczos_equals_exact_on_rank_deficient_jacobians(activation):
 
 
 def test_lanczos_on_a_rank_one_matrix_is_exact_and_converged():
-  from gradflow_jax._linalg import lanczos_top_singular_value
+  from gradflow_jax.measure._linalg import lanczos_top_singular_value
   u = jax.random.normal(jax.random.key(3), (40,))
   v = jax.random.normal(jax.random.key(4), (30,))
   m = jnp.outer(u, v)  # one non-zero singular value, |u| |v|
@@ -170,7 +170,7 @@ def test_lanczos_on_a_rank_one_matrix_is_exact_and_converged():
 def test_nonfinite_matrices_never_reach_lapack():
   """A Jacobian holding Inf/NaN (an overflowing sweep) gets NaN singular values,
   both ways, and its neighbours in the batch keep their exact values."""
-  from gradflow_jax import _linalg
+  from gradflow_jax.measure import _linalg
   m = np.stack([np.diag([3.0, 2.0, 1.0]), np.full((3, 3), np.inf), np.eye(3)]).astype(np.float32)
   m[2, 0, 1] = np.nan
   for gram in (False, True):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _mlp
+from gradflow_jax.models import _mlp
 from helpers import np_act, np_mlp
 
 KEY = jax.random.key(0)

@@ -11,7 +11,10 @@ import optax
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _cli, _data, _model_stats, _model_train
+from gradflow_jax import _data
+from gradflow_jax.cli import _cli
+from gradflow_jax.measure import _model_stats
+from gradflow_jax.studies import _model_train
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 

@@ -109,7 +109,7 @@ def test_every_producer_measures_the_built_in_mlp_alike(kind):
 def _cut_jacobian_reference(model, x, jac):
   """Exact local Jacobian norms per example: jacfwd of the cut forward, the
   blocks of each tap's sources stacked, SVD in float64."""
-  from gradflow_jax import _model_stats, _tap_jacobians
+  from gradflow_jax.measure import _model_stats, _tap_jacobians
   info, shapes = _model_stats.discover(model, x)
   names = [i.name for i in info]
   f = _tap_jacobians._cut_forward(model.forward, model.params, x, names, True)
@@ -150,7 +150,7 @@ def test_local_jacobians_match_jacfwd_on_parallel_branches():
   assert jac.per_example
   # which taps feed which: tested one source per example (3 at a time) it is
   # the same matrix as tested one source at a time
-  from gradflow_jax import _model_stats, _tap_jacobians
+  from gradflow_jax.measure import _model_stats, _tap_jacobians
   info, shapes = _model_stats.discover(model, x)
   reads, interact = _tap_jacobians._dependencies(model, x, info, True, (), shapes)
   alone = np.asarray(_tap_jacobians._hits(model.forward, model.params, x, info, True, (), 1))
@@ -390,7 +390,7 @@ def test_rnn_with_large_weights_is_diagnosed():
 def test_importing_the_library_leaves_the_matplotlib_backend_alone():
   import subprocess
   import sys
-  code = ("import matplotlib; matplotlib.use('svg'); import gradflow_jax, gradflow_jax._plots; "
+  code = ("import matplotlib; matplotlib.use('svg'); import gradflow_jax, gradflow_jax.render._plots; "
           "print(matplotlib.get_backend())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "svg"
@@ -470,7 +470,7 @@ def test_a_users_own_perturb_points_are_taps_with_their_values_and_gradients():
 
 
 def test_output_picks_by_key_or_index_and_refuses_what_it_cannot_pick():
-  from gradflow_jax._flax import select_output
+  from gradflow_jax.models._flax import select_output
   a, b = jnp.zeros(2), jnp.ones(3)
   assert select_output((a, b), "1") is b and select_output((a, b), -1) is b  # CLI strings too
   assert select_output({"logits": a, "aux": b}, "aux") is b

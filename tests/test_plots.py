@@ -4,7 +4,9 @@ matplotlib figure before it is saved."""
 import numpy as np
 import pytest
 
-from gradflow_jax import _activations, _diagnose, _plots
+from gradflow_jax.diagnosis import _diagnose
+from gradflow_jax.models import _activations
+from gradflow_jax.render import _plots
 
 
 @pytest.fixture
@@ -105,7 +107,7 @@ def test_depth_sweep_axis_spans_the_data_and_flags_underflow(figures):
 
 
 def test_histograms_over_steps_label_zero_and_crop_to_occupied_bins(figures):
-  from gradflow_jax import _watch
+  from gradflow_jax.watch import _watch
   edges = _watch.HISTOGRAM_EDGES
   centre = len(edges) // 2
   counts = np.zeros((3, len(edges) - 1))

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _jacobians, _mlp, _rnn
+from gradflow_jax.measure import _jacobians
+from gradflow_jax.models import _mlp, _rnn
+from gradflow_jax.studies import _rnn_sweep
 
 
 def test_rnn_jacobians_match_jacfwd_and_grad():
@@ -51,7 +53,7 @@ def test_rnn_spectral_radius_and_bad_input():
 
 def test_rnn_sweep_changes_from_vanishing_to_exploding():
   cfg = gf.RNNConfig(in_dim=2, hidden=16)
-  runs = _rnn.run_rnn_sweep(cfg, [0.5, 3.0], steps=30, batch=2)
+  runs = _rnn_sweep.run_rnn_sweep(cfg, [0.5, 3.0], steps=30, batch=2)
   whole = [float(np.median(r["jacobian_norm"][:, 0])) for r in runs]
   assert whole[0] < 1e-6 and whole[1] > 1.0
 
@@ -133,7 +135,8 @@ def test_init_rnn_under_x64_scales_w_to_its_spectral_norm():
 def test_per_layer_curves_of_a_deep_net_measure_a_subset_of_layers_exactly():
   """Past CURVE_LAYERS layers the curves measure evenly spaced layers (first
   and last included); each equals the norm measured with every layer."""
-  from gradflow_jax import _jacobians, _sweep
+  from gradflow_jax.measure import _jacobians
+  from gradflow_jax.studies import _sweep
   assert _sweep.curve_layers(5) == (0, 1, 2, 3, 4)
   many = _sweep.curve_layers(100_000)
   assert len(many) == _sweep.CURVE_LAYERS and many[0] == 0 and many[-1] == 99_999
@@ -156,7 +159,9 @@ def test_layer_curves_carry_their_mean_field_reference(tmp_path):
   """Each per-layer curve carries chi_1 of its own (activation, sigma_w,
   sigma_b), the reference its plot draws (He-ReLU: 1, not the spectral norm's
   ~2); an unconverged value is left out of the plot, not drawn as measured."""
-  from gradflow_jax import _plots, _sweep, theory
+  from gradflow_jax import theory
+  from gradflow_jax.render import _plots
+  from gradflow_jax.studies import _sweep
   s = _sweep.SweepSettings(activations=("relu",), sigma_bs=(0.0, 0.3), max_depth=3, width=8,
                            batch=2, seeds=1)
   curves = _sweep.layer_curves(s)
@@ -172,7 +177,7 @@ def test_layer_curves_carry_their_mean_field_reference(tmp_path):
 def test_sweep_time_estimate_times_one_devices_share_of_the_grid():
   """The grid (points x seeds) is split over the devices, padded to a
   multiple: the calibration step is timed on one device's lanes."""
-  from gradflow_jax._sweep import SweepSettings
+  from gradflow_jax.studies._sweep import SweepSettings
   settings = SweepSettings(activations=("tanh",), sigma_ws=(1.0, 1.5, 2.0), max_depth=50000,
                            width=64, batch=4, seeds=3)
   asked = []

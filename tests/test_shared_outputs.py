@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradflow_jax as gf
-from gradflow_jax import _probe
+from gradflow_jax.capture import _probed as _probe
 from gradflow_jax.capture._shared_outputs import share_scan_outputs
 
 

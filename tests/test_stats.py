@@ -8,7 +8,10 @@ import optax
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _activations, _backend, _mlp, _stats
+from gradflow_jax.measure import _backend
+from gradflow_jax.measure import _stats
+from gradflow_jax.measure import _rows
+from gradflow_jax.models import _activations, _mlp
 from helpers import np_act, np_mlp
 
 KEY = jax.random.key(0)
@@ -142,7 +145,7 @@ def test_nonfinite_inputs_are_reported_not_crashed():
   x[3, 2] = np.nan
   s = gf.flow_stats(cfg, params, x, y)
   a = s.activations
-  assert int(_stats.first_nonfinite_layer(a.nonfinite)) == 0
+  assert int(_rows.first_nonfinite_layer(a.nonfinite)) == 0
   # one bad example poisons one row per layer: 16 units x 4 layers
   np.testing.assert_array_equal(a.nonfinite, [16] * cfg.depth)
   assert np.all(np.isfinite(a.mean))  # statistics over the finite entries
@@ -154,8 +157,8 @@ def test_nan_in_weights_first_layer_reported():
   cfg, params, x, y = _setup("tanh")
   params["layers"][2]["w"] = params["layers"][2]["w"].at[0, 0].set(jnp.inf)
   a = gf.activation_stats(cfg, params, x)
-  assert int(_stats.first_nonfinite_layer(a.nonfinite)) == 2
-  assert int(_stats.first_nonfinite_layer(jnp.zeros(4, jnp.int32))) == -1
+  assert int(_rows.first_nonfinite_layer(a.nonfinite)) == 2
+  assert int(_rows.first_nonfinite_layer(jnp.zeros(4, jnp.int32))) == -1
 
 
 def test_bad_labels():
@@ -209,7 +212,7 @@ def test_std_of_offset_rows_matches_numpy_to_float32(mean, spread):
   float32 precision however far the values sit from 0."""
   rng = np.random.default_rng(1)
   v = (mean + spread * rng.normal(size=(3, 512, 64))).astype(np.float32)
-  s = jax.jit(lambda v: _stats.rows_stats([_stats.Row(v[i], v[i]) for i in range(3)]))(v)
+  s = jax.jit(lambda v: _rows.rows_stats([_rows.Row(v[i], v[i]) for i in range(3)]))(v)
   want = v.astype(np.float64).reshape(3, -1)
   np.testing.assert_allclose(s.std, want.std(axis=1, ddof=1), rtol=1e-6)
   np.testing.assert_allclose(s.mean, want.mean(axis=1), rtol=1e-6)
@@ -220,14 +223,14 @@ def test_only_a_familys_own_large_rows_are_stacked_together():
   slices (a scan's own stacked output) is free. Rows of two families, large
   or small, and a large row of none, get groups of their own; small rows of
   no family share one."""
-  big = (8, _stats._STACK_LIMIT // 8 + 1)
-  rows = ([_stats.Row(jnp.zeros(big), None, family="a") for _ in range(3)]
-          + [_stats.Row(jnp.zeros(big), None, family="b") for _ in range(2)]
-          + [_stats.Row(jnp.zeros(big), None)]
-          + [_stats.Row(jnp.zeros((4, 4)), None, family=f) for f in ("a2", "b2", None, None)]
-          + [_stats.Row(jnp.zeros((4, 4)), None, family="a2")])
+  big = (8, _rows._STACK_LIMIT // 8 + 1)
+  rows = ([_rows.Row(jnp.zeros(big), None, family="a") for _ in range(3)]
+          + [_rows.Row(jnp.zeros(big), None, family="b") for _ in range(2)]
+          + [_rows.Row(jnp.zeros(big), None)]
+          + [_rows.Row(jnp.zeros((4, 4)), None, family=f) for f in ("a2", "b2", None, None)]
+          + [_rows.Row(jnp.zeros((4, 4)), None, family="a2")])
   rows = [r._replace(tested=r.values) for r in rows]
-  assert sorted(_stats._group_rows(rows)) == [[0, 1, 2], [3, 4], [5], [6, 10], [7], [8, 9]]
+  assert sorted(_rows._group_rows(rows)) == [[0, 1, 2], [3, 4], [5], [6, 10], [7], [8, 9]]
 
 
 def test_finite_and_masked_paths_agree_with_numpy():
@@ -262,7 +265,7 @@ def test_rows_of_mixed_shapes_and_tests_match_numpy(exact, monkeypatch):
   ``exact`` lowers the bound under which mask counts are packed into one
   float code (9 examples: base 10): two masks a code, one, and none (int32)."""
   if exact is not None:
-    monkeypatch.setattr(_stats, "_EXACT_FLOAT32", exact)
+    monkeypatch.setattr(_rows, "_EXACT_FLOAT32", exact)
   rng = np.random.default_rng(0)
   z = [rng.normal(size=(9, 7)).astype(np.float32) for _ in range(6)]
   z[0][:, :3] -= 8.0  # relu: three dead units
@@ -277,7 +280,7 @@ def test_rows_of_mixed_shapes_and_tests_match_numpy(exact, monkeypatch):
     if bad:
       vals[1][2, 2] = np.nan
     fns = [a and _activations.get_activation(a) for a in acts]
-    s = jax.jit(lambda vs: _stats.rows_stats([_stats.Row(v, v, f) for v, f in zip(vs, fns)]))(
+    s = jax.jit(lambda vs: _rows.rows_stats([_rows.Row(v, v, f) for v, f in zip(vs, fns)]))(
         [jnp.asarray(v) for v in vals])
     for k, (v, a) in enumerate(zip(vals, acts)):
       keep = v[np.isfinite(v)]
@@ -314,10 +317,10 @@ def test_grouped_norms_match_numpy_in_the_callers_order():
   shapes = [(4, 3), (2, 5), (4, 3), (100, 100), (2, 5), (100, 100), (7,)]
   families = [None, "f", None, None, "f", None, None]
   arrays = [rng.normal(size=s).astype(np.float32) * (k + 1) for k, s in enumerate(shapes)]
-  got = jax.jit(lambda a: _stats.grouped_norms(a, families))(arrays)
+  got = jax.jit(lambda a: _rows.grouped_norms(a, families))(arrays)
   want = [np.linalg.norm(a.astype(np.float64)) for a in arrays]
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  assert _stats.grouped_norms([], []).shape == (0,)
+  assert _rows.grouped_norms([], []).shape == (0,)
 
 
 def test_groups_temporaries_do_not_add_up():
@@ -327,10 +330,10 @@ def test_groups_temporaries_do_not_add_up():
   Past glibc's 32 MB mmap threshold every page of a fresh temporary is a page
   fault, on every step."""
   act = _activations.get_activation("relu")
-  shape = (256, _stats._STACK_LIMIT // 32)  # too large to stack: a group each
+  shape = (256, _rows._STACK_LIMIT // 32)  # too large to stack: a group each
   assert 7 * np.prod(shape) * 4 > _backend.SEQUENTIAL_BYTES
   vs = [jnp.zeros(shape) for _ in range(7)]
-  fn = lambda vs: _stats.rows_stats([_stats.Row(v, v, act, family=f"f{i}")
+  fn = lambda vs: _rows.rows_stats([_rows.Row(v, v, act, family=f"f{i}")
                                      for i, v in enumerate(vs)])
   temp = jax.jit(fn).lower(vs).compile().memory_analysis().temp_size_in_bytes
   assert temp <= 1.5 * sum(v.nbytes for v in vs)

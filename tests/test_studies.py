@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _cli
+from gradflow_jax.cli import _cli
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 sys.path.insert(0, EXAMPLES)

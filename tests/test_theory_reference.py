@@ -12,7 +12,7 @@ import pytest
 from scipy import optimize, special
 
 from gradflow_jax import theory as th
-from gradflow_jax._activations import ACTIVATIONS
+from gradflow_jax.models._activations import ACTIVATIONS
 
 SQ2PI = math.sqrt(2 * math.pi)
 SELU_L, SELU_A = 1.0507009873554805, 1.6732632423543772

@@ -8,7 +8,9 @@ import optax
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax import _data, _mlp, _train
+from gradflow_jax import _data
+from gradflow_jax.models import _mlp
+from gradflow_jax.studies import _train
 
 KEY = jax.random.key(0)
 
@@ -140,7 +142,7 @@ def test_digits_is_standardized_and_split():
 
 
 def test_batches_visit_each_example_once_per_epoch():
-  from gradflow_jax._train import _epoch_perm, _next_batch
+  from gradflow_jax.studies._train import _epoch_perm, _next_batch
   key, n, size = jax.random.key(3), 10, 3  # 3 batches per epoch, one example left out
   perm = _epoch_perm(key, 0, n, size)
   seen = []
@@ -159,7 +161,7 @@ def test_dead_relu_experiment_shows_its_premise():
   while the same run with clip_by_global_norm(1) keeps it under 10%; leaky
   ReLU's units never die (its run may be stopped by the guard: too large a
   step for it too)."""
-  from gradflow_jax import _experiments
+  from gradflow_jax.studies import _experiments
   data = gf.load_digits()  # the experiment's data
   runs = _experiments.experiment_runs("dead-relu", data.x_train.shape[1], data.classes,
                                       {"steps": 60})

@@ -15,7 +15,8 @@ from flax import linen as nn
 from flax import nnx
 
 import gradflow_jax as gf
-from gradflow_jax import _stats, _watch
+from gradflow_jax.measure import _rows
+from gradflow_jax.watch import _watch
 from helpers import read_event_file, tol
 
 
@@ -123,7 +124,7 @@ def test_a_flow_step_is_a_few_stacked_arrays_whatever_the_model_size(linen_case)
   for f in (flow, host):
     n = len(f.names)
     assert n >= 4 and f.tap_grad_norm.shape == (n,)
-    assert all(getattr(f.activations, k).shape == (n,) for k in _stats.ActivationStats._fields)
+    assert all(getattr(f.activations, k).shape == (n,) for k in _rows.ActivationStats._fields)
     assert jax.tree.structure(f.param_grad_norms) == jax.tree.structure(grads)
   np.testing.assert_allclose(jax.tree.leaves(host.param_grad_norms),
                              [np.linalg.norm(np.asarray(g)) for g in jax.tree.leaves(grads)],
@@ -503,7 +504,7 @@ def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forwar
   """With ``how="tangent"`` (the monitored step) a tap adds only
   its perturbation's tangent: gradients equal those of ``x + p`` bit for bit
   (through a scan and a checkpointed body), and the forward pass ignores p."""
-  from gradflow_jax import _probe
+  from gradflow_jax.capture import _probed as _probe
   ws = jax.random.normal(jax.random.key(0), (3, 5, 5)) / np.sqrt(5)
   x = jax.random.normal(jax.random.key(1), (2, 5))
 
@@ -539,7 +540,7 @@ def test_norm_slots_give_each_taps_squared_gradient_norm(dtype):
   (rounded) weights and inputs. bfloat16 keeps 8 significant bits: each of
   the 5 rounding stages (x * 2, three layers, the cube) moves a squared norm
   by up to 2 * 2**-8 relative, whose sum is the tolerance."""
-  from gradflow_jax import _probe
+  from gradflow_jax.capture import _probed as _probe
   ws = (jax.random.normal(jax.random.key(0), (3, 5, 5)) / np.sqrt(5)).astype(dtype)
   x = jax.random.normal(jax.random.key(1), (2, 5)).astype(dtype)
 

@@ -1,0 +1,694 @@
+"""What each CLI subcommand does: call the library, render, write files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+
+def _console(args) -> Console:
+  """Stdout console; 110 columns when piped (rich would assume 80)."""
+  console = Console(quiet=args.quiet or args.json, highlight=False)
+  if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 160
+  return console
+
+
+@contextlib.contextmanager
+def progress_bar(args, total: int, what: str):
+  """A rich progress bar (silent with --quiet/--json); yields ``advance(label)``."""
+  console = Console(stderr=True, quiet=args.quiet or args.json)
+  if not console.is_terminal:  # a log: one plain line per step, nothing redrawn
+    count = {"n": 0}
+
+    def advance_plain(label: str):
+      count["n"] += 1
+      if not console.quiet:
+        print(f"{what}: {label} ({count['n']}/{total})", file=sys.stderr, flush=True)
+    yield advance_plain
+    return
+  cols = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+  with Progress(*cols, console=console, transient=True) as prog:
+    task = prog.add_task(what, total=total)
+    state = {"n": 0}
+
+    def advance(label: str):
+      if state["n"]:
+        prog.advance(task)
+      state["n"] += 1
+      prog.update(task, description=f"{what}: {label} (compiling + running)")
+    yield advance
+    prog.update(task, completed=total)
+
+
+def _draw_plots(args, plots: dict) -> tuple[list[str], dict]:
+  """Draws each plot into ``args.out``: (paths written, {file: why skipped}).
+  A plot that cannot be drawn is skipped with a note on stderr; it never
+  costs the results (written before any plot)."""
+  written, skipped = [], {}
+  if getattr(args, "no_plots", False):
+    return written, skipped
+  for fname, draw in plots.items():
+    path = os.path.join(args.out, fname)
+    try:
+      draw(path)
+    except Exception as e:  # any plotting failure: the numbers are already saved
+      skipped[fname] = " ".join(f"{type(e).__name__}: {e}".split())
+      print(f"note: {fname} not drawn ({skipped[fname]})", file=sys.stderr)
+    else:
+      written.append(path)
+  return written, skipped
+
+
+def _write_outputs(args, name: str, payload: dict, plots: dict, extra=(),
+                   after_plots=None) -> list[str]:
+  """results.json first, then the plots, then ``after_plots(written) -> path``
+  (a report that embeds them), then results.json again listing every file
+  written (``extra`` too) and any plot that could not be drawn."""
+  from gradflow_jax import _io
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.json")
+  head = {"command": name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+          **_versions(), **payload}
+  written = list(extra)
+  _io.write_json(path, {**head, "files": [os.path.basename(p) for p in written]})
+  drawn, skipped = _draw_plots(args, plots)
+  written += drawn
+  if after_plots is not None:
+    written.append(after_plots(list(written)))
+  final = {**head, "files": [os.path.basename(p) for p in written]}
+  if skipped:
+    final["plots_not_drawn"] = skipped
+  _io.write_json(path, final)
+  return [path] + written
+
+
+def _versions() -> dict:
+  import jax
+  import gradflow_jax
+  return {"gradflow_jax_version": gradflow_jax.__version__, "jax_version": jax.__version__,
+          "backend": jax.default_backend()}
+
+
+def _finish(args, console: Console, written: list[str]) -> None:
+  if args.json:
+    with open(written[0]) as f:
+      print(f.read(), end="")
+  elif args.quiet:
+    print("\n".join(written))
+  else:
+    console.print("wrote " + ", ".join(written))
+
+
+def compare(args, force_report: bool = False) -> int:
+  from gradflow_jax.models import _loading, _mlp
+  from gradflow_jax.render import _plots, _render
+  from gradflow_jax.studies import _compare
+  if getattr(args, "model", None):
+    return diagnose(args)
+  console = _console(args)
+  x = _loading.load_inputs(args.inputs) if args.inputs else None
+  sizes = dict(in_dim=args.in_dim, width=args.width, depth=args.depth, out_dim=args.classes)
+  if args.weights:
+    sizes = _loading.infer_shapes(args.weights, args.residual)
+  if x is not None and x.shape[1] != sizes["in_dim"]:
+    raise ValueError(f"expected inputs with {sizes['in_dim']} features, got {x.shape[1]}")
+  settings = _compare.CompareSettings(
+      **sizes, batch=x.shape[0] if x is not None else args.batch_size,
+      activations=tuple(args.activations),
+      shared_init=None if args.init.lower() == "none" else args.init,
+      norm=None if args.norm == "none" else args.norm, residual=args.residual,
+      loss=args.loss or "cross_entropy", sigma_b=args.sigma_b, seed=args.seed)
+  settings.configs()  # validates every name before anything is compiled
+  params_from = (lambda cfg: _mlp.load_npz(args.weights, cfg)) if args.weights else None
+  n_runs = len(settings.activations) * (1 if params_from or not settings.shared_init else 2)
+  with progress_bar(args, n_runs, "analysing") as advance:
+    result = _compare.run_compare(settings, x, params_from, on_run=advance)
+  runs = result["runs"]
+  if result["input_nonfinite"]:
+    console.print(f"[bold red]inputs contain {result['input_nonfinite']} NaN/Inf values[/]")
+  if not args.quiet and not args.json:
+    for run in runs:
+      console.print(_render.layer_table(run))
+    console.print(_render.summary_table(runs))
+    _render.print_findings(console, runs)
+  payload = {"settings": result["settings"], "weights": args.weights, "inputs": args.inputs,
+             "input_nonfinite": result["input_nonfinite"],
+             "runs": [{**r, "findings": [f._asdict() for f in r["findings"]]} for r in runs]}
+  plots = {"activation_stats.png": lambda p: _plots.plot_activation_stats(runs, p),
+           "grad_norms.png": lambda p: _plots.plot_grad_norms(runs, p),
+           "activation_curves.png": lambda p: _plots.plot_activation_curves(settings.activations, p)}
+  report = None
+  if force_report or args.report:
+    report = lambda pngs: _compare_report(args, settings, runs, pngs)
+  _finish(args, console, _write_outputs(args, "compare", payload, plots, after_plots=report))
+  return 0
+
+
+def _compare_report(args, settings, runs, written) -> str:
+  """report.html of the comparison: the findings each run already has (the
+  same the terminal and results.json show), the summary, the plots."""
+  from gradflow_jax.render import _report
+  findings = [(run["label"], run["findings"]) for run in runs]
+  rows = []
+  for run in runs:
+    a, g = run["activation_stats"], run["gradient_stats"]
+    pg = np.asarray(g["preact_grad_norm"], float)
+    rows.append([run["label"], f"{a['std'][-1]:.3g}", f"{np.max(a['saturation_fraction']):.1%}",
+                 f"{np.max(a['dead_fraction']):.1%}", f"{pg[0] / pg[-1]:.3g}", f"{g['loss']:.3g}"])
+  table = _report.table_html(["run", "last std", "max saturated", "max dead",
+                              "|dL/dz| layer 0 / last", "loss"], rows)
+  path = os.path.join(args.out, "report.html")
+  _report.write_report(path, "gradflow_jax report", findings, [("Summary", table)],
+                       [p for p in written if p.endswith(".png")],
+                       notes=f"{settings.depth} hidden layers of width {settings.width}, batch "
+                             f"{settings.batch}, loss {settings.loss}, seed {settings.seed}.")
+  return path
+
+
+_SWEEP_ONLY = ("activations", "inits", "sigma_w", "sigma_b", "max_depth", "batch_size",
+               "spectrum_depths")
+_STUDY_ONLY = ("depths", "examples", "loss", "output")
+_SWEEP_DEFAULTS = {"activations": ("tanh", "relu"), "inits": ("auto",), "sigma_w": (None,),
+                   "sigma_b": (0.0,), "max_depth": 200, "width": 64, "batch_size": 4,
+                   "spectrum_depths": 16}
+
+
+def _refuse(args, names, why: str) -> None:
+  given = [f"--{k.replace('_', '-')}" for k in names if getattr(args, k, None) not in (None, False)]
+  if given:
+    raise ValueError(f"expected {', '.join(given)} {why}")
+
+
+def depth(args) -> int:
+  if args.model:
+    return depth_study(args)
+  import jax
+  from gradflow_jax.render import _plots
+  from gradflow_jax.studies import _sweep
+  _refuse(args, _STUDY_ONLY, "only with --model (a family study)")
+  for k, v in _SWEEP_DEFAULTS.items():
+    if getattr(args, k) is None:
+      setattr(args, k, v)
+  if args.x64:
+    jax.config.update("jax_enable_x64", True)
+  console = _console(args)
+  settings = _sweep.SweepSettings(
+      activations=tuple(args.activations), inits=tuple(args.inits), sigma_ws=tuple(args.sigma_w),
+      sigma_bs=tuple(args.sigma_b), max_depth=args.max_depth, width=args.width,
+      batch=args.batch_size, seeds=args.seeds, spectrum_depths=args.spectrum_depths,
+      dtype="float64" if args.x64 else "float32", seed=args.seed)
+  groups = settings.groups()  # validates names before anything is compiled
+  _check_memory(settings.estimated_bytes(), getattr(args, "force", False))
+  _check_time(settings.estimated_seconds(), getattr(args, "force", False), args.quiet)
+  with progress_bar(args, len(groups) + 1, "depth sweep") as advance:
+    result = _sweep.run_sweep(settings, on_group=advance)
+    curves = _sweep.layer_curves(settings)
+    advance("per-layer Jacobians")
+  points = result["points"]
+  if not args.quiet and not args.json:
+    from gradflow_jax.render import _render
+    console.print(_render.depth_table(points))
+  plots = {"depth_sweep.png": lambda p: _plots.plot_depth_sweep(points, p),
+           "layer_jacobians.png": lambda p: _plots.plot_layer_jacobians(curves, p)}
+  payload = {**result, "layer_jacobians": curves}
+  _finish(args, console, _write_outputs(args, "depth", payload, plots))
+  return 0
+
+
+def _over_sizes(args, what: str, sizes, study):
+  """``study(on_size)`` with a progress line as each size (in increasing
+  order) starts; a user model's errors become one line."""
+  order = sorted(sizes)
+  following = {v: order[i + 1] for i, v in enumerate(order[:-1])}
+  with progress_bar(args, len(order), f"{what} study {args.model}") as advance, _model_errors():
+    advance(f"{what} {order[0]}")
+    return study(lambda v: v in following and advance(f"{what} {following[v]}"))
+
+
+def depth_study(args) -> int:
+  """``depth --model``: a family measured at each --depths, every seed."""
+  from gradflow_jax.models import _loading
+  from gradflow_jax.render import _plots, _render, _report
+  from gradflow_jax.studies import _depth_study
+  _refuse(args, _SWEEP_ONLY + ("x64", "force"), "only for the built-in MLP sweep (a --model "
+          "family sets its own architecture)")
+  settings = _depth_study.DepthStudySettings(
+      depths=args.depths or _depth_study.DEFAULT_DEPTHS, seeds=args.seeds, width=args.width,
+      examples=args.examples or 4, loss=args.loss or "cross_entropy", seed=args.seed)
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  result = _over_sizes(args, "depth", settings.depths, lambda on: _depth_study.depth_study(
+      factory, settings, output=args.output, on_depth=on))
+  if not args.quiet and not args.json:
+    console.print(_render.depth_study_table(result))
+  if result["input_nonfinite"]:
+    print(f"note: the factory's batch holds {result['input_nonfinite']} non-finite values (the "
+          "loss and gradients are NaN)", file=sys.stderr)
+  label = args.model
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    table = _report.table_html(list(_render.DEPTH_STUDY_COLUMNS),
+                               _render.depth_study_rows(result))
+    _report.write_report(path, f"gradflow_jax: depth study of {label}", [],
+                         [("By depth", table)], pngs, notes=_render.depth_study_note(result))
+    return path
+  payload = {"model": label, **result}
+  written = _write_outputs(args, "depth", payload, {
+      "depth_study.png": lambda p: _plots.plot_depth_study(result, label, p),
+      "depth_layer_heatmap.png": lambda p: _plots.plot_depth_layer_heatmap(result, label, p)},
+      after_plots=report)
+  _finish(args, console, written)
+  return 0
+
+
+def width(args) -> int:
+  """``width --model``: the coordinate check across --widths."""
+  from gradflow_jax.models import _loading
+  from gradflow_jax.render import _plots, _render, _report
+  from gradflow_jax.studies import _width_study
+  settings = _width_study.WidthStudySettings(
+      widths=args.widths, seeds=args.seeds, depth=args.depth, steps=args.steps,
+      optimizer=args.optimizer, lr=args.lr, loss=args.loss, seed=args.seed)
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  result = _over_sizes(args, "width", settings.widths, lambda on: _width_study.width_study(
+      factory, settings, output=args.output, on_width=on))
+  if not args.quiet and not args.json:
+    console.print(_render.width_study_table(result))
+  label = args.model
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    _report.write_report(path, f"gradflow_jax: width study of {label}", [], [], pngs,
+                         notes=f"{settings.steps} {settings.optimizer} steps at lr {settings.lr} "
+                               f"on the factory's batch; {settings.seeds} seeds per width.")
+    return path
+  written = _write_outputs(args, "width", {"model": label, **result}, {
+      "coordinate_check.png": lambda p: _plots.plot_coordinate_check(result, label, p)},
+      after_plots=report)
+  _finish(args, console, written)
+  return 0
+
+
+def available_bytes() -> int | None:
+  """Memory available to this process now (Linux MemAvailable), or None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    return None
+  return None
+
+
+def _check_memory(need: int, force: bool) -> None:
+  """Refuses (ValueError) a computation estimated to need more memory than is
+  available, before it starts, unless ``force``."""
+  have = available_bytes()
+  if have is not None and need > 0.8 * have and not force:
+    raise ValueError(f"expected the sweep to fit in memory: it needs about {need / 2**30:.1f} "
+                     f"GiB and {have / 2**30:.1f} GiB is available; lower --max-depth, --width, "
+                     "--seeds or the number of --sigma-w/--sigma-b values (or pass --force)")
+
+
+MAX_SECONDS = 3600.0  # a sweep estimated to take longer is refused without --force
+
+
+def _duration(seconds: float) -> str:
+  return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+          else f"{seconds / 3600:.1f} h")
+
+
+def _check_time(seconds: float, force: bool, quiet: bool) -> None:
+  """Refuses (ValueError) a sweep estimated to run longer than MAX_SECONDS,
+  before it starts, unless ``force``; says the estimate of one over a minute."""
+  if seconds > MAX_SECONDS and not force:
+    raise ValueError(f"expected the sweep to finish within {_duration(MAX_SECONDS)}: it is "
+                     f"estimated to take about {_duration(seconds)} on this machine; lower "
+                     "--max-depth, --width, --seeds or the number of --sigma-w/--sigma-b "
+                     "values (or pass --force)")
+  if seconds > 60 and not quiet:
+    print(f"depth sweep: estimated to take about {_duration(seconds)} (rough, within about 2x)",
+          file=sys.stderr, flush=True)
+
+
+def rnn(args) -> int:
+  from gradflow_jax.models import _rnn
+  from gradflow_jax.studies import _rnn_sweep
+  from gradflow_jax.render import _plots
+  console = _console(args)
+  cfg = _rnn.RNNConfig(in_dim=args.in_dim, hidden=args.hidden, activation=args.activation,
+                       init=args.init, scale_kind=args.scale_kind)
+  if any(not s > 0 for s in args.scales):
+    raise ValueError(f"expected scales > 0, got {list(args.scales)}")
+  if args.steps < 2:
+    raise ValueError(f"expected --steps >= 2, got {args.steps}")
+  with progress_bar(args, len(args.scales), "rnn") as advance:
+    runs = _rnn_sweep.run_rnn_sweep(cfg, args.scales, args.steps, args.batch_size, args.seed,
+                              on_run=advance)
+  if not args.quiet and not args.json:
+    from gradflow_jax.render import _render
+    console.print(_render.rnn_table(runs))
+  plots = {"rnn_through_time.png": lambda p: _plots.plot_rnn_through_time(runs, p)}
+  payload = {"settings": {"activation": cfg.activation, "init": cfg.init, "hidden": cfg.hidden,
+                          "in_dim": cfg.in_dim, "steps": args.steps, "batch": args.batch_size,
+                          "scale_kind": cfg.scale_kind, "seed": args.seed},
+             "runs": runs}
+  _finish(args, console, _write_outputs(args, "rnn", payload, plots))
+  return 0
+
+
+def _load_data(spec: str, seed: int):
+  from gradflow_jax import _data
+  if spec == "digits":
+    return _data.load_digits(seed)
+  if spec == "teacher":
+    return _data.teacher_task(seed=seed)
+  if spec.endswith(".npz"):
+    return _data.load_npz_dataset(spec)
+  raise ValueError(f"expected --data digits, teacher or a .npz file, got {spec!r}")
+
+
+def _run_record(label, cfg, tc, result) -> dict:
+  return {"label": label, "activation": cfg.activation, "depth": cfg.depth, "width": cfg.width,
+          "residual": cfg.residual, "norm": cfg.norm, "init": cfg.init_spec.name,
+          "optimizer": tc.optimizer, "lr": tc.lr, "clip": tc.clip, "steps_run": len(result.logs["loss"]),
+          "final_loss": result.logs["loss"][-1], "final_accuracy": result.eval_accuracy[-1],
+          "stopped_at": result.stopped_at, "first_bad_layer": result.first_bad_layer,
+          "first_bad_dense_layer": result.first_bad_dense_layer,
+          "eval_steps": result.eval_steps, "eval_accuracy": result.eval_accuracy,
+          "logs": result.logs}
+
+
+def _nonfinite_message(r: dict, on_nonfinite: str) -> str:
+  """One line on where NaN/Inf first appeared in a run and what the guard did."""
+  where = []
+  if r["first_bad_layer"] is not None:
+    where.append(f"first hidden layer with NaN/Inf activations: {r['first_bad_layer']}")
+  if r["first_bad_dense_layer"] is not None:
+    where.append(f"first dense layer with NaN/Inf gradients: {r['first_bad_dense_layer']}")
+  where = f" ({'; '.join(where)})" if where else " (in the loss only)"
+  if on_nonfinite == "stop":
+    done = "the run stopped and kept the parameters from before that step"
+  else:
+    skipped = int(np.sum(r["logs"]["nonfinite"]))
+    done = f"{skipped} of {r['steps_run']} steps skipped (their updates not applied)"
+  return (f"[bold red]{r['label']}: loss or gradients NaN/Inf first at step {r['stopped_at']}[/]"
+          f"{where}; {done}")
+
+
+_MLP_ONLY = ("depth", "width", "eval_every")
+
+
+def train(args) -> int:
+  from gradflow_jax import _io
+  from gradflow_jax.render import _plots, _render
+  from gradflow_jax.studies import _experiments, _train
+  if args.model:
+    return train_model(args)
+  given = [f"--{k.replace('_', '-')}" for k in ("every", "window", "tensorboard", "output")
+           if getattr(args, k) is not None]
+  if given:
+    raise ValueError(f"expected {', '.join(given)} only with --model")
+  activation = args.activation[-1] if args.activation else None
+  if args.activation and (len(args.activation) > 1 or "=" in activation):
+    raise ValueError("expected one --activation NAME for the built-in MLP (TAP=NAME is for "
+                     f"--model), got {args.activation}")
+  console = _console(args)
+  data = _load_data(args.data or "digits", args.seed)
+  overrides = dict(depth=args.depth, width=args.width, activation=activation,
+                   optimizer=args.optimizer, lr=args.lr, steps=args.steps, clip=args.clip,
+                   batch_size=args.batch_size, eval_every=args.eval_every, seed=args.seed)
+  runs = _experiments.experiment_runs(args.experiment, data.x_train.shape[1], data.classes,
+                                      overrides)
+  runs = [(label, cfg, _train.TrainConfig(**{**tc.__dict__, "on_nonfinite": args.on_nonfinite}))
+          for label, cfg, tc in runs]
+  for _, cfg, tc in runs:  # every bad setting is reported before anything compiles
+    _train.check_data(cfg, tc, data)
+  os.makedirs(args.out, exist_ok=True)
+  records = []
+  meta = {"experiment": args.experiment, "data": data.name, "n_train": len(data.x_train),
+          "n_test": len(data.x_test)}
+
+  def save(partial: bool):
+    payload = {**meta, "complete": not partial,
+               "runs": [{k: v for k, v in r.items() if k != "logs"} for r in records]}
+    _io.write_json(os.path.join(args.out, "results.json"), {"command": "train", **_versions(),
+                                                            **payload})
+    for i, r in enumerate(records):
+      _io.save_npz(os.path.join(args.out, f"steps_{i}_{_slug(r['label'])}.npz"), r["logs"])
+
+  total = sum(tc.steps for _, _, tc in runs)
+  pconsole = Console(stderr=True, quiet=args.quiet or args.json)
+  with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
+                console=pconsole, transient=True, disable=not pconsole.is_terminal) as prog:
+    task = prog.add_task(f"train {args.experiment}", total=total)
+    offset = 0
+    for label, cfg, tc in runs:
+      prog.update(task, description=f"train {args.experiment}: {label}")
+      records.append(None)
+
+      def on_chunk(done, result, label=label, cfg=cfg, tc=tc, offset=offset):
+        records[-1] = _run_record(label, cfg, tc, result)
+        prog.update(task, completed=offset + done)
+        save(partial=True)
+        if not pconsole.is_terminal and not pconsole.quiet:  # a log: a plain line a chunk
+          print(f"train {args.experiment}: {label}: step {done}/{tc.steps} "
+                f"({offset + done}/{total} in all)", file=sys.stderr, flush=True)
+
+      _train.train(cfg, tc, data, on_chunk=on_chunk)
+      offset += tc.steps
+  if not args.quiet and not args.json:
+    console.print(_render.train_table(records))
+    for r, (_, _, tc) in zip(records, runs):
+      if r["stopped_at"] is not None:
+        console.print(_nonfinite_message(r, tc.on_nonfinite))
+  save(partial=False)
+  drawn, _ = _draw_plots(args, {
+      "training_curves.png": lambda p: _plots.plot_training(records, p),
+      "grad_heatmap.png": lambda p: _plots.plot_grad_heatmap(records, p),
+      "activation_fractions.png": lambda p: _plots.plot_fractions(records, p)})
+  _finish(args, console, [os.path.join(args.out, "results.json")] + drawn)
+  return 0
+
+
+def _model_loss(args, extras: dict):
+  """--loss when given, else the factory's own loss, else cross-entropy."""
+  return args.loss or extras.get("loss") or "cross_entropy"
+
+
+def _loss_name(args, extras: dict) -> str:
+  loss = _model_loss(args, extras)
+  return loss if isinstance(loss, str) else "the factory's loss"
+
+
+def _classes(labels: np.ndarray) -> int:
+  """Number of classes of integer labels (max + 1); 0 for other targets."""
+  return int(labels.max()) + 1 if np.issubdtype(labels.dtype, np.integer) else 0
+
+
+def _model_data(args, x, y, factory_data=None):
+  """The training data of a --model run: --data; else the factory's own
+  extras['data']; else digits for 64-feature vector inputs; else the
+  factory's batch (train and test)."""
+  from gradflow_jax import _data
+  x_np = np.asarray(x) if hasattr(x, "shape") else None
+  if args.data:
+    data = _load_data(args.data, args.seed)
+  elif factory_data is not None:
+    x_train, y_train, x_test, y_test = factory_data
+    data = _data.Dataset(x_train, y_train, x_test, y_test,
+                         _classes(np.concatenate([y_train.ravel(), y_test.ravel()])),
+                         f"the factory's data ({len(x_train)} train, {len(x_test)} test)")
+  elif x_np is not None and x_np.ndim == 2 and x_np.shape[1] == 64 and np.issubdtype(
+      x_np.dtype, np.floating):
+    data = _data.load_digits(args.seed)
+  else:
+    if x_np is None:
+      raise ValueError("expected the factory's x to be an array to train on (or pass --data)")
+    y_np = np.asarray(y)
+    return _data.Dataset(x_np, y_np, x_np, y_np, _classes(y_np),
+                         f"the factory's batch ({len(x_np)})")
+  if x_np is not None and data.x_train.shape[1:] != x_np.shape[1:]:
+    raise ValueError(f"expected the training inputs shaped like the factory's batch "
+                     f"{tuple(x_np.shape[1:])}, got {tuple(data.x_train.shape[1:])}")
+  return data
+
+
+def train_model(args) -> int:
+  """``train --model``: a user's model trained with the monitored step,
+  logged every --every steps (JSON Lines, optionally TensorBoard), with
+  plots, findings over the last --window logged steps and a report."""
+  import dataclasses
+  import jax.numpy as jnp
+  from gradflow_jax.measure import _model_stats
+  from gradflow_jax.models import _activations, _flax, _loading
+  from gradflow_jax.render import _plots, _render, _report
+  from gradflow_jax.studies import _model_train
+  from gradflow_jax.watch import _writers
+  given = [f"--{k.replace('_', '-')}" for k in _MLP_ONLY if getattr(args, k, None) is not None]
+  if given:
+    raise ValueError(f"expected {', '.join(given)} only for the built-in MLP (a --model sets "
+                     "its own architecture)")
+  tc = _model_train.ModelTrainConfig(
+      optimizer=args.optimizer or "adam", lr=args.lr or 1e-3, clip=args.clip,
+      steps=args.steps or 200, batch_size=args.batch_size or 64, every=args.every or 10,
+      window=args.window or 5, seed=args.seed, on_nonfinite=args.on_nonfinite)
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  model, params, (x, y), extras = _loading.call_factory(factory)
+  probed = _flax.as_probed(model, params, output=args.output)
+  named = parse_activations(args.activation)
+  data = _model_data(args, x, y, extras.get("data"))
+  with _model_errors():
+    for act in named.values():
+      _activations.get_activation(act)
+    probed = probed.with_activations(named)
+    _model_stats.discover(probed, jnp.asarray(data.x_train[:2]))
+  loss = _model_stats.loss_fn(_model_loss(args, extras))
+  writers = [_writers.JsonlWriter(os.path.join(args.out, "log.jsonl"))]
+  if args.tensorboard:
+    writers.append(_writers.TensorBoardWriter(args.tensorboard))
+  try:
+    with progress_bar(args, tc.steps // tc.every + 1, f"train {args.model}") as advance, \
+        _model_errors():
+      result = _model_train.train_model(probed, data, loss, tc, writers,
+                                        on_log=lambda i: advance(f"step {i}/{tc.steps}"))
+  finally:
+    for w in writers:
+      w.close()
+  findings = _model_train.window_findings(result, tc.window)
+  label = args.model
+  if not args.quiet and not args.json:
+    console.print(_render.model_train_table(
+        result, f"{data.name} ({_loss_name(args, extras)})"))
+    _render.print_findings(console, [{"label": label, "findings": findings}])
+    if not findings:
+      console.print("[green]no warnings[/]")
+  taps = {name: {k: [float(getattr(f.activations, k)[i]) for f in result.flows]
+                 for k in ("std", "saturation_fraction", "dead_fraction", "zero_fraction",
+                           "always_active_fraction")}
+          for i, name in enumerate(result.names)}
+  for i, name in enumerate(result.names):
+    taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in result.flows]
+  payload = {"model": args.model, "data": data.name, "settings": dataclasses.asdict(tc),
+             "loss_name": _loss_name(args, extras), "taps": list(result.names),
+             "roles": list(result.roles),
+             "activation_names": list(result.activation_names),
+             "steps_run": len(result.losses), "stopped_at": result.stopped_at,
+             "skipped_steps": result.skipped,
+             "first_nonfinite_tap": result.first_nonfinite_tap,
+             "final_loss": float(result.losses[-1]) if len(result.losses) else None,
+             "test_accuracy": result.accuracy, "loss": result.losses,
+             "logged_steps": result.steps, "tap_stats": taps,
+             "update_ratio": {k.split("/", 1)[1]: [m.get(k) for m in result.metrics]
+                              for k in (result.metrics[-1] if result.metrics else {})
+                              if k.startswith("update_ratio/")},
+             "global_norm": [m.get("grad_norm/global") for m in result.metrics],
+             "findings": [f._asdict() for f in findings]}
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    _report.write_report(path, f"gradflow_jax: training {label}", [(label, findings)], [],
+                         pngs, notes=f"{len(result.losses)} steps on {data.name}, logged every "
+                                     f"{tc.every}; findings hold on each of the last "
+                                     f"{tc.window} logged steps.")
+    return path
+  written = _write_outputs(args, "train", payload, {
+      "training_curves.png": lambda p: _plots.plot_model_training(payload, p),
+      "tap_grad_heatmap.png": lambda p: _plots.plot_tap_heatmap(payload, p),
+      "update_ratios.png": lambda p: _plots.plot_update_ratios(payload, p),
+      "activation_histograms.png": lambda p: _plots.plot_histograms_over_steps(
+          _model_train.histogram_series(result, "act"), result.steps, "Tap values", p),
+      "gradient_histograms.png": lambda p: _plots.plot_histograms_over_steps(
+          _model_train.histogram_series(result, "grad"), result.steps, "dL/d tap", p)},
+      extra=[os.path.join(args.out, "log.jsonl")], after_plots=report)
+  _finish(args, console, written)
+  return 0
+
+
+def parse_activations(items) -> dict[str, str]:
+  """``["TAP=relu", ...]`` -> {tap: activation}."""
+  out = {}
+  for item in items or ():
+    tap, sep, act = item.partition("=")
+    if not sep or not tap or not act:
+      raise ValueError(f"expected --activation TAP=NAME (e.g. Dense_0=relu), got {item!r}")
+    out[tap] = act
+  return out
+
+
+@contextlib.contextmanager
+def _model_errors():
+  """What a user's model raises on a batch or params it cannot take, as the
+  one-line ValueError the CLI reports."""
+  from flax.errors import FlaxError
+  try:
+    yield
+  except (TypeError, AttributeError, IndexError, KeyError, FlaxError) as e:
+    raise ValueError(f"expected the model to run on the factory's batch with its params, "
+                     f"got {type(e).__name__}: {e}") from None
+
+
+def diagnose(args) -> int:
+  """Any model from a factory: measured once, then table, findings, plot,
+  report and results.json from the same measurements."""
+  from gradflow_jax.measure import _model_stats
+  from gradflow_jax.models import _activations, _flax, _loading
+  from gradflow_jax.render import _plots, _render, _report
+  from gradflow_jax.studies import _analyze
+  console = _console(args)
+  factory = _loading.load_factory(args.model)
+  model, params, (x, y), extras = _loading.call_factory(factory)
+  probed = _flax.as_probed(model, params, output=args.output)
+  named = parse_activations(args.activation)
+  with _model_errors():  # traced before any progress line: a model that cannot run is one line
+    for act in named.values():
+      _activations.get_activation(act)
+    _model_stats.discover(probed.with_activations(named), x)
+  with progress_bar(args, 1, "diagnose") as advance, _model_errors():
+    advance("statistics, Jacobians and findings")
+    result = _analyze.analyze_model(probed, x, y, _model_loss(args, extras), named)
+  stats, jac = result.stats, result.jacobians
+  findings = result.findings
+  if not args.quiet and not args.json:
+    console.print(_render.taps_table(stats, jac))
+    _render.print_findings(console, [{"label": args.model, "findings": findings}])
+    if not findings:
+      console.print("[green]no warnings[/]")
+
+  def report(pngs):
+    path = os.path.join(args.out, "report.html")
+    _report.write_report(path, f"gradflow_jax: {args.model}", [(args.model, findings)],
+                         [("Taps", _report.taps_html(stats, jac))], pngs)
+    return path
+  payload = {"model": args.model, "taps": list(stats.names), "roles": list(stats.roles),
+             "activation_names": list(stats.activation_names),
+             "activation_stats": stats.activations, "tap_grad_norm": stats.tap_grad_norm,
+             "tap_jacobian": {"sources": [list(s) for s in jac.sources], "norm": jac.norm,
+                              "converged": jac.converged, "per_example": jac.per_example},
+             "input_jacobian": {"target": result.input_jacobian[0],
+                                "mean_sq_singular_value": result.input_jacobian[1]},
+             "global_norm": stats.global_norm, "loss": stats.loss,
+             "findings": [f._asdict() for f in findings]}
+  written = _write_outputs(args, "diagnose", payload,
+                           {"model_taps.png": lambda p: _plots.plot_taps(stats, jac, p)},
+                           after_plots=report)
+  _finish(args, console, written)
+  return 0
+
+
+def _slug(text: str) -> str:
+  return "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")[:40]
+

@@ -1,0 +1,1 @@
+"""Host-only rules that turn measurements into findings with fixes."""

@@ -1,0 +1,1 @@
+"""Producers: the built-in MLP and RNN, Flax linen and NNX models, their activations, initializers and losses."""

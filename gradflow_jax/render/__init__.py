@@ -1,0 +1,1 @@
+"""Terminal tables, PNG figures and HTML reports, from result types."""

@@ -1,0 +1,1 @@
+"""Studies over models: compare, depth and width studies, sweeps, training runs, experiments."""

@@ -1,0 +1,119 @@
+"""The default analysis: every activation at initialization, with its
+recommended initializer and with one shared initializer (the seed's
+comparison of activation statistics, plus gradients)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import numpy as np
+
+from gradflow_jax.measure import _stats
+from gradflow_jax.models import _initializers, _losses, _mlp
+from gradflow_jax.studies import _analyze
+from gradflow_jax.models._config import MLPConfig
+
+DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings:
+  """What the comparison runs: sizes, activations and the shared initializer."""
+  in_dim: int = 128
+  width: int = 256
+  depth: int = 10
+  out_dim: int = 10
+  batch: int = 64
+  activations: tuple[str, ...] = DEFAULT_ACTIVATIONS
+  shared_init: str | None = "torch_default"
+  norm: str | None = None
+  residual: bool = False
+  loss: str = "cross_entropy"
+  sigma_b: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.batch < 2:
+      raise ValueError(f"expected a batch size >= 2 (a sample std needs two values), got {self.batch}")
+    if not self.activations:
+      raise ValueError("expected at least one activation, got none")
+    _losses.check_loss_name(self.loss)
+    if self.shared_init is not None:
+      _initializers.canonical_init(self.shared_init)
+
+  def configs(self) -> list[tuple[str, MLPConfig]]:
+    """(role, config) for every run: recommended init, then the shared one."""
+    out = []
+    for name in self.activations:
+      base = MLPConfig(self.in_dim, self.width, self.depth, self.out_dim, activation=name,
+                       init="auto", sigma_b=self.sigma_b, norm=self.norm, residual=self.residual)
+      out.append(("recommended", base))
+      if self.shared_init is not None:
+        out.append(("shared", base.replace(init=self.shared_init)))
+    return out
+
+
+def make_batch(settings: CompareSettings, x: np.ndarray | None = None):
+  """Gaussian inputs (or the given ones) and random targets for the loss."""
+  kx, ky = jax.random.split(jax.random.key(settings.seed + 1))
+  if x is None:
+    x = jax.random.normal(kx, (settings.batch, settings.in_dim))
+  n = np.shape(x)[0]
+  if settings.loss == "cross_entropy":
+    y = jax.random.randint(ky, (n,), 0, settings.out_dim)
+  else:
+    y = jax.random.normal(ky, (n, settings.out_dim))
+  return np.asarray(x), np.asarray(y)
+
+
+def _label(act: str, cfg: MLPConfig, role: str, from_file: bool) -> str:
+  if from_file:
+    return f"{act} · weights file"
+  spec = cfg.init_spec
+  return f"{act} · {spec.name} · gain {spec.gain:.3g}{'' if role == 'recommended' else ' (shared)'}"
+
+
+def run_compare(settings: CompareSettings, x: np.ndarray | None = None,
+                params_from: Callable[[MLPConfig], dict] | None = None,
+                on_run: Callable[[str], None] | None = None) -> dict:
+  """Runs every configuration once and returns host results.
+
+  Args:
+    settings: the comparison.
+    x: inputs (batch, in_dim); Gaussian when ``None``.
+    params_from: ``cfg -> params`` to analyse given weights instead of drawing
+      them (then only one run per activation is made).
+    on_run: called with each run's label before it starts (progress).
+
+  Returns:
+    ``{"settings": ..., "runs": [{"label", "activation", "init", "gain", "role",
+    "activation_stats", "gradient_stats", "first_nonfinite_layer",
+    "findings"}]}`` with NumPy arrays.
+  """
+  x, y = make_batch(settings, x)
+  runs = []
+  configs = settings.configs()
+  if params_from is not None:
+    configs = [(r, c) for r, c in configs if r == "recommended"]
+  for role, cfg in configs:
+    label = _label(cfg.activation, cfg, role, params_from is not None)
+    if on_run is not None:
+      on_run(label)
+    key = jax.random.key(settings.seed)
+    params = params_from(cfg) if params_from is not None else _mlp.init_mlp(key, cfg)
+    stats = jax.device_get(_stats.flow_stats(cfg, params, x, y, settings.loss))
+    acts, grads = stats.activations._asdict(), stats.gradients._asdict()
+    spec = cfg.init_spec
+    runs.append({
+        "label": label, "activation": cfg.activation,
+        "role": "weights file" if params_from is not None else role,
+        "init": "weights file" if params_from else spec.name,
+        "gain": None if params_from else spec.gain,
+        "activation_stats": acts, "gradient_stats": grads,
+        "first_nonfinite_layer": int(np.argmax(acts["nonfinite"] > 0)) if acts["nonfinite"].any() else None,
+        "findings": _analyze.diagnose(cfg, params, x, y, settings.loss, stats=stats),
+    })
+  return {"settings": dataclasses.asdict(settings), "runs": runs,
+          "input_nonfinite": int((~np.isfinite(x)).sum())}
