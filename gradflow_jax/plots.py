@@ -13,13 +13,13 @@ and the user's backend is untouched.
 
 from __future__ import annotations
 
-from gradflow_jax.render import _plots
+from gradflow_jax.render import _model_plots, _plots
 
 
 def model_taps(analysis, path=None):
   """Per tap of :func:`analyze_model`'s result: std, ||dL/d tap|| and the
   local Jacobian norm (unconverged values marked, not drawn)."""
-  return _plots.plot_taps(analysis.stats, analysis.jacobians, path)
+  return _model_plots.plot_taps(analysis.stats, analysis.jacobians, path)
 
 
 def depth_sweep(result, path=None):
@@ -31,18 +31,18 @@ def depth_sweep(result, path=None):
 def depth_study(result, label: str = "", path=None):
   """:func:`depth_study`'s result: the family's growth with depth against
   its laws."""
-  return _plots.plot_depth_study(result, label, path)
+  return _model_plots.plot_depth_study(result, label, path)
 
 
 def depth_layer_heatmap(result, label: str = "", path=None):
   """:func:`depth_study`'s result: per-tap values (rows) at every depth."""
-  return _plots.plot_depth_layer_heatmap(result, label, path)
+  return _model_plots.plot_depth_layer_heatmap(result, label, path)
 
 
 def coordinate_check(result, label: str = "", path=None):
   """:func:`width_study`'s result: activation size and its change after a
   few steps against width (the muP coordinate check)."""
-  return _plots.plot_coordinate_check(result, label, path)
+  return _model_plots.plot_coordinate_check(result, label, path)
 
 
 def tap_gradients_over_steps(steps, flows, path=None):
@@ -59,4 +59,4 @@ def tap_gradients_over_steps(steps, flows, path=None):
   run = {"taps": names, "logged_steps": [int(s) for s in steps],
          "tap_stats": {n: {"grad_norm": [float(g[i]) for g in grads]}
                        for i, n in enumerate(names)}}
-  return _plots.plot_tap_heatmap(run, path)
+  return _model_plots.plot_tap_heatmap(run, path)

@@ -6,7 +6,7 @@ import pytest
 
 from gradflow_jax.diagnosis import _diagnose
 from gradflow_jax.models import _activations
-from gradflow_jax.render import _plots
+from gradflow_jax.render import _model_plots, _plots
 
 
 @pytest.fixture
@@ -107,14 +107,14 @@ def test_depth_sweep_axis_spans_the_data_and_flags_underflow(figures):
 
 
 def test_histograms_over_steps_label_zero_and_crop_to_occupied_bins(figures):
-  from gradflow_jax.watch import _watch
-  edges = _watch.HISTOGRAM_EDGES
+  from gradflow_jax.watch import _flow_step
+  edges = _flow_step.HISTOGRAM_EDGES
   centre = len(edges) // 2
   counts = np.zeros((3, len(edges) - 1))
   counts[:, centre] = 10  # exact zeros
   counts[:, centre + 41] = 5  # around +1e0
   counts[:, centre - 42] = 5  # around -1e0
-  _plots.plot_histograms_over_steps({"relu_out": counts}, [0, 10, 20], "Tap values", "x")
+  _model_plots.plot_histograms_over_steps({"relu_out": counts}, [0, 10, 20], "Tap values", "x")
   (fig,) = figures
   ax = fig.axes[0]
   labels = [t.get_text() for t in ax.get_yticklabels()]

@@ -8,9 +8,7 @@ import optax
 import pytest
 
 import gradflow_jax as gf
-from gradflow_jax.measure import _backend
-from gradflow_jax.measure import _stats
-from gradflow_jax.measure import _rows
+from gradflow_jax.measure import _backend, _norms, _rows, _stats
 from gradflow_jax.models import _activations, _mlp
 from helpers import np_act, np_mlp
 
@@ -317,10 +315,10 @@ def test_grouped_norms_match_numpy_in_the_callers_order():
   shapes = [(4, 3), (2, 5), (4, 3), (100, 100), (2, 5), (100, 100), (7,)]
   families = [None, "f", None, None, "f", None, None]
   arrays = [rng.normal(size=s).astype(np.float32) * (k + 1) for k, s in enumerate(shapes)]
-  got = jax.jit(lambda a: _rows.grouped_norms(a, families))(arrays)
+  got = jax.jit(lambda a: _norms.grouped_norms(a, families))(arrays)
   want = [np.linalg.norm(a.astype(np.float64)) for a in arrays]
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  assert _rows.grouped_norms([], []).shape == (0,)
+  assert _norms.grouped_norms([], []).shape == (0,)
 
 
 def test_groups_temporaries_do_not_add_up():

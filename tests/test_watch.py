@@ -16,7 +16,7 @@ from flax import nnx
 
 import gradflow_jax as gf
 from gradflow_jax.measure import _rows
-from gradflow_jax.watch import _watch
+from gradflow_jax.watch import _flow_step
 from helpers import read_event_file, tol
 
 
@@ -119,7 +119,7 @@ def test_a_flow_step_is_a_few_stacked_arrays_whatever_the_model_size(linen_case)
   attributes are views of them, on the device and after ``device_get``
   (five leaves, and five more for the histograms of every tap together)."""
   m, v, x, y, key, loss_fn, (_, grads, flow) = linen_case
-  assert len(jax.tree.leaves(flow)) == 5 + len(dataclasses.fields(_watch.Histogram))
+  assert len(jax.tree.leaves(flow)) == 5 + len(dataclasses.fields(_flow_step.Histogram))
   host = jax.device_get(flow)
   for f in (flow, host):
     n = len(f.names)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow_jax.measure import _backend
-from gradflow_jax.measure._rows import grouped_norms
+from gradflow_jax.measure._norms import grouped_norms
 from gradflow_jax.capture import _probed as _probe
 
 

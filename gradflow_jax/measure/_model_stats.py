@@ -13,8 +13,8 @@ import numpy as np
 from gradflow_jax.capture import _probed as _probe
 from gradflow_jax.measure import _flow_pass
 from gradflow_jax.models import _activations, _losses
-from gradflow_jax.measure._rows import (ActivationStats, grouped_norms, norm_of_norms, Row,
-                                         rows_stats)
+from gradflow_jax.measure._norms import grouped_norms, norm_of_norms
+from gradflow_jax.measure._rows import ActivationStats, Row, rows_stats
 
 
 class ModelFlowStats(NamedTuple):

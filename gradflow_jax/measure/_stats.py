@@ -9,7 +9,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradflow_jax.measure._rows import ActivationStats, leaf_norm, norm_of_norms, Row, rows_stats
+from gradflow_jax.measure._norms import leaf_norm, norm_of_norms
+from gradflow_jax.measure._rows import ActivationStats, Row, rows_stats
 from gradflow_jax.models import _losses, _mlp
 from gradflow_jax.models._config import MLPConfig
 

@@ -125,14 +125,14 @@ def taps_table(stats, jac=None) -> Table:
   """A row per tap of a model: role and activation, the tensor's moments,
   saturation and dead fractions, ||dL/dtap|| and the local Jacobian norm
   (median over examples; '~' marks a value that did not converge)."""
-  from gradflow_jax.render import _plots
+  from gradflow_jax.render import _model_plots
   t = Table(title="Taps", title_justify="left", title_style="bold", header_style="bold",
             box=box.SIMPLE_HEAD, pad_edge=False)
   for col in ("tap", "role", "act", "mean", "std", "sat", "dead", "zero", "|dL/dtap|",
               "|J| local", "NaN/Inf"):
     t.add_column(col, justify="left" if col in ("tap", "role", "act") else "right", no_wrap=True)
   a = stats.activations
-  med, unconverged = _plots.jacobian_summary(jac) if jac is not None else (None, None)
+  med, unconverged = _model_plots.jacobian_summary(jac) if jac is not None else (None, None)
   for i, name in enumerate(stats.names):
     if med is None or (not np.isfinite(med[i]) and not unconverged[i]):
       j = "-"

@@ -134,8 +134,8 @@ def write_report(path, title: str, findings: list[tuple[str, list]], tables: lis
 def taps_html(stats, jac=None) -> str:
   """The taps table of a model (as ``_render.taps_table``) in HTML."""
   import numpy as np
-  from gradflow_jax.render import _plots
-  med, unconverged = _plots.jacobian_summary(jac) if jac is not None else (None, None)
+  from gradflow_jax.render import _model_plots
+  med, unconverged = _model_plots.jacobian_summary(jac) if jac is not None else (None, None)
   a = stats.activations
   rows = []
   for i, n in enumerate(stats.names):

@@ -9,7 +9,7 @@ import jax
 
 from gradflow_jax import _display
 from gradflow_jax.capture import _probed as _probe
-from gradflow_jax.diagnosis import _diagnose
+from gradflow_jax.diagnosis import _builtin, _diagnose
 from gradflow_jax.measure import _model_stats, _tap_jacobians
 from gradflow_jax.models import _activations
 
@@ -77,7 +77,7 @@ def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
 def diagnose(cfg, params, x, y, loss: str = "cross_entropy", stats=None) -> list:
   """The seed's debugging checklist on a built-in MLP: measures the
   statistics, gradients and input-output Jacobian (exact, a few examples),
-  then reads them (``_diagnose.mlp_findings``). Returns findings, most
+  then reads them (``_builtin.mlp_findings``). Returns findings, most
   severe first.
 
   ``stats``: the run's :class:`FlowStats` when already measured (they are
@@ -93,11 +93,11 @@ def diagnose(cfg, params, x, y, loss: str = "cross_entropy", stats=None) -> list
   if not causes and cfg.norm != "batchnorm" and cfg.width <= 512:
     spec = _jacobians.jacobian_spectra(cfg, params, np.asarray(x)[:4], depths=[cfg.depth])
     m1 = float(np.median(np.asarray(spec.mean_sq_singular_value)))
-  return _diagnose.mlp_findings(cfg, params, stats, causes, m1)
+  return _builtin.mlp_findings(cfg, params, stats, causes, m1)
 
 
 def diagnose_rnn(cfg, params, xs) -> list:
   """Findings for a vanilla RNN: measures its gradients through time
-  (:func:`rnn_through_time`), then reads them (``_diagnose.rnn_findings``)."""
+  (:func:`rnn_through_time`), then reads them (``_builtin.rnn_findings``)."""
   from gradflow_jax.measure import _through_time
-  return _diagnose.rnn_findings(cfg, jax.device_get(_through_time.rnn_through_time(cfg, params, xs)))
+  return _builtin.rnn_findings(cfg, jax.device_get(_through_time.rnn_through_time(cfg, params, xs)))

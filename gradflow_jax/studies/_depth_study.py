@@ -29,8 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax.measure import _backend
-from gradflow_jax.measure import _linalg, _model_stats
+from gradflow_jax.measure import _backend, _linalg, _model_stats
 from gradflow_jax.studies import _family
 
 DEFAULT_DEPTHS = (2, 4, 8, 16, 32)

@@ -2,7 +2,7 @@
 window of logged steps (what ``analyze.py train --model`` runs).
 
 The step is jitted once; the loop is host code: it draws batches, reads each
-logged step's :class:`~gradflow_jax.watch._watch.FlowStep` and sends it to the
+logged step's :class:`~gradflow_jax.watch._flow_step.FlowStep` and sends it to the
 writers. A NaN/Inf gradient stops the run with the last finite parameters
 (``stop_if_nonfinite``); that step is then measured once more, from those
 parameters, to name the first tap that went non-finite.

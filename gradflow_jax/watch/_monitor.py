@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gradflow_jax.measure import _rows
+from gradflow_jax.measure import _norms
 
 PREFIX = "gradflow/"
 
@@ -52,8 +52,8 @@ def gradient_flow_monitor() -> optax.GradientTransformation:
     >>> float(optax.tree.get(state, "gradflow/global_norm"))  # doctest: +ELLIPSIS
     1.73...
   """
-  norms = lambda u: jax.tree.map(_rows.leaf_norm, u)
-  total = lambda u: _rows.norm_of_norms(norms(u))
+  norms = lambda u: jax.tree.map(_norms.leaf_norm, u)
+  total = lambda u: _norms.norm_of_norms(norms(u))
   monitor = optax.monitor({
       PREFIX + "grad_norms": norms,
       PREFIX + "global_norm": total,
@@ -102,7 +102,7 @@ def stop_if_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTran
     return StopState(inner.init(params), jnp.zeros((), bool))
 
   def update(updates, state, params=None, **extra):
-    bad = ~jnp.isfinite(_rows.norm_of_norms(jax.tree.map(_rows.leaf_norm, updates)))
+    bad = ~jnp.isfinite(_norms.norm_of_norms(jax.tree.map(_norms.leaf_norm, updates)))
     halt = state.stopped | bad
     new_updates, new_inner = inner.update(updates, state.inner, params, **extra)
     new_updates = jax.tree.map(lambda u: jnp.where(halt, jnp.zeros_like(u), u), new_updates)
@@ -131,5 +131,5 @@ def moment_norms(opt_state) -> dict[str, Any]:
   for name in ("mu", "nu"):
     value = optax.tree.get(opt_state, name)
     if value is not None:
-      out[name] = jax.tree.map(_rows.leaf_norm, value)
+      out[name] = jax.tree.map(_norms.leaf_norm, value)
   return out

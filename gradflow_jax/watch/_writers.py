@@ -1,6 +1,6 @@
 """Where a monitored step's numbers go (host code: call it outside jit).
 
-:func:`flat_metrics` turns a :class:`~gradflow_jax.watch._watch.FlowStep` into a
+:func:`flat_metrics` turns a :class:`~gradflow_jax.watch._flow_step.FlowStep` into a
 flat ``{name: float}`` dict any logger takes (``wandb.log(metrics,
 step=step)``). :func:`log_step` sends it to a writer: :class:`JsonlWriter`
 (always available), :class:`TensorBoardWriter` (``pip install
@@ -24,7 +24,7 @@ import numpy as np
 
 from gradflow_jax import _display, _io
 from gradflow_jax.models import _activations
-from gradflow_jax.watch._watch import FlowStep, Histogram, HISTOGRAM_EDGES
+from gradflow_jax.watch._flow_step import FlowStep, Histogram, HISTOGRAM_EDGES
 
 _ACT_FIELDS = (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max"),
                ("saturated", "saturation_fraction"), ("dead", "dead_fraction"),
