@@ -31,7 +31,7 @@ def main():
   p.add_argument("--width", type=int, default=128)
   a = p.parse_args()
   depths = tuple(int(d) for d in a.depths.split(","))
-  settings = gf.DepthStudySettings(depths=depths, seeds=a.seeds, width=a.width)
+  settings = gf.studies.DepthStudySettings(depths=depths, seeds=a.seeds, width=a.width)
   marks = [time.perf_counter()]
   per_depth = {}
 

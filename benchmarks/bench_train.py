@@ -2,12 +2,12 @@
 the same step without them (10 hidden layers, width 256, batch 64; target
 <= 1.10), measured two ways in one run:
 
-1. one jitted call per step (``gf.make_step`` against a plain jitted
+1. one jitted call per step (``gf.studies.make_step`` against a plain jitted
    ``value_and_grad`` + optax step);
-2. per step inside a ``lax.scan`` chunk, the way ``gf.train`` runs: our chunk
+2. per step inside a ``lax.scan`` chunk, the way ``gf.studies.train`` runs: our chunk
    against a chunk of bare steps with the same batch sampling.
 
-Also steps per second of the whole ``gf.train`` loop (chunks, one host
+Also steps per second of the whole ``gf.studies.train`` loop (chunks, one host
 transfer per chunk, evaluation) against a Python loop of bare jitted steps.
 
 Run: python benchmarks/bench_train.py
@@ -33,7 +33,7 @@ CHUNK = 50
 
 def main():
   cfg = gf.MLPConfig(in_dim=128, width=256, depth=10, out_dim=10, activation="tanh")
-  tc = gf.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0, steps=500, eval_every=100)
+  tc = gf.studies.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0, steps=500, eval_every=100)
   params = gf.init_mlp(jax.random.key(0), cfg)
   tx = _train.make_optimizer(tc)
   opt = tx.init(params)
@@ -46,7 +46,7 @@ def main():
     u, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, u), opt, loss
 
-  t = interleaved({"bare": jax.jit(bare), "logged": jax.jit(gf.make_step(cfg, tc, tx))},
+  t = interleaved({"bare": jax.jit(bare), "logged": jax.jit(gf.studies.make_step(cfg, tc, tx))},
                   params, opt, x, y, number=50, repeat=15)
   print(f"1. one jitted call per step: bare {t['bare'] * 1e3:.3f} ms, with all logging and "
         f"the guard {t['logged'] * 1e3:.3f} ms, ratio {t['logged'] / t['bare']:.3f} "
@@ -75,9 +75,9 @@ def main():
         f"with all logging and the guard {t['logged'] / CHUNK * 1e3:.3f} ms, "
         f"ratio {t['logged'] / t['bare']:.3f} (target <= 1.10)")
 
-  gf.train(cfg, tc, data)  # compiles the chunk and evaluation
+  gf.studies.train(cfg, tc, data)  # compiles the chunk and evaluation
   t0 = time.perf_counter()
-  gf.train(cfg, tc, data)
+  gf.studies.train(cfg, tc, data)
   loop = tc.steps / (time.perf_counter() - t0)
   step = jax.jit(bare)
   p, o = params, opt
@@ -94,7 +94,7 @@ def main():
     p, o, loss = step(p, o, x_host[idx], y_host[idx])
   jax.block_until_ready(loss)
   bare_loop = tc.steps / (time.perf_counter() - t0)
-  print(f"3. whole loop: gf.train {loop:.0f} steps/s (logging, chunked transfers, evaluation); "
+  print(f"3. whole loop: gf.studies.train {loop:.0f} steps/s (logging, chunked transfers, evaluation); "
         f"Python loop of bare jitted steps {bare_loop:.0f} steps/s; "
         f"speed-up {loop / bare_loop:.2f}x")
 

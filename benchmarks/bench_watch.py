@@ -137,7 +137,7 @@ def loop_rates(bare, watched, x, y, n=200):
     jax.block_until_ready(out)
 
   def log_step_loop():
-    with tempfile.TemporaryDirectory() as d, gf.JsonlWriter(os.path.join(d, "log.jsonl")) as w:
+    with tempfile.TemporaryDirectory() as d, gf.watch.JsonlWriter(os.path.join(d, "log.jsonl")) as w:
       for i in range(n):
         out = watched(x, y, i)
         if i % 10 == 0:
@@ -146,7 +146,7 @@ def loop_rates(bare, watched, x, y, n=200):
 
   def step_logger_loop():
     with tempfile.TemporaryDirectory() as d:
-      with gf.StepLogger(gf.JsonlWriter(os.path.join(d, "log.jsonl"))) as log:
+      with gf.StepLogger(gf.watch.JsonlWriter(os.path.join(d, "log.jsonl"))) as log:
         for i in range(n):
           out = watched(x, y, i)
           if i % 10 == 0:

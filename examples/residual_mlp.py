@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from gradflow_jax import residual_law
+from gradflow_jax.studies import residual_law
 
 
 class ResidualMLP(nn.Module):

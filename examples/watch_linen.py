@@ -58,11 +58,11 @@ def main(steps: int = 300, out: str = "runs/linen", every: int = 10, batch: int 
     (loss, updates), grads, flow = gf.value_and_grad(
         loss_fn, has_aux=True, every=every)(state.params, step=step)
     new = state.apply_gradients(grads=grads).replace(batch_stats=updates["batch_stats"])
-    return new, loss, flow, gf.update_ratios(state.params, new.params, when=flow.measured)
+    return new, loss, flow, gf.watch.update_ratios(state.params, new.params, when=flow.measured)
 
   path = os.path.join(out, "log.jsonl")
   n = len(data.x_train)
-  writers = [gf.JsonlWriter(path)] + ([gf.TensorBoardWriter(tensorboard)] if tensorboard else [])
+  writers = [gf.watch.JsonlWriter(path)] + ([gf.watch.TensorBoardWriter(tensorboard)] if tensorboard else [])
   try:
     for step in range(steps):
       at = (step * batch) % (n - batch)

@@ -55,12 +55,12 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
     old = nnx.state(model, nnx.Param)
     loss, grads, flow = watched(model, x, y, measure=measure)
     optimizer.update(model, grads)
-    ratios = gf.update_ratios(old, nnx.state(model, nnx.Param)) if measure else None
+    ratios = gf.watch.update_ratios(old, nnx.state(model, nnx.Param)) if measure else None
     return loss, flow, ratios
 
-  writers = [gf.JsonlWriter(os.path.join(out, "log.jsonl"))]
+  writers = [gf.watch.JsonlWriter(os.path.join(out, "log.jsonl"))]
   if tensorboard:
-    writers.append(gf.TensorBoardWriter(tensorboard))
+    writers.append(gf.watch.TensorBoardWriter(tensorboard))
   n = len(data.x_train)
   # StepLogger writes each measured step when the next one is logged: the
   # host never waits for the step it has just dispatched

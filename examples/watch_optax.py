@@ -41,7 +41,7 @@ def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int 
   """Trains on digits; returns the JSON Lines path."""
   data = gf.load_digits()
   params = init(jax.random.key(0))
-  tx = gf.stop_if_nonfinite(optax.chain(gf.gradient_flow_monitor(), optax.clip_by_global_norm(1.0),
+  tx = gf.watch.stop_if_nonfinite(optax.chain(gf.watch.gradient_flow_monitor(), optax.clip_by_global_norm(1.0),
                                         optax.sgd(0.1, momentum=0.9)))
   opt_state = tx.init(params)
   watched = gf.value_and_grad(loss_fn, every=every)
@@ -51,11 +51,11 @@ def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int 
     loss, grads, flow = watched(params, x, y, step=step)
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    return new, opt_state, loss, flow, gf.update_ratios(params, new, when=flow.measured)
+    return new, opt_state, loss, flow, gf.watch.update_ratios(params, new, when=flow.measured)
 
   path = os.path.join(out, "log.jsonl")
   n = len(data.x_train)
-  writers = [gf.JsonlWriter(path)] + ([gf.TensorBoardWriter(tensorboard)] if tensorboard else [])
+  writers = [gf.watch.JsonlWriter(path)] + ([gf.watch.TensorBoardWriter(tensorboard)] if tensorboard else [])
   try:
     for step in range(steps):
       at = (step * batch) % (n - batch)
@@ -65,7 +65,7 @@ def main(steps: int = 300, out: str = "runs/optax", every: int = 10, batch: int 
         for writer in writers:
           scalars = gf.log_step(writer, step, flow, ratios)
         assert scalars["loss"] == float(loss)
-      if bool(gf.stopped(opt_state)):
+      if bool(gf.watch.stopped(opt_state)):
         print(f"stopped at step {step}: non-finite gradient; parameters are the last finite ones")
         break
   finally:

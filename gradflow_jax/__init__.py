@@ -9,114 +9,40 @@ return the same statistics from the step's own forward/backward pass, and
 ``log_step`` sends them to JSON Lines, TensorBoard or any CLU-style writer.
 """
 
-from gradflow_jax import plots
-from gradflow_jax.render import _report  # noqa: F401  (registers the notebook views)
-from gradflow_jax import theory, types
-from gradflow_jax.models._activations import ACTIVATIONS
-from gradflow_jax.studies._analyze import analyze_model
-from gradflow_jax.models._activations import get_activation
-from gradflow_jax.models._config import MLPConfig
+from gradflow_jax import measure, models, plots, studies, theory, types, watch
 from gradflow_jax._data import load_digits
-from gradflow_jax.studies._depth_study import depth_study, DepthStudySettings, mean_field_law
-from gradflow_jax.studies._depth_study import residual_law
-from gradflow_jax.studies._analyze import diagnose
-from gradflow_jax.diagnosis._diagnose import diagnose_model
-from gradflow_jax.studies._analyze import diagnose_rnn
-from gradflow_jax.models._flax import as_probed, from_linen, from_nnx
-from gradflow_jax.models._initializers import initializer, INITIALIZERS, recommended_init
-from gradflow_jax.measure._jacobians import jacobian_spectra, layer_jacobian_norms, product_bound
-from gradflow_jax.measure._jacobians import weight_spectral_norms
-from gradflow_jax.models._losses import loss_value
-from gradflow_jax.models._mlp import init_mlp, load_npz, mlp_forward, mlp_model
-from gradflow_jax.measure._model_stats import infer_activations, model_flow_stats
-from gradflow_jax.watch._monitor import find_monitor_state, gradient_flow_monitor, moment_norms
-from gradflow_jax.watch._monitor import stop_if_nonfinite, stopped
 from gradflow_jax.capture._probed import probed, ProbedModel, tap, TapInfo
-from gradflow_jax.models._rnn import init_rnn, rnn_model
-from gradflow_jax.measure._through_time import rnn_through_time
-from gradflow_jax.models._rnn import RNNConfig
-from gradflow_jax.measure._stats import activation_stats, flow_stats, gradient_stats
-from gradflow_jax.studies._sweep import run_sweep, SweepSettings
-from gradflow_jax.measure._tap_jacobians import tap_jacobian_norms
-from gradflow_jax.studies._train import make_step, train, TrainConfig
-from gradflow_jax.watch._flow_step import FlowStep, histogram as watch_histogram, HISTOGRAM_EDGES
-from gradflow_jax.watch._watch import nnx_value_and_grad, UPDATE_RATIO_RULE, update_ratios
-from gradflow_jax.watch._watch import value_and_grad
-from gradflow_jax.studies._width_study import width_study, WidthStudySettings
-from gradflow_jax.watch._writers import flat_metrics, JsonlWriter, log_step, StepLogger
-from gradflow_jax.watch._writers import MetricWriter, read_jsonl, TensorBoardWriter
+from gradflow_jax.diagnosis._diagnose import diagnose_model
+from gradflow_jax.measure import (activation_stats, flow_stats, gradient_stats,
+                                  infer_activations, jacobian_spectra, layer_jacobian_norms,
+                                  model_flow_stats, rnn_through_time, tap_jacobian_norms)
+from gradflow_jax.models import (ACTIVATIONS, as_probed, from_linen, from_nnx, get_activation,
+                                 init_mlp, init_rnn, initializer, loss_value, MLPConfig,
+                                 mlp_model, rnn_model, RNNConfig)
+from gradflow_jax.render import _report  # noqa: F401  (registers the notebook views)
+from gradflow_jax.studies import depth_study, width_study
+from gradflow_jax.studies._analyze import analyze_model, diagnose, diagnose_rnn
+from gradflow_jax.watch import FlowStep, log_step, nnx_value_and_grad, StepLogger, value_and_grad
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = (
-    "ACTIVATIONS",
-    "activation_stats",
-    "analyze_model",
-    "as_probed",
-    "depth_study",
-    "DepthStudySettings",
-    "diagnose",
-    "diagnose_model",
-    "diagnose_rnn",
-    "find_monitor_state",
-    "flat_metrics",
-    "flow_stats",
-    "FlowStep",
-    "from_linen",
-    "from_nnx",
-    "get_activation",
-    "gradient_flow_monitor",
-    "gradient_stats",
-    "HISTOGRAM_EDGES",
-    "infer_activations",
-    "init_mlp",
-    "init_rnn",
-    "initializer",
-    "INITIALIZERS",
-    "jacobian_spectra",
-    "JsonlWriter",
-    "layer_jacobian_norms",
-    "load_digits",
-    "load_npz",
-    "log_step",
-    "loss_value",
-    "make_step",
-    "mean_field_law",
-    "mlp_forward",
-    "mlp_model",
-    "MetricWriter",
-    "MLPConfig",
-    "moment_norms",
-    "nnx_value_and_grad",
-    "model_flow_stats",
-    "ProbedModel",
-    "probed",
-    "product_bound",
-    "recommended_init",
-    "read_jsonl",
-    "residual_law",
-    "rnn_model",
+    # taps and probed models
+    "tap", "probed", "ProbedModel", "TapInfo", "as_probed", "from_linen", "from_nnx",
+    # the built-in families
+    "MLPConfig", "init_mlp", "mlp_model", "RNNConfig", "init_rnn", "rnn_model",
+    # measurements
+    "model_flow_stats", "tap_jacobian_norms", "infer_activations", "flow_stats",
+    "activation_stats", "gradient_stats", "jacobian_spectra", "layer_jacobian_norms",
     "rnn_through_time",
-    "RNNConfig",
-    "run_sweep",
-    "stop_if_nonfinite",
-    "stopped",
-    "StepLogger",
-    "SweepSettings",
-    "tap",
-    "tap_jacobian_norms",
-    "TensorBoardWriter",
-    "TapInfo",
-    "plots",
-    "theory",
-    "types",
-    "train",
-    "TrainConfig",
-    "update_ratios",
-    "width_study",
-    "WidthStudySettings",
-    "UPDATE_RATIO_RULE",
-    "value_and_grad",
-    "watch_histogram",
-    "weight_spectral_norms",
+    # measure once, then diagnose
+    "analyze_model", "diagnose", "diagnose_model", "diagnose_rnn",
+    # a user's own training loop
+    "value_and_grad", "nnx_value_and_grad", "FlowStep", "log_step", "StepLogger",
+    # studies of a model family
+    "depth_study", "width_study",
+    # building blocks
+    "ACTIVATIONS", "get_activation", "initializer", "loss_value", "load_digits",
+    # namespaces
+    "measure", "models", "plots", "studies", "theory", "types", "watch",
 )

@@ -12,7 +12,7 @@ import residual_mlp  # noqa: E402
 
 import gradflow_jax as gf  # noqa: E402
 
-settings = gf.DepthStudySettings(**json.loads(sys.argv[1]))
+settings = gf.studies.DepthStudySettings(**json.loads(sys.argv[1]))
 result = gf.depth_study(residual_mlp.make_unscaled, settings)
 print(json.dumps({"devices": len(jax.devices()), "depths": [
     {k: d[k].tolist() for k in ("spectral_norm", "mean_sq_singular_value", "tap_std",

@@ -51,7 +51,7 @@ def main():
     loss, grads, flow = watched(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    return new, opt_state, flow, gf.update_ratios(params, new)
+    return new, opt_state, flow, gf.watch.update_ratios(params, new)
 
   def plain(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)

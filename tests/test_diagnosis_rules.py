@@ -107,7 +107,7 @@ def test_examples_collapsed_onto_one_direction_are_not_called_dying_units():
   params = gf.init_mlp(jax.random.key(0), cfg)
   x = jax.random.normal(jax.random.key(1), (64, 64))
   y = jnp.arange(64) % 10
-  _, trace = gf.mlp_forward(cfg, params, x)
+  _, trace = gf.models.mlp_forward(cfg, params, x)
   a = np.asarray(trace.post[-1])
   a = a / np.linalg.norm(a, axis=1, keepdims=True)
   assert (a @ a.T)[np.triu_indices(64, 1)].mean() > 0.95  # the premise: collinear examples

@@ -37,9 +37,9 @@ def test_orthogonal(shape):
 
 
 def test_recommended_init():
-  assert gf.recommended_init("tanh") == ("xavier_uniform", pytest.approx(5 / 3))
-  assert gf.recommended_init("relu") == ("he_normal", pytest.approx(2**0.5))
-  assert gf.recommended_init("selu").name == "lecun_normal"
+  assert gf.models.recommended_init("tanh") == ("xavier_uniform", pytest.approx(5 / 3))
+  assert gf.models.recommended_init("relu") == ("he_normal", pytest.approx(2**0.5))
+  assert gf.models.recommended_init("selu").name == "lecun_normal"
 
 
 def test_unknown_init_and_bad_gain():

@@ -49,7 +49,7 @@ def test_exact_matches_closed_form_product():
   """J_l = D_l W_l^T ... D_0 W_0^T with D = diag(phi'(z)), in NumPy."""
   cfg, params, x = _setup(activation="sigmoid", sigma_w=3.0)
   spec = gf.jacobian_spectra(cfg, params, x[:1])
-  _, trace = gf.mlp_forward(cfg, params, x[:1])
+  _, trace = gf.models.mlp_forward(cfg, params, x[:1])
   j = np.eye(cfg.in_dim)
   for l in range(cfg.depth):
     z = np.asarray(trace.pre[l][0], np.float64)
@@ -85,7 +85,7 @@ def test_power_agrees_with_exact():
 def test_layer_norms_closed_form():
   cfg, params, x = _setup(activation="relu", init="he_normal", sigma_w=None)
   norms = gf.layer_jacobian_norms(cfg, params, x, method="exact")
-  _, trace = gf.mlp_forward(cfg, params, x)
+  _, trace = gf.models.mlp_forward(cfg, params, x)
   for l in range(cfg.depth):
     d = (np.asarray(trace.pre[l][1]) > 0).astype(np.float64)
     w = np.asarray(params["layers"][l]["w"], np.float64)
@@ -95,9 +95,9 @@ def test_layer_norms_closed_form():
 def test_product_bound_bounds_the_spectral_norm():
   cfg, params, x = _setup()
   spec = gf.jacobian_spectra(cfg, params, x)
-  bound = np.asarray(gf.product_bound(cfg, params))
+  bound = np.asarray(gf.measure.product_bound(cfg, params))
   assert np.all(np.asarray(spec.spectral_norm) <= bound[None] * (1 + 1e-5))
-  np.testing.assert_allclose(gf.weight_spectral_norms(params)[0],
+  np.testing.assert_allclose(gf.measure.weight_spectral_norms(params)[0],
                              np.linalg.norm(np.asarray(params["layers"][0]["w"]), 2), rtol=1e-5)
 
 

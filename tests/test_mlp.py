@@ -38,7 +38,7 @@ def test_forward_matches_numpy(kw):
   params = gf.init_mlp(KEY, cfg)
   if cfg.activation == "prelu":
     params["prelu"] = [jnp.float32(0.1 * (l + 1)) for l in range(cfg.depth)]
-  out, trace = gf.mlp_forward(cfg, params, X)
+  out, trace = gf.models.mlp_forward(cfg, params, X)
   slope = cfg.leaky_slope
   act = functools.partial(np_act, cfg.activation, alpha=cfg.elu_alpha)
   if cfg.activation == "prelu":
@@ -69,24 +69,24 @@ def test_npz_roundtrip_and_errors(tmp_path):
   params = gf.init_mlp(KEY, cfg)
   path = tmp_path / "w.npz"
   np.savez(path, **_mlp.params_to_arrays(params))
-  loaded = gf.load_npz(path, cfg)
+  loaded = gf.models.load_npz(path, cfg)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(a, b)
   arrays = _mlp.params_to_arrays(params)
   arrays["w1"] = arrays["w1"][:, :5]
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match=r"expected w1 of shape \(16, 16\)"):
-    gf.load_npz(path, cfg)
+    gf.models.load_npz(path, cfg)
   arrays["w1"] = np.zeros((16, 16))
   arrays["w0"] = np.zeros((16, 6))
   np.savez(path, **arrays)
   with pytest.raises(ValueError, match="PyTorch"):
-    gf.load_npz(path, cfg)
+    gf.models.load_npz(path, cfg)
   np.savez(path, w0=np.zeros((6, 16)))
   with pytest.raises(ValueError, match="expected keys"):
-    gf.load_npz(path, cfg)
+    gf.models.load_npz(path, cfg)
   with pytest.raises(ValueError, match="readable"):
-    gf.load_npz(tmp_path / "missing.npz", cfg)
+    gf.models.load_npz(tmp_path / "missing.npz", cfg)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -102,6 +102,6 @@ def test_wrong_input_shape_and_params():
   cfg = _cfg()
   params = gf.init_mlp(KEY, cfg)
   with pytest.raises(ValueError, match=r"expected inputs of shape \(batch, 6\)"):
-    gf.mlp_forward(cfg, params, np.zeros((8, 5)))
+    gf.models.mlp_forward(cfg, params, np.zeros((8, 5)))
   with pytest.raises(ValueError, match="dense layers"):
-    gf.mlp_forward(_cfg(depth=5), params, X)
+    gf.models.mlp_forward(_cfg(depth=5), params, X)

@@ -96,7 +96,7 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
   data = json.loads((out / "results.json").read_text())
   assert data["data"] == "digits" and data["logged_steps"] == [0, 5, 10]
   assert data["steps_run"] == 12 and len(data["loss"]) == 12
-  records = gf.read_jsonl(out / "log.jsonl")
+  records = gf.watch.read_jsonl(out / "log.jsonl")
   logged = [r for r in records if "scalars" in r]
   assert [r["step"] for r in logged] == [0, 5, 10]
   for name in data["taps"]:

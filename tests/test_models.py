@@ -96,7 +96,7 @@ def test_every_producer_measures_the_built_in_mlp_alike(kind):
   assert float(s.loss) == pytest.approx(float(ref.gradients.loss), rel=1e-6)
   # local Jacobians between layer inputs: d a_l / d a_(l-1) = diag(tanh'(z_l)) W_l^T
   jac = gf.tap_jacobian_norms(model, X, roles=("post",))
-  _, trace = gf.mlp_forward(CFG, PARAMS, X)
+  _, trace = gf.models.mlp_forward(CFG, PARAMS, X)
   for l in (1, 2):
     d = 1 - np.tanh(np.asarray(trace.pre[l], np.float64)) ** 2
     w = np.asarray(PARAMS["layers"][l]["w"], np.float64)

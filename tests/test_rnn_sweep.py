@@ -63,9 +63,9 @@ SMALL = dict(activations=("tanh",), inits=("gaussian",), sigma_ws=(1.0, 1.5),
 
 
 def test_sweep_prefix_equals_direct_network_and_theory_is_attached():
-  settings = gf.SweepSettings(**{**SMALL, "activations": ("tanh",), "sigma_ws": (1.5,),
+  settings = gf.studies.SweepSettings(**{**SMALL, "activations": ("tanh",), "sigma_ws": (1.5,),
                                  "sigma_bs": (0.2,)})
-  res = gf.run_sweep(settings)
+  res = gf.studies.run_sweep(settings)
   (point,) = res["points"]
   assert point["mean_sq_singular_value"].shape == (3, 2, 12)
   np.testing.assert_array_equal(point["spectrum_depths"], _jacobians.log_spaced_depths(12, 4))
@@ -76,7 +76,7 @@ def test_sweep_prefix_equals_direct_network_and_theory_is_attached():
 
 SCRIPT = textwrap.dedent("""
     import json, sys, numpy as np, jax, gradflow_jax as gf
-    res = gf.run_sweep(gf.SweepSettings(**json.loads(sys.argv[1])))
+    res = gf.studies.run_sweep(gf.studies.SweepSettings(**json.loads(sys.argv[1])))
     np.savez(sys.argv[2], devices=res["devices"],
              msq=np.stack([p["mean_sq_singular_value"] for p in res["points"]]),
              top=np.stack([p["spectral_norm"] for p in res["points"]]))
@@ -92,7 +92,7 @@ def test_sharded_sweep_equals_single_device(tmp_path):
                  timeout=300)
   sharded = np.load(out)
   assert int(sharded["devices"]) == 4
-  res = gf.run_sweep(gf.SweepSettings(**SMALL))
+  res = gf.studies.run_sweep(gf.studies.SweepSettings(**SMALL))
   assert res["devices"] == 1
   np.testing.assert_allclose(sharded["msq"], np.stack([p["mean_sq_singular_value"]
                                                        for p in res["points"]]), rtol=1e-5)
@@ -102,9 +102,9 @@ def test_sharded_sweep_equals_single_device(tmp_path):
 
 def test_sweep_bad_settings():
   with pytest.raises(ValueError, match="max_depth"):
-    gf.SweepSettings(max_depth=0)
+    gf.studies.SweepSettings(max_depth=0)
   with pytest.raises(ValueError, match="sigma_w"):
-    gf.SweepSettings(sigma_ws=(-1.0,))
+    gf.studies.SweepSettings(sigma_ws=(-1.0,))
 
 
 def test_rnn_as_a_probed_model_equals_its_own_gradients_through_time():

@@ -38,7 +38,7 @@ def _np_layer_stats(act, pre, post):
 def test_activation_stats_match_numpy(activation, kw):
   cfg, params, x, _ = _setup(activation, **kw)
   stats = gf.activation_stats(cfg, params, x)
-  _, trace = gf.mlp_forward(cfg, params, x)
+  _, trace = gf.models.mlp_forward(cfg, params, x)
   for l in range(cfg.depth):
     pre, post = np.asarray(trace.pre[l]), np.asarray(trace.post[l])
     for field, want in _np_layer_stats(cfg.act, pre, post).items():
@@ -131,7 +131,7 @@ def test_mse_loss():
   cfg, params, x, _ = _setup("relu")
   t = np.ones((x.shape[0], 3), np.float32)
   g = gf.gradient_stats(cfg, params, x, t, loss="mse")
-  out, _ = gf.mlp_forward(cfg, params, x)
+  out, _ = gf.models.mlp_forward(cfg, params, x)
   assert float(g.loss) == pytest.approx(float(np.mean((np.asarray(out) - 1) ** 2)), rel=1e-6)
   with pytest.raises(ValueError, match=r"expected targets of shape \(12, 3\)"):
     gf.gradient_stats(cfg, params, x, t[:, :2], loss="mse")
@@ -188,7 +188,7 @@ def test_inside_user_jit_and_vmap_over_seeds():
 def test_histograms_match_numpy():
   cfg, params, x, _ = _setup("tanh", sigma_w=2.0)
   counts, edges = _stats.histograms(cfg, params, x, bins=10, value_range=(-1.0, 1.0))
-  _, trace = gf.mlp_forward(cfg, params, x)
+  _, trace = gf.models.mlp_forward(cfg, params, x)
   for l in range(cfg.depth):
     want, _ = np.histogram(np.asarray(trace.post[l]), bins=np.asarray(edges))
     np.testing.assert_array_equal(counts[l], want)

@@ -27,7 +27,7 @@ SMALL = dict(depths=(2, 6), seeds=2, width=16, examples=4)
 
 @pytest.fixture(scope="module")
 def unscaled():
-  return gf.depth_study(residual_mlp.make_unscaled, gf.DepthStudySettings(**SMALL))
+  return gf.depth_study(residual_mlp.make_unscaled, gf.studies.DepthStudySettings(**SMALL))
 
 
 def _reference_jacobian(make, depth, width, seed, example):
@@ -65,7 +65,7 @@ def test_residual_mlp_jacobian_matches_jacfwd_svd_and_theory(unscaled):
 
 
 def test_residual_scale_keeps_the_jacobian_bounded(unscaled):
-  scaled = gf.depth_study(residual_mlp.make, gf.DepthStudySettings(**SMALL))
+  scaled = gf.depth_study(residual_mlp.make, gf.studies.DepthStudySettings(**SMALL))
   grow = lambda r: (r["depths"][1]["summary"]["mean_sq_singular_value"]["median"]
                     / r["depths"][0]["summary"]["mean_sq_singular_value"]["median"])
   # theory: 2^6 / 2^2 = 16 unscaled; (7/6)^6 / 1.5^2 = 1.13 with 1/sqrt(L)
@@ -76,7 +76,7 @@ def test_residual_scale_keeps_the_jacobian_bounded(unscaled):
 def test_resnet_normalization_turns_exponential_growth_linear():
   # the mean square by Hutchinson (exact_max=0; 8 probes x 4 examples: about
   # 10% error); 2 Lanczos steps keep the program small (its norms unused)
-  settings = gf.DepthStudySettings(depths=(2, 6), seeds=1, width=4, examples=4, exact_max=0,
+  settings = gf.studies.DepthStudySettings(depths=(2, 6), seeds=1, width=4, examples=4, exact_max=0,
                                    steps=2)
   grow = lambda make: (lambda r: r["depths"][1]["summary"]["mean_sq_singular_value"]["median"]
                        / r["depths"][0]["summary"]["mean_sq_singular_value"]["median"])(
@@ -91,7 +91,7 @@ def test_pre_ln_stream_grows_and_last_layer_gradient_falls_post_ln_neither():
   final LN shrinks the gradient at the last block like 1/sqrt(L); post-LN
   normalises every block: both stay flat (theory for pre-LN from depth 2 to
   8: x sqrt(4) = 2 and x 0.5)."""
-  settings = gf.DepthStudySettings(depths=(2, 8), seeds=1, width=16, examples=16,
+  settings = gf.studies.DepthStudySettings(depths=(2, 8), seeds=1, width=16, examples=16,
                                    jacobians=False)
 
   def at_last_block(make):
@@ -129,7 +129,7 @@ def test_interacting_examples_take_each_block_with_the_batch_fixed():
     x = jax.random.normal(jax.random.key(1), (4, 5))
     model = BNNet(depth, width)
     return model, model.init(key, x), (x, jnp.arange(4) % 3)
-  result = gf.depth_study(make, gf.DepthStudySettings(depths=(2,), seeds=1, width=6))
+  result = gf.depth_study(make, gf.studies.DepthStudySettings(depths=(2,), seeds=1, width=6))
   assert result["examples_interact"]
   d = result["depths"][0]
   model, variables, (x, _) = make(2, 6, jax.random.fold_in(jax.random.key(0), 0))
@@ -142,7 +142,7 @@ def test_interacting_examples_take_each_block_with_the_batch_fixed():
 
 
 def test_width_study_standard_parametrisation_blows_up_under_adam():
-  result = gf.width_study(mlp_width.make, gf.WidthStudySettings(
+  result = gf.width_study(mlp_width.make, gf.studies.WidthStudySettings(
       widths=(16, 32, 64), seeds=1, steps=1, lr=1e-3, depth=2))
   names, slopes = result["taps"], result["slopes"]
   assert all(abs(v) < 0.2 for v in slopes["init"])  # LeCun init: width-stable
@@ -227,10 +227,10 @@ def test_depth_cli_writes_results_plots_and_report(tmp_path, capsys):
 def test_growth_laws():
   """mean_field_law is theory's per-depth prediction (He-ReLU is critical:
   chi_1 = 1 at every depth); residual_law is (1 + a^2 g)^L."""
-  he_relu = gf.mean_field_law("relu", np.sqrt(2.0))
+  he_relu = gf.studies.mean_field_law("relu", np.sqrt(2.0))
   assert [he_relu(d) for d in (1, 5, 50)] == pytest.approx([1.0, 1.0, 1.0], rel=1e-9)
-  tanh = gf.mean_field_law("tanh", 1.5, 0.1, q0=1.0)
+  tanh = gf.studies.mean_field_law("tanh", 1.5, 0.1, q0=1.0)
   expected = gf.theory.mean_sq_singular_value_by_depth("tanh", 1.5, 0.1, 7, q0=1.0)
   assert [tanh(d) for d in range(1, 8)] == pytest.approx(list(expected), rel=1e-12)
-  assert gf.residual_law(1.0, scaled=True)(4) == pytest.approx(1.25**4)
-  assert gf.residual_law(2.0, scaled=False)(3) == pytest.approx(27.0)
+  assert gf.studies.residual_law(1.0, scaled=True)(4) == pytest.approx(1.25**4)
+  assert gf.studies.residual_law(2.0, scaled=False)(3) == pytest.approx(27.0)

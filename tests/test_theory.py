@@ -99,7 +99,7 @@ def test_q_star_against_simulation():
   cfg = gf.MLPConfig(in_dim=n, width=n, depth=8, out_dim=1, activation="tanh", init="gaussian",
                      sigma_w=sw, sigma_b=sb)
   x = np.asarray(jax.random.normal(jax.random.key(3), (16, n))) * math.sqrt((q - sb**2) / sw**2)
-  got = np.mean([float(jnp.mean(gf.mlp_forward(cfg, gf.init_mlp(jax.random.key(s), cfg), x)[1]
+  got = np.mean([float(jnp.mean(gf.models.mlp_forward(cfg, gf.init_mlp(jax.random.key(s), cfg), x)[1]
                                 .pre[-1] ** 2)) for s in range(4)])
   # biases are shared by all examples: a second source, relative variance 2 sb^4 / (N q^2)
   se = math.sqrt(2 / (n * 16 * 4) + 2 * sb**4 / (n * 4 * q**2) + 2 / (n * 4))

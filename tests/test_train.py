@@ -26,11 +26,11 @@ def _cfg(**kw):
 
 def test_step_logs_match_gradient_stats_and_numpy_update(data):
   cfg = _cfg()
-  tc = gf.TrainConfig(optimizer="sgd", lr=0.1, clip=0.05)
+  tc = gf.studies.TrainConfig(optimizer="sgd", lr=0.1, clip=0.05)
   params = gf.init_mlp(KEY, cfg)
   tx = _train.make_optimizer(tc)
   x, y = data.x_train[:32], data.y_train[:32]
-  new, _, log = jax.jit(gf.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
+  new, _, log = jax.jit(gf.studies.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
   ref = gf.flow_stats(cfg, params, x, y)
   np.testing.assert_allclose(log.weight_grad_norm, ref.gradients.weight_grad_norm, rtol=1e-5)
   np.testing.assert_allclose(log.preact_grad_norm, ref.gradients.preact_grad_norm, rtol=1e-5)
@@ -50,7 +50,7 @@ def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
   cfg = _cfg(activation="relu")
   params = gf.init_mlp(KEY, cfg)
   x, y = data.x_train[:32], data.y_train[:32]
-  user_tx = optax.chain(gf.gradient_flow_monitor(), optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+  user_tx = optax.chain(gf.watch.gradient_flow_monitor(), optax.clip_by_global_norm(1.0), optax.adam(1e-3))
 
   @jax.jit
   def user_step(params, state):
@@ -59,10 +59,10 @@ def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
     return optax.apply_updates(params, updates), state
 
   new_user, state = user_step(params, user_tx.init(params))
-  mon = gf.find_monitor_state(state)
-  tc = gf.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0)
+  mon = gf.watch.find_monitor_state(state)
+  tc = gf.studies.TrainConfig(optimizer="adam", lr=1e-3, clip=1.0)
   tx = _train.make_optimizer(tc)
-  new_loop, _, log = jax.jit(gf.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
+  new_loop, _, log = jax.jit(gf.studies.make_step(cfg, tc, tx))(params, tx.init(params), x, y)
   np.testing.assert_allclose([l["w"] for l in mon.grad_norms["layers"]], log.weight_grad_norm,
                              rtol=1e-5)
   assert float(mon.global_norm) == pytest.approx(float(log.grad_norm), rel=1e-5)
@@ -70,33 +70,33 @@ def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
   for a, b in zip(jax.tree.leaves(new_user), jax.tree.leaves(new_loop)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   with pytest.raises(LookupError):
-    gf.find_monitor_state(optax.adam(1e-3).init(params))
+    gf.watch.find_monitor_state(optax.adam(1e-3).init(params))
 
 
 def test_guard_stops_a_diverging_run_and_keeps_finite_params(data):
   cfg = _cfg(activation="relu", depth=6)
-  tc = gf.TrainConfig(optimizer="sgd", lr=50.0, steps=40, eval_every=10)
-  res = gf.train(cfg, tc, data)
+  tc = gf.studies.TrainConfig(optimizer="sgd", lr=50.0, steps=40, eval_every=10)
+  res = gf.studies.train(cfg, tc, data)
   assert res.stopped_at is not None and res.stopped_at < 40
   assert len(res.logs["loss"]) == res.stopped_at + 1
   assert bool(res.logs["nonfinite"][-1]) and not res.logs["nonfinite"][:-1].any()
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(res.params))
   # the kept parameters are those before the bad step: replaying that many steps gives them
-  replay = gf.train(cfg, gf.TrainConfig(**{**tc.__dict__, "steps": res.stopped_at,
+  replay = gf.studies.train(cfg, gf.studies.TrainConfig(**{**tc.__dict__, "steps": res.stopped_at,
                                              "eval_every": 40}), data)
   for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(replay.params)):
     np.testing.assert_array_equal(a, b)
-  skip = gf.train(cfg, gf.TrainConfig(**{**tc.__dict__, "on_nonfinite": "skip"}), data)
+  skip = gf.studies.train(cfg, gf.studies.TrainConfig(**{**tc.__dict__, "on_nonfinite": "skip"}), data)
   assert len(skip.logs["loss"]) == 40
 
 
 def test_step_on_nonfinite_batch_changes_nothing(data):
   cfg = _cfg()
-  tc = gf.TrainConfig(optimizer="adam", lr=1e-2)
+  tc = gf.studies.TrainConfig(optimizer="adam", lr=1e-2)
   tx = _train.make_optimizer(tc)
   params = gf.init_mlp(KEY, cfg)
   opt = tx.init(params)
-  step = jax.jit(gf.make_step(cfg, tc, tx))
+  step = jax.jit(gf.studies.make_step(cfg, tc, tx))
   p1, opt1, _ = step(params, opt, data.x_train[:32], data.y_train[:32])  # moments now non-zero
   x = jnp.asarray(data.x_train[32:64]).at[5, 1].set(jnp.nan)
   p2, opt2, log = step(p1, opt1, x, data.y_train[32:64])
@@ -109,9 +109,9 @@ def test_step_on_nonfinite_batch_changes_nothing(data):
 def test_residual_keeps_early_layer_gradients(data):
   """The seed's last exercise, measured: a deep sigmoid MLP's first layer gets a
   vanishing gradient; the residual one does not."""
-  tc = gf.TrainConfig(steps=20, eval_every=20)
-  plain = gf.train(_cfg(activation="sigmoid", depth=8), tc, data)
-  res = gf.train(_cfg(activation="sigmoid", depth=8, residual=True), tc, data)
+  tc = gf.studies.TrainConfig(steps=20, eval_every=20)
+  plain = gf.studies.train(_cfg(activation="sigmoid", depth=8), tc, data)
+  res = gf.studies.train(_cfg(activation="sigmoid", depth=8, residual=True), tc, data)
   g_plain = np.median(plain.logs["preact_grad_norm"][:, 0])
   g_res = np.median(res.logs["preact_grad_norm"][:, 0])
   assert g_res > 100 * g_plain
@@ -122,16 +122,16 @@ def test_residual_keeps_early_layer_gradients(data):
     (dict(optimizer="lbfgs"), "unknown optimizer"), (dict(steps=0), "steps >= 1")])
 def test_bad_train_config(kw, match):
   with pytest.raises(ValueError, match=match):
-    gf.TrainConfig(**kw)
+    gf.studies.TrainConfig(**kw)
 
 
 def test_bad_data_caught_before_compiling(data):
   with pytest.raises(ValueError, match="batch size <= 192"):
-    gf.train(_cfg(), gf.TrainConfig(batch_size=1000), data)
+    gf.studies.train(_cfg(), gf.studies.TrainConfig(batch_size=1000), data)
   with pytest.raises(ValueError, match="expected inputs with 5 features"):
-    gf.train(_cfg(in_dim=5), gf.TrainConfig(), data)
+    gf.studies.train(_cfg(in_dim=5), gf.studies.TrainConfig(), data)
   with pytest.raises(ValueError, match=r"labels in \[0, 2\)"):
-    gf.train(_cfg(out_dim=2), gf.TrainConfig(), data)
+    gf.studies.train(_cfg(out_dim=2), gf.studies.TrainConfig(), data)
 
 
 def test_digits_is_standardized_and_split():
@@ -165,7 +165,7 @@ def test_dead_relu_experiment_shows_its_premise():
   data = gf.load_digits()  # the experiment's data
   runs = _experiments.experiment_runs("dead-relu", data.x_train.shape[1], data.classes,
                                       {"steps": 60})
-  results = {label: gf.train(cfg, tc, data) for label, cfg, tc in runs}
+  results = {label: gf.studies.train(cfg, tc, data) for label, cfg, tc in runs}
   dead = {k: np.asarray(r.logs["dead_fraction"]) for k, r in results.items()}
   relu, leaky, clipped = (dead[label] for label, _, _ in runs)
   assert relu[0].mean() < 0.1 and relu[-1].mean() > 0.3

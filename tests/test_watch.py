@@ -103,7 +103,7 @@ def test_histograms_are_numpy_histograms_of_the_same_bins(linen_case):
                      capture_intermediates=True)
   z0 = np.asarray(state["intermediates"]["Dense_0"]["__call__"][0]).ravel()
   h = flow.histograms["act/Dense_0"]
-  edges = gf.HISTOGRAM_EDGES
+  edges = gf.watch.HISTOGRAM_EDGES
   ref, _ = np.histogram(np.clip(z0, edges[0], edges[-1]), bins=edges)
   np.testing.assert_array_equal(h.counts, ref)
   assert int(h.counts.sum()) == z0.size
@@ -136,7 +136,7 @@ def test_a_flow_step_is_a_few_stacked_arrays_whatever_the_model_size(linen_case)
 
 def test_nonfinite_entries_are_counted_and_left_out_of_histograms():
   x = jnp.array([[1.0, jnp.nan, 3.0, jnp.inf]])
-  h = gf.watch_histogram(x)
+  h = gf.watch.histogram(x)
   assert int(h.counts.sum()) == 2 and float(h.min) == 1.0 and float(h.max) == 3.0
 
   def loss_fn(p, x):
@@ -185,7 +185,7 @@ def test_every_skips_statistics_but_never_gradients():
   np.testing.assert_allclose(loss, ref_loss)
   jax.tree.map(np.testing.assert_allclose, grads, ref_grads)
   assert not bool(flow.measured) and flow.activations is None and flow.param_grad_norms is None
-  assert gf.flat_metrics(flow) == {"loss": float(ref_loss)}
+  assert gf.watch.flat_metrics(flow) == {"loss": float(ref_loss)}
   _, _, flow = static(w, x, y, measure=True)
   np.testing.assert_allclose(flow.tap_grad_norm, ref_flow.tap_grad_norm)
   with pytest.raises(ValueError, match="Python bool"):
@@ -292,7 +292,7 @@ def test_nnx_optimizer_run_equals_a_plain_nnx_value_and_grad_run():
   assert flow.activation_names[0] == "tanh" and 0.0 <= float(
       flow.activations.saturation_fraction[0]) <= 1.0
   assert type(ours.l1) is nnx.Linear  # the user's model keeps its classes
-  flat = gf.flat_metrics(flow)
+  flat = gf.watch.flat_metrics(flow)
   assert flat["grad_norm/l1/kernel"] == float(flow.param_grad_norms["l1"]["kernel"][...])
   assert not [k for k in flat if k.endswith("/value")]  # NNX Variables named by their path
 
@@ -300,7 +300,7 @@ def test_nnx_optimizer_run_equals_a_plain_nnx_value_and_grad_run():
 def test_update_ratios_match_numpy():
   old = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
   new = {"a": old["a"] * 1.01, "b": old["b"] + 0.5}
-  r = gf.update_ratios(old, new)
+  r = gf.watch.update_ratios(old, new)
   np.testing.assert_allclose(r["a"], 0.01, rtol=1e-5)
   np.testing.assert_allclose(r["b"], 0.5, rtol=1e-6)
 
@@ -322,8 +322,8 @@ def test_bad_arguments_are_clear_errors():
 def test_metrics_reach_jsonl_and_tensorboard_unchanged(linen_case, tmp_path):
   m, v, x, y, key, loss_fn, (_, grads, flow) = linen_case
   new = jax.tree.map(lambda p, g: p - 0.1 * g, v["params"], grads)
-  ratios = gf.update_ratios(v["params"], new)
-  flat = gf.flat_metrics(flow, ratios)
+  ratios = gf.watch.update_ratios(v["params"], new)
+  flat = gf.watch.flat_metrics(flow, ratios)
   assert flat["loss"] == float(flow.loss)
   assert flat["grad_norm/Dense_0/kernel"] == float(flow.param_grad_norms["Dense_0"]["kernel"])
   assert flat["act/dead/Dense_0"] == float(flow.activations.dead_fraction[0])
@@ -335,10 +335,10 @@ def test_metrics_reach_jsonl_and_tensorboard_unchanged(linen_case, tmp_path):
   np.testing.assert_allclose(flat["update_ratio/Dense_1/kernel"],
                              0.1 * np.linalg.norm(grads["Dense_1"]["kernel"])
                              / np.linalg.norm(v["params"]["Dense_1"]["kernel"]), rtol=1e-5)
-  with gf.JsonlWriter(tmp_path / "log.jsonl") as w:
+  with gf.watch.JsonlWriter(tmp_path / "log.jsonl") as w:
     gf.log_step(w, 7, flow, ratios)
-  records = gf.read_jsonl(tmp_path / "log.jsonl")
-  assert records[0]["histogram_edges"] == gf.HISTOGRAM_EDGES.tolist()
+  records = gf.watch.read_jsonl(tmp_path / "log.jsonl")
+  assert records[0]["histogram_edges"] == gf.watch.HISTOGRAM_EDGES.tolist()
   assert records[1]["step"] == 7 and set(records[1]["scalars"]) == set(flat)
   for k, val in flat.items():  # strict JSON: a non-finite value is written as null
     assert records[1]["scalars"][k] == val or (np.isnan(records[1]["scalars"][k])
@@ -346,7 +346,7 @@ def test_metrics_reach_jsonl_and_tensorboard_unchanged(linen_case, tmp_path):
   hist = {r["histogram"]: r for r in records[2:]}
   assert hist["act/Dense_0"]["counts"] == np.asarray(flow.histograms["act/Dense_0"].counts).tolist()
 
-  with gf.TensorBoardWriter(tmp_path / "tb") as w:
+  with gf.watch.TensorBoardWriter(tmp_path / "tb") as w:
     gf.log_step(w, 7, flow, ratios)
   events = read_event_file(tmp_path / "tb")
   scalars = {tag: val for tag, step, val in events if not hasattr(val, "bucket")}
@@ -388,14 +388,14 @@ def test_step_logger_writes_each_step_once_one_step_late_and_the_last_on_exit(tm
       self.closed = True
   memory = Memory()
   with pytest.raises(RuntimeError):
-    with gf.StepLogger(memory, gf.JsonlWriter(tmp_path / "log.jsonl")) as log:
+    with gf.StepLogger(memory, gf.watch.JsonlWriter(tmp_path / "log.jsonl")) as log:
       for k, f in enumerate(flows):
         log(10 * k, f)
         assert [s for s, _ in memory.lines] == [10 * j for j in range(k)]  # one step late
       raise RuntimeError("the loop stops")
   assert memory.closed and log.last[0] == 20
-  assert memory.lines == [(10 * k, gf.flat_metrics(f)) for k, f in enumerate(flows)]
-  records = [r for r in gf.read_jsonl(tmp_path / "log.jsonl") if "scalars" in r]
+  assert memory.lines == [(10 * k, gf.watch.flat_metrics(f)) for k, f in enumerate(flows)]
+  records = [r for r in gf.watch.read_jsonl(tmp_path / "log.jsonl") if "scalars" in r]
   assert [r["step"] for r in records] == [0, 10, 20]
   assert records[2]["scalars"]["tap_grad_norm/h"] == pytest.approx(
       float(flows[2].tap_grad_norm[0]), rel=1e-6)
@@ -417,7 +417,7 @@ def test_skipped_steps_log_only_the_loss_to_any_writer():
 def test_stop_if_nonfinite_keeps_the_last_finite_parameters_for_good():
   """A NaN gradient at step 2 of plain SGD with momentum: from then on no
   update, the momentum frozen; the parameters are those after step 1."""
-  tx = gf.stop_if_nonfinite(optax.chain(gf.gradient_flow_monitor(), optax.sgd(0.1, 0.9)))
+  tx = gf.watch.stop_if_nonfinite(optax.chain(gf.watch.gradient_flow_monitor(), optax.sgd(0.1, 0.9)))
   params = {"w": jnp.ones(3)}
   state = tx.init(params)
   grads = [jnp.full(3, 1.0), jnp.full(3, 2.0), jnp.array([1.0, jnp.nan, 1.0]), jnp.full(3, 1.0)]
@@ -426,7 +426,7 @@ def test_stop_if_nonfinite_keeps_the_last_finite_parameters_for_good():
   for g in grads:
     updates, state = update({"w": g}, state, params)
     params = optax.apply_updates(params, updates)
-    history.append((params["w"], bool(gf.stopped(state))))
+    history.append((params["w"], bool(gf.watch.stopped(state))))
   # numpy SGD with momentum for the two good steps
   w, m = np.ones(3), np.zeros(3)
   for g in (1.0, 2.0):
@@ -435,12 +435,12 @@ def test_stop_if_nonfinite_keeps_the_last_finite_parameters_for_good():
   np.testing.assert_allclose(history[1][0], w, rtol=1e-6)
   assert [s for _, s in history] == [False, False, True, True]
   np.testing.assert_array_equal(history[3][0], history[1][0])
-  reading = gf.find_monitor_state(state)
+  reading = gf.watch.find_monitor_state(state)
   assert int(reading.count) == 2 and not bool(reading.nonfinite)  # frozen at the last good step
 
 
 def test_monitor_state_keeps_its_structure_from_init_so_a_scan_can_carry_it():
-  tx = optax.chain(gf.gradient_flow_monitor(), optax.adam(1e-2))
+  tx = optax.chain(gf.watch.gradient_flow_monitor(), optax.adam(1e-2))
   params = {"w": jnp.ones(4)}
 
   def body(carry, g):
@@ -450,7 +450,7 @@ def test_monitor_state_keeps_its_structure_from_init_so_a_scan_can_carry_it():
   gs = jnp.arange(12.0).reshape(3, 4)
   (_, state), norms = jax.lax.scan(body, (params, tx.init(params)), gs)
   np.testing.assert_allclose(norms, np.linalg.norm(np.asarray(gs), axis=1), rtol=1e-6)
-  moments = gf.moment_norms(state)
+  moments = gf.watch.moment_norms(state)
   mu = np.zeros(4)
   nu = np.zeros(4)
   for g in np.asarray(gs):
@@ -472,7 +472,7 @@ def test_training_examples_train_200_steps_on_digits_with_tensorboard(name, tmp_
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   log = module.main(steps=200, out=str(tmp_path), every=10, tensorboard=str(tmp_path / "tb"))
-  records = [r for r in gf.read_jsonl(log) if "scalars" in r]
+  records = [r for r in gf.watch.read_jsonl(log) if "scalars" in r]
   assert [r["step"] for r in records] == list(range(0, 200, 10))
   for r in records:
     s = r["scalars"]
@@ -495,7 +495,7 @@ def test_a_tap_named_prelu_without_its_slope_uses_the_default_slope():
   flow = gf.value_and_grad(f, activations={"h": "prelu"})(p, jnp.ones((2, 3)))[2]
   assert float(flow.activations.dead_fraction[0]) == 0.0
   assert float(flow.activations.always_active_fraction[0]) == 1.0
-  assert gf.flat_metrics(flow)["act/always_active/h"] == 1.0
+  assert gf.watch.flat_metrics(flow)["act/always_active/h"] == 1.0
   relu = gf.value_and_grad(f, activations={"h": "relu"})(p, jnp.ones((2, 3)))[2]
   assert float(relu.activations.dead_fraction[0]) == 0.5
 

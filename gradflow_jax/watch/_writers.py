@@ -143,7 +143,7 @@ class StepLogger:
   ``with`` block, or ``close()``) writes the last one.
 
   Example:
-    >>> with gf.StepLogger(gf.JsonlWriter("runs/log.jsonl")) as log:
+    >>> with gf.StepLogger(gf.watch.JsonlWriter("runs/log.jsonl")) as log:
     ...   for step in range(steps):
     ...     params, opt_state, flow, ratios = train_step(params, opt_state, x, y, step)
     ...     if step % 10 == 0:
