@@ -94,3 +94,18 @@ def read_event_file(folder):
     for v in event.summary.value:
       out.append((v.tag, event.step, v.histo if v.HasField("histo") else v.simple_value))
   return out
+
+
+def run_on_host_devices(args: list[str], devices: int = 4, timeout: int = 300):
+  """``python *args`` in a subprocess that sees ``devices`` host CPU devices
+  (the device count is fixed when JAX starts); fails the test on a non-zero
+  exit with the end of its stderr. Returns its stdout."""
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  run = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                       timeout=timeout)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return run.stdout

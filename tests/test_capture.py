@@ -4,8 +4,6 @@ same model written with explicit perturbation inputs and ``jax.grad``."""
 
 import os
 import re
-import subprocess
-import sys
 import threading
 
 import jax
@@ -20,7 +18,7 @@ from jax.lax import scan  # imported early: the capture must not care how scan i
 import gradflow_jax as gf
 from gradflow_jax import capture
 from gradflow_jax.capture import _probed as _probe
-from helpers import tol
+from helpers import run_on_host_devices, tol
 
 W = jax.random.normal(jax.random.key(0), (3, 4, 4)) / 2.0
 X = jax.random.normal(jax.random.key(1), (5, 4))
@@ -387,13 +385,8 @@ def test_nnx_scan_over_blocks():
 
 
 def test_shard_map_on_four_host_devices():
-  script = os.path.join(os.path.dirname(__file__), "_sharded_capture.py")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
-  run = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
-                       timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert run.stdout.strip().splitlines()[-1] == "ok"
+  out = run_on_host_devices([os.path.join(os.path.dirname(__file__), "_sharded_capture.py")])
+  assert out.strip().splitlines()[-1] == "ok"
 
 
 def test_two_threads_analysing_two_models_each_get_their_own_taps():

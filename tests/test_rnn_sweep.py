@@ -1,9 +1,6 @@
 """RNN through time against jacfwd; depth sweep: prefixes, theory, sharding."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,6 +9,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from helpers import run_on_host_devices
 from gradflow_jax.measure import _jacobians
 from gradflow_jax.models import _mlp, _rnn
 from gradflow_jax.studies import _rnn_sweep
@@ -85,11 +83,8 @@ SCRIPT = textwrap.dedent("""
 
 def test_sharded_sweep_equals_single_device(tmp_path):
   kw = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
   out = tmp_path / "sharded.npz"
-  subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(kw), str(out)], check=True, env=env,
-                 timeout=300)
+  run_on_host_devices(["-c", SCRIPT, json.dumps(kw), str(out)])
   sharded = np.load(out)
   assert int(sharded["devices"]) == 4
   res = gf.studies.run_sweep(gf.studies.SweepSettings(**SMALL))

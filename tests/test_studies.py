@@ -4,7 +4,6 @@ sharded run against one device, and bad factories refused in one line."""
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import gradflow_jax as gf
+from helpers import run_on_host_devices
 from gradflow_jax.cli import _cli
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -157,14 +157,10 @@ def test_width_study_standard_parametrisation_blows_up_under_adam():
 
 def test_sharded_study_equals_one_device(unscaled):
   """4 host devices (2 seeds padded to 4): the same numbers as one device."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
   script = os.path.join(os.path.dirname(__file__), "_sharded_study.py")
   settings = {**SMALL, "depths": list(SMALL["depths"])}
-  run = subprocess.run([sys.executable, script, json.dumps(settings)], capture_output=True,
-                       text=True, env=env, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  sharded = json.loads(run.stdout.strip().splitlines()[-1])
+  out = run_on_host_devices([script, json.dumps(settings)], timeout=600)
+  sharded = json.loads(out.strip().splitlines()[-1])
   assert sharded["devices"] == 4
   for one, many in zip(unscaled["depths"], sharded["depths"]):
     for k, v in many.items():

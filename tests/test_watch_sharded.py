@@ -3,8 +3,8 @@ subprocess: the device count is fixed when JAX starts) against one device."""
 
 import json
 import os
-import subprocess
-import sys
+
+from helpers import run_on_host_devices
 
 
 def test_sharded_monitored_step_equals_one_device_and_gathers_nothing_more():
@@ -13,13 +13,8 @@ def test_sharded_monitored_step_equals_one_device_and_gathers_nothing_more():
   summed), histogram counts are identical, and the compiled step has exactly
   the all-gathers of the plain training step (the statistics reduce each
   shard where it lives; before, stacking reshapes gathered every tap)."""
-  script = os.path.join(os.path.dirname(__file__), "_sharded_watch.py")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
-  run = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
-                       timeout=300)
-  assert run.returncode == 0, run.stderr[-3000:]
-  result = json.loads(run.stdout.strip().splitlines()[-1])
+  out = run_on_host_devices([os.path.join(os.path.dirname(__file__), "_sharded_watch.py")])
+  result = json.loads(out.strip().splitlines()[-1])
   assert max(result["errors"].values()) < 1e-5, result["errors"]
   assert result["histogram_count_moves"] == 0
   assert result["monitored_gathers"] == result["plain_gathers"]
