@@ -159,6 +159,18 @@ def test_nan_in_weights_first_layer_reported():
   assert int(_rows.first_nonfinite_layer(jnp.zeros(4, jnp.int32))) == -1
 
 
+def test_first_flagged_on_host_and_inside_jit_with_positions():
+  """One function for every "first bad layer/depth": the first True along the
+  last axis (its position when given), -1 where none; NumPy stays NumPy."""
+  flags = np.array([[False, False, True, True], [False, False, False, False]])
+  depths = np.array([2, 4, 8, 16])
+  host = _rows.first_flagged(flags, depths)
+  assert isinstance(host, np.ndarray) and host.tolist() == [8, -1]
+  assert _rows.first_flagged(flags).tolist() == [2, -1]
+  inside = jax.jit(lambda f: _rows.first_flagged(f, depths))(jnp.asarray(flags))
+  assert np.asarray(inside).tolist() == [8, -1]
+
+
 def test_bad_labels():
   cfg, params, x, y = _setup()
   with pytest.raises(ValueError, match=r"labels in \[0, 3\)"):

@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gradflow_jax.measure import _rows
+
 # A layer is flagged as saturated when more than 10% of its unit-example pairs
 # sit in a flat tail: each such pair passes < 5% of the gradient, so a tenth of
 # the layer's backward signal is lost there, and it compounds with depth.
@@ -268,7 +270,7 @@ def diagnose_model(stats, jacobians=None, causes=(), input_jacobian=None) -> lis
   found = []
   nonfinite = a["nonfinite"]
   if nonfinite.sum():
-    first = int(np.argmax(nonfinite > 0))
+    first = int(_rows.first_flagged(nonfinite > 0))
     found.append(Finding("error", "nonfinite", _layers(nonfinite > 0),
                          f"NaN/Inf in the model's tensors from tap {names[first]} on",
                          {"first_tap": names[first], "count": int(nonfinite.sum())},

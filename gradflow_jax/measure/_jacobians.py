@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradflow_jax.measure import _linalg
+from gradflow_jax.measure import _linalg, _rows
 from gradflow_jax.models import _mlp
 from gradflow_jax.models._config import MLPConfig
 
@@ -181,8 +181,7 @@ def _check(cfg, params, x, method, tol, max_iter):
 
 
 def _first_nonfinite(values, depths):
-  bad = ~jnp.isfinite(values)
-  return jnp.where(jnp.any(bad, -1), jnp.asarray(depths)[jnp.argmax(bad, -1)], -1)
+  return _rows.first_flagged(~jnp.isfinite(values), depths)
 
 
 def jacobian_spectra(cfg: MLPConfig, params, x: jax.Array, depths=None,

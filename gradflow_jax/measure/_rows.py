@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradflow_jax.measure import _backend
 
@@ -387,7 +388,18 @@ def _acc(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
+def first_flagged(flags, positions=None):
+  """Along the last axis, the position (``positions[i]``, by default i) of
+  the first True entry of ``flags``, or -1 where there is none: the first
+  layer with a non-finite count, the first depth whose Jacobian holds
+  NaN/Inf. The one place this is computed: NumPy in (host code), NumPy out;
+  JAX arrays in (inside jit), JAX out."""
+  xp = np if isinstance(flags, (np.ndarray, np.generic)) else jnp
+  flags = xp.asarray(flags, bool)
+  pos = xp.arange(flags.shape[-1]) if positions is None else xp.asarray(positions)
+  return xp.where(xp.any(flags, -1), pos[xp.argmax(flags, -1)], -1)
+
+
 def first_nonfinite_layer(counts: jax.Array) -> jax.Array:
   """Index of the first layer with a non-zero count, or -1 if there is none."""
-  hit = counts > 0
-  return jnp.where(jnp.any(hit), jnp.argmax(hit), -1)
+  return first_flagged(counts > 0)

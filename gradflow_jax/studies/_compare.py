@@ -10,7 +10,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from gradflow_jax.measure import _stats
+from gradflow_jax.measure import _rows, _stats
 from gradflow_jax.models import _initializers, _losses, _mlp
 from gradflow_jax.studies import _analyze
 from gradflow_jax.models._config import MLPConfig
@@ -75,6 +75,12 @@ def _label(act: str, cfg: MLPConfig, role: str, from_file: bool) -> str:
   return f"{act} · {spec.name} · gain {spec.gain:.3g}{'' if role == 'recommended' else ' (shared)'}"
 
 
+
+def _first_layer(nonfinite) -> int | None:
+  """The first layer with a non-finite count, or None."""
+  first = int(_rows.first_flagged(np.asarray(nonfinite) > 0))
+  return None if first < 0 else first
+
 def run_compare(settings: CompareSettings, x: np.ndarray | None = None,
                 params_from: Callable[[MLPConfig], dict] | None = None,
                 on_run: Callable[[str], None] | None = None) -> dict:
@@ -112,7 +118,7 @@ def run_compare(settings: CompareSettings, x: np.ndarray | None = None,
         "init": "weights file" if params_from else spec.name,
         "gain": None if params_from else spec.gain,
         "activation_stats": acts, "gradient_stats": grads,
-        "first_nonfinite_layer": int(np.argmax(acts["nonfinite"] > 0)) if acts["nonfinite"].any() else None,
+        "first_nonfinite_layer": _first_layer(acts["nonfinite"]),
         "findings": _analyze.diagnose(cfg, params, x, y, settings.loss, stats=stats),
     })
   return {"settings": dataclasses.asdict(settings), "runs": runs,

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradflow_jax import theory
-from gradflow_jax.measure import _jacobians
+from gradflow_jax.measure import _jacobians, _rows
 from gradflow_jax.models import _initializers
 from gradflow_jax.models._config import MLPConfig
 
@@ -264,9 +264,8 @@ def run_group(cfg: MLPConfig, points: list[tuple[float, float]], settings: Sweep
 
 def _first_nonfinite(values: np.ndarray, depths: np.ndarray) -> int | None:
   bad = ~np.isfinite(values)
-  if not bad.any():
-    return None
-  return int(depths[np.argmax(bad.reshape(-1, bad.shape[-1]).any(0))])
+  first = int(_rows.first_flagged(bad.reshape(-1, bad.shape[-1]).any(0), depths))
+  return None if first < 0 else first
 
 
 def run_sweep(settings: SweepSettings, on_group: Callable[[str], None] | None = None) -> dict:
