@@ -66,9 +66,9 @@ _LOSS_HELP = ("default: a --model factory's own extras['loss'] where it has one,
               "cross_entropy")
 
 
-def _compare_parser(sub) -> None:
+def _compare_options(p) -> None:
+  """The options of ``compare`` (and of ``report``, which runs it)."""
   from gradflow_jax.studies import _compare
-  p = sub.add_parser("compare", help="activations x initializers at init (the default)")
   p.add_argument("--depth", type=_positive_int, default=10, help="hidden layers (default 10)")
   p.add_argument("--width", type=_positive_int, default=256, help="hidden units (default 256)")
   p.add_argument("--batch-size", type=_positive_int, default=64, help="examples (default 64)")
@@ -86,17 +86,20 @@ def _compare_parser(sub) -> None:
   p.add_argument("--weights", help=".npz of weights w0,b0,w1,b1,... (fan_in, fan_out)")
   p.add_argument("--inputs", help=".npy of inputs (batch, in_dim)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  add_common(p, "gradflow_out")
+
+
+def _compare_parser(sub) -> None:
+  p = sub.add_parser("compare", help="activations x initializers at init (the default)")
+  _compare_options(p)
   p.add_argument("--report", action="store_true",
                  help="also diagnose every run and write report.html")
-  add_common(p, "gradflow_out")
   p.set_defaults(run=lambda args: _commands().compare(args))
 
 
 def _report_parser(sub) -> None:
   p = sub.add_parser("report", help="the default analysis with a diagnosis, as report.html")
-  for action in sub.choices["compare"]._actions:  # noqa: SLF001 - same options as compare
-    if action.dest not in ("help", "report"):
-      p._add_action(action)  # noqa: SLF001
+  _compare_options(p)
   p.add_argument("--model", help="report on your own model instead: " + _MODEL_HELP)
   _model_options(p)
   p.set_defaults(run=lambda args: _commands().compare(args, force_report=True))
@@ -289,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
   _train_parser(sub)
   _report_parser(sub)
   _diagnose_parser(sub)
+  parser.commands = tuple(sub.choices)  # the subcommands' names
   return parser
 
 
@@ -317,8 +321,7 @@ def prepare_output_folder(out: str) -> tuple[str | None, bool]:
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
-  commands = set(parser._subparsers._group_actions[0].choices)  # noqa: SLF001
-  if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+  if not argv or (argv[0] not in parser.commands and argv[0] not in ("-h", "--help")):
     argv = ["compare"] + argv
   args = parser.parse_args(argv)
   problem, created = prepare_output_folder(args.out)
