@@ -167,6 +167,34 @@ def test_lanczos_on_a_rank_one_matrix_is_exact_and_converged():
   assert bool(conv)
 
 
+def test_one_lanczos_loop_with_and_without_reorthogonalization():
+  """``_linalg.lanczos`` on a batch of rank-deficient matrices (half their
+  columns zeroed, as a ReLU layer's Jacobian) held as a pytree of two blocks
+  of different sizes: both ways give each block's top singular value from
+  NumPy's SVD, converged; a NaN block is NaN and not converged."""
+  from gradflow_jax.measure import _linalg
+  rng = np.random.default_rng(0)
+  mats = [rng.normal(size=(3, 12, 10)), rng.normal(size=(2, 8, 6))]
+  for m in mats:
+    m[..., ::2] = 0
+  mats[1][1, 0, 1] = np.nan
+  mats = [jnp.asarray(m, jnp.float32) for m in mats]
+  op = lambda v: [jnp.einsum("bji,bjk,bk->bi", m, m, x) for m, x in zip(mats, v)]
+  dot = lambda a, b: jnp.concatenate([jnp.sum(p * q, -1) for p, q in zip(a, b)])
+  scale = lambda c, v: [v[0] * c[:3, None], v[1] * c[3:, None]]
+  v0 = [jax.random.normal(KEY, (3, 10)), jax.random.normal(jax.random.key(1), (2, 6))]
+  dim = jnp.asarray([10.0] * 3 + [6.0] * 2)
+  with np.errstate(invalid="ignore"):
+    want = np.concatenate([np.linalg.svd(np.nan_to_num(np.asarray(m)), compute_uv=False)[:, 0]
+                           for m in mats])
+  for reorth in (True, False):
+    sigma, conv = _linalg.lanczos(op, v0, 12, 1e-5, dot=dot, scale=scale, dim=dim,
+                                  reorthogonalize=reorth)
+    np.testing.assert_allclose(np.asarray(sigma)[:4], want[:4], rtol=1e-4)
+    assert np.asarray(conv)[:4].all()
+    assert np.isnan(np.asarray(sigma)[4]) and not bool(conv[4])
+
+
 def test_nonfinite_matrices_never_reach_lapack():
   """A Jacobian holding Inf/NaN (an overflowing sweep) gets NaN singular values,
   both ways, and its neighbours in the batch keep their exact values."""

@@ -1,6 +1,6 @@
 """Linear algebra behind every Jacobian measurement: exact singular values,
-the power method, Lanczos (one problem, a batch of rows, the Ritz values of
-a block run) and Hutchinson's estimator. Matrix-free methods take only the
+the power method, Lanczos (one loop for one problem, a batch of rows or
+blocks of any shapes) and Hutchinson's estimator. Matrix-free methods take only the
 maps v -> J v and u -> J^T u (jvp and vjp), so they never build J.
 
 References:
@@ -70,65 +70,86 @@ def lanczos_top_singular_value(matvec, rmatvec, v0, steps: int, tol: float):
   """Largest singular value from up to ``steps`` Lanczos steps on J^T J (full
   reorthogonalization), matrix-free. Converges far faster than power iteration
   when the top singular values are close (random matrices). Returns (sigma,
-  converged), converged when the Ritz residual bound beta_k |s_k| <= tol theta.
-
-  Rank-deficient J (ReLU layers: J^T J has a large null space) makes the
-  Krylov space invariant early: beta falls to rounding level. That is a
-  breakdown, not a direction to normalise (dividing by it amplified noise
-  into estimates 1e9 too large): the iteration stops there, and its Ritz
-  value is then exact (the invariant space holds v0's component along the top
-  singular vector).
-
-  References:
-    Golub & Van Loan, Matrix Computations (4th ed.), sections 10.1 and 10.3.
-  """
+  converged); see :func:`lanczos`."""
   sigma, converged = lanczos_rows(lambda v: rmatvec(matvec(v[0]))[None], v0[None], steps, tol)
   return sigma[0], converged[0]
 
 
 def lanczos_rows(operator, v0: jax.Array, steps: int, tol: float):
-  """:func:`lanczos_top_singular_value` for a batch of independent problems
-  at once: row b of ``v0`` (rows, n) starts problem b, and ``operator(v)``
-  returns J_b^T J_b v_b for every row (one batched jvp + vjp of a model whose
-  examples do not interact). Full reorthogonalisation per row; a row whose
-  Krylov space became invariant (rank-deficient J) stops there. Returns
-  (sigma, converged), each (rows,)."""
-  rows, n = v0.shape
-  steps = min(steps, n)
-  eps = jnp.finfo(v0.dtype).eps
-  v = v0 / jnp.linalg.norm(v0, axis=-1, keepdims=True)
-  zero = jnp.zeros((rows,), v0.dtype)
+  """:func:`lanczos` for a batch of independent problems held as rows: row b
+  of ``v0`` (rows, n) starts problem b, and ``operator(v)`` returns
+  J_b^T J_b v_b for every row (one batched jvp + vjp of a model whose
+  examples do not interact). Full reorthogonalization. Returns (sigma,
+  converged), each (rows,)."""
+  n = v0.shape[-1]
+  return lanczos(operator, v0, min(steps, n), tol, dot=lambda a, b: jnp.sum(a * b, -1),
+                 scale=lambda c, v: c[..., None] * v, dim=n, reorthogonalize=True)
+
+
+def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogonalize: bool):
+  """Top singular value of J for many independent problems at once, from
+  ``steps`` Lanczos steps on the symmetric operator J^T J, matrix-free.
+
+  The vectors are any pytree (``v0``); ``dot(a, b)`` gives every problem's
+  inner product (an array P of them) and ``scale(c, v)`` multiplies each
+  problem's part of ``v`` by its entry of ``c`` (shape P). ``dim`` (P, or a
+  scalar) is each problem's dimension.
+
+  With ``reorthogonalize`` every new vector is orthogonalized (twice)
+  against the basis, which is kept (steps vectors); without, no basis is
+  kept: floating point then produces duplicate Ritz values but leaves the
+  largest one accurate (Paige 1976; Golub & Van Loan, section 10.3).
+
+  A breakdown (beta at rounding level: the Krylov space is invariant, as on
+  rank-deficient ReLU Jacobians, where J^T J has a large null space) ends a
+  problem's iteration there rather than normalising noise (which inflated
+  estimates 1e9-fold); its Ritz value is then exact for the component of
+  ``v0`` it holds. Returns (sigma, converged), each shaped P: converged when
+  the eigenvalue error bound of :func:`ritz_top` is within ``tol`` (relative),
+  at a breakdown, or (reorthogonalized) when the steps span the whole space.
+  """
+  leaves = jax.tree.leaves(v0)
+  dtype = jnp.result_type(*leaves)
+  eps = jnp.finfo(dtype).eps
+  add = lambda *vs: jax.tree.map(lambda *x: sum(x[1:], x[0]), *vs)
+  neg = lambda v: jax.tree.map(jnp.negative, v)
+  v = scale(jax.lax.rsqrt(jnp.maximum(dot(v0, v0), jnp.finfo(dtype).tiny)), v0)
+  zero = jnp.zeros_like(dot(v, v))
+  threshold = 64 * eps * jnp.sqrt(jnp.asarray(dim, dtype))
+
+  def orthogonalize(basis, w):
+    for _ in range(2):  # twice for stability
+      c = jax.vmap(dot, (0, None))(basis, w)  # (steps, P)
+      w = add(w, neg(jax.tree.map(lambda b: jnp.sum(b, 0), jax.vmap(scale)(c, basis))))
+    return w
 
   def body(i, state):
-    basis, alphas, betas, v, v_prev, beta, scale, done = state
-    basis = basis.at[i].set(v)
+    basis, alphas, betas, v, v_prev, beta, size, done = state
+    if reorthogonalize:
+      basis = jax.tree.map(lambda b, x: b.at[i].set(x), basis, v)
     w = operator(v)
-    alpha = jnp.sum(v * w, -1)
-    w = w - alpha[:, None] * v - beta[:, None] * v_prev
-    for _ in range(2):  # full reorthogonalization, twice for stability
-      w = w - jnp.einsum("srn,sr->rn", basis, jnp.einsum("srn,rn->sr", basis, w))
-    beta_new = jnp.linalg.norm(w, axis=-1)
-    scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
+    alpha = dot(v, w)
+    w = add(w, neg(scale(alpha, v)), neg(scale(beta, v_prev)))
+    if reorthogonalize:
+      w = orthogonalize(basis, w)
+    beta_new = jnp.sqrt(jnp.maximum(dot(w, w), 0))
+    size = jnp.maximum(size, jnp.abs(alpha) + beta + beta_new)
     stopped = done
-    done = done | (beta_new <= 64 * n * eps * scale) | ~jnp.isfinite(beta_new)
+    done = done | (beta_new <= threshold * size) | ~jnp.isfinite(beta_new)
     alpha = jnp.where(stopped, 0, alpha)
     beta_new = jnp.where(done, 0, beta_new)
-    v_next = jnp.where(done[:, None], 0, w / jnp.where(done, 1, beta_new)[:, None])
-    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), v_next, v, beta_new,
-            scale, done)
+    inverse = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
+    return (basis, alphas.at[i].set(alpha), betas.at[i].set(beta_new), scale(inverse, w), v,
+            beta_new, size, done)
 
-  init = (jnp.zeros((steps, rows, n), v0.dtype), jnp.zeros((steps, rows), v0.dtype),
-          jnp.zeros((steps, rows), v0.dtype), v, jnp.zeros_like(v), zero, zero,
-          jnp.zeros((rows,), bool))
+  basis = jax.tree.map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), v) \
+      if reorthogonalize else None
+  coefficients = jnp.zeros((steps,) + zero.shape, dtype)
+  init = (basis, coefficients, coefficients, v, jax.tree.map(jnp.zeros_like, v), zero, zero,
+          jnp.zeros(zero.shape, bool))
   _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
-  a, b = alphas.T, betas.T
-  tri = jax.vmap(lambda a, b: jnp.diag(a) + jnp.diag(b[:-1], 1) + jnp.diag(b[:-1], -1))(a, b)
-  tri, finite = finite_matrices(tri)
-  theta, vecs = jnp.linalg.eigh(tri)
-  top = jnp.where(finite, jnp.maximum(theta[:, -1], 0), jnp.nan)
-  residual = jnp.abs(b[:, -1] * vecs[:, -1, -1])
-  converged = (residual <= tol * top) | done | (steps == n)
-  return jnp.sqrt(top), converged & jnp.isfinite(top)
+  full = (jnp.asarray(dim) <= steps) & reorthogonalize  # the steps spanned the space
+  return ritz_top(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done | full, tol)
 
 
 def ritz_top(a, b, done, tol):
@@ -136,21 +157,24 @@ def ritz_top(a, b, done, tol):
   the tridiagonals come from Lanczos on J^T J) of each tridiagonal (alphas
   ``a``, betas ``b``, last axis: steps) and whether it has converged: its
   eigenvalue error bound (residual^2 / gap) within ``tol``, or the Krylov
-  space invariant (``done``)."""
-  tri = (jax.vmap(jax.vmap(jnp.diag))(a) + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], 1)))(b)
-         + jax.vmap(jax.vmap(lambda t: jnp.diag(t[:-1], -1)))(b))
+  space invariant (``done``). NaN, not converged, for a tridiagonal holding
+  NaN/Inf."""
+  diag = lambda t, k: jnp.vectorize(lambda r: jnp.diag(r, k), signature="(n)->(m,m)")(t)
+  tri = diag(a, 0) + diag(b[..., :-1], 1) + diag(b[..., :-1], -1)
+  tri, finite = finite_matrices(tri)
   theta, vecs = jnp.linalg.eigh(tri)
-  top = jnp.maximum(theta[..., -1], 0)
+  top = jnp.where(finite, jnp.maximum(theta[..., -1], 0), jnp.nan)
   residual = jnp.abs(b[..., -1] * vecs[..., -1, -1])
   # eigenvalue error <= residual^2 / gap (Parlett, The Symmetric Eigenvalue
   # Problem, thm 11.7.1), the gap taken to the next distinct Ritz value
-  gap = theta[..., -1] - theta[..., -2]
-  error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, 1e-30))
-  distinct = gap > 1e-3 * top  # a duplicate (no reorthogonalisation) says nothing
-  error = jnp.where(distinct, error, residual)
-  return jnp.sqrt(top), (error <= tol * top) | done
-
-
+  if a.shape[-1] > 1:
+    gap = theta[..., -1] - theta[..., -2]
+    error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, 1e-30))
+    distinct = gap > 1e-3 * top  # a duplicate (no reorthogonalisation) says nothing
+    error = jnp.where(distinct, error, residual)
+  else:
+    error = residual
+  return jnp.sqrt(top), ((error <= tol * top) | done) & finite
 
 
 def hutchinson(squares: Callable, probes: jax.Array):

@@ -20,11 +20,8 @@ its sources, so a step of a round costs only its links (the operations
 between its sources and the next cuts): in all, about steps x (one jvp + one
 vjp of the model) however many rounds there are, plus one forward pass.
 
-The Lanczos recurrence runs without reorthogonalisation (no basis is kept: a
-basis of every tap's vectors did not fit the cost): in floating point that
-produces duplicate Ritz values but leaves the largest one accurate (Paige
-1976; Golub & Van Loan, section 10.3), and a breakdown (an invariant
-subspace, as on rank-deficient ReLU Jacobians) ends the block's iteration.
+The Lanczos loop is ``_linalg.lanczos`` without reorthogonalisation (no
+basis is kept: a basis of every tap's vectors did not fit the cost).
 """
 
 from __future__ import annotations
@@ -208,7 +205,6 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
   sources = ([INPUT] if with_input else []) + names
   batch = jax.tree.leaves(x)[0].shape[0]
   _, jvp_all = jax.linearize(f, zeros)
-  eps = jnp.finfo(jnp.float32).eps
 
   # every link's place: group (its source's size per example) and row in it
   links = [(r, k, j) for r, rl in enumerate(rounds) for k, j in rl]
@@ -257,28 +253,9 @@ def _lanczos(forward, params, x, info, with_input, roles, per_example, steps, to
   key = jax.random.key(0)
   v = [jax.random.normal(jax.random.fold_in(key, g), (len(m), batch, d))
        for g, (m, d) in enumerate(zip(members, dims))]
-  v = scaled(jax.lax.rsqrt(jnp.maximum(dots(v, v), 1e-30)), v)
-  # the Lanczos threshold scales with each link's dimension
   dim = jnp.asarray([size(links[n][2]) for n in order], jnp.float32)[:, None]
-  zero = jnp.zeros((len(links), batch))
-
-  def body(i, state):
-    alphas, betas, v, v_prev, beta, scale, done = state
-    w = operator(v)
-    alpha = dots(v, w)
-    w = [a - b - c for a, b, c in zip(w, scaled(alpha, v), scaled(beta, v_prev))]
-    beta_new = jnp.sqrt(jnp.maximum(dots(w, w), 0))
-    scale = jnp.maximum(scale, jnp.abs(alpha) + beta + beta_new)
-    done = done | (beta_new <= 64 * eps * jnp.sqrt(dim) * scale)
-    beta_new = jnp.where(done, 0, beta_new)
-    inv = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
-    return (alphas.at[i].set(alpha), betas.at[i].set(beta_new), scaled(inv, w), v, beta_new,
-            scale, done)
-
-  init = (jnp.zeros((steps,) + zero.shape), jnp.zeros((steps,) + zero.shape), v,
-          [jnp.zeros_like(p) for p in v], zero, zero, jnp.zeros(zero.shape, bool))
-  alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
-  sigma, ok = _linalg.ritz_top(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done, tol)
+  sigma, ok = _linalg.lanczos(operator, v, steps, tol, dot=dots, scale=scaled, dim=dim,
+                              reorthogonalize=False)
   idx = jnp.asarray([links[n][1] for n in order])
   norms = jnp.full((len(names), batch), jnp.nan).at[idx].set(sigma)
   conv = jnp.zeros((len(names), batch), bool).at[idx].set(ok)
