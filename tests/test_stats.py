@@ -233,7 +233,7 @@ def test_only_a_familys_own_large_rows_are_stacked_together():
   slices (a scan's own stacked output) is free. Rows of two families, large
   or small, and a large row of none, get groups of their own; small rows of
   no family share one."""
-  big = (8, _rows._STACK_LIMIT // 8 + 1)
+  big = (8, _backend.ALONE_ENTRIES // 8 + 1)
   rows = ([_rows.Row(jnp.zeros(big), None, family="a") for _ in range(3)]
           + [_rows.Row(jnp.zeros(big), None, family="b") for _ in range(2)]
           + [_rows.Row(jnp.zeros(big), None)]
@@ -340,7 +340,7 @@ def test_groups_temporaries_do_not_add_up():
   Past glibc's 32 MB mmap threshold every page of a fresh temporary is a page
   fault, on every step."""
   act = _activations.get_activation("relu")
-  shape = (256, _rows._STACK_LIMIT // 32)  # too large to stack: a group each
+  shape = (256, _backend.ALONE_ENTRIES // 32)  # too large to stack: a group each
   assert 7 * np.prod(shape) * 4 > _backend.SEQUENTIAL_BYTES
   vs = [jnp.zeros(shape) for _ in range(7)]
   fn = lambda vs: _rows.rows_stats([_rows.Row(v, v, act, family=f"f{i}")

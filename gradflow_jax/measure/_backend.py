@@ -89,6 +89,29 @@ def in_sequence(nbytes: int) -> bool:
   return enabled() and nbytes > SEQUENTIAL_BYTES
 
 
+# entries per stacked group of statistics rows: above it, per-row kernels cost
+# nothing extra
+GROUP_ENTRIES = 2**22
+# entries per row above which reducing a row alone is cheaper than the copy
+# that stacks it with rows of other arrays: the kernel launch, ~10 us on CPU,
+# is what stacking saves, and the copy of large rows costs more (measured on
+# 21 rows, single-threaded: stacked rows of 2**14-2**15 entries cost 0.6x
+# their rows alone, of 2**16-2**17 entries 1.8-1.9x). A family's run of
+# slices (a scan's own stacked output) is never stacked with other rows: it
+# is a group already, and the copy costs more than the launches it saves (a
+# 4 x 64 scan transformer's 13 families of rows of 2**13-2**14 entries:
+# monitored step 1.64x -> 1.60x the bare one).
+ALONE_ENTRIES = 2**15
+
+
+def stacking_limits() -> tuple[int, int]:
+  """(entries per stacked group, entries per row above which a row is
+  reduced alone) for ``_rows``' grouping of statistics: the measured
+  values above with the aids on; with them off, one limit for both (rows of
+  one shape stack up to ``GROUP_ENTRIES``, however large)."""
+  return (GROUP_ENTRIES, ALONE_ENTRIES) if enabled() else (GROUP_ENTRIES, GROUP_ENTRIES)
+
+
 def squared(stack):
   """``stack * stack`` for a norm, one factor through an optimization
   barrier: XLA would otherwise merge ``a * a`` with an optimizer's own

@@ -71,29 +71,17 @@ class Row(NamedTuple):
   family: object = None
 
 
-_GROUP_LIMIT = 2**22  # entries per stacked group: above it, per-row kernels cost nothing extra
-# entries per row above which reducing a row alone is cheaper than the copy
-# that stacks it with rows of other arrays: the kernel launch, ~10 us on CPU,
-# is what stacking saves, and the copy of large rows costs more (measured on
-# 21 rows, single-threaded: stacked rows of 2**14-2**15 entries cost 0.6x
-# their rows alone, of 2**16-2**17 entries 1.8-1.9x). A family's run of
-# slices is its scan's own stacked output, free at any size, and it is never
-# stacked with other rows: it is a group already, and the copy costs more than
-# the launches it saves (a 4 x 64 scan transformer's 13 families of rows of
-# 2**13-2**14 entries: monitored step 1.64x -> 1.60x the bare one).
-_STACK_LIMIT = 2**15
-
-
 def _group_rows(rows: list[Row]) -> list[list[int]]:
   """Indices of rows that can be stacked and reduced together: same shapes,
-  dtypes and tests, no per-row slope, at most ``_GROUP_LIMIT`` entries a group,
-  rows of one family only with each other, and above ``_STACK_LIMIT`` entries
-  a row other rows not at all. One
+  dtypes and tests, no per-row slope, at most ``group_limit`` entries a group,
+  rows of one family only with each other, and above ``stack_limit`` entries
+  a row other rows not at all (``_backend.stacking_limits``). One
   reduction over a stack replaces a kernel launch per row, which on CPU costs
   more than the arithmetic for tensors of ~1e4 entries."""
+  group_limit, stack_limit = _backend.stacking_limits()
   groups, open_groups = [], {}
   for k, r in enumerate(rows):
-    if r.slope is not None or r.values.size >= _GROUP_LIMIT:
+    if r.slope is not None or r.values.size >= group_limit:
       groups.append([k])
       continue
     same = r.tested is r.values
@@ -101,10 +89,10 @@ def _group_rows(rows: list[Row]) -> list[list[int]]:
            id(r.act))
     if r.family is not None:
       key += (("family", r.family),)
-    elif r.values.size > _STACK_LIMIT:
+    elif r.values.size > stack_limit:
       key += (("alone", k),)
     group = open_groups.get(key)
-    if group is None or (len(group) + 1) * r.values.size > _GROUP_LIMIT:
+    if group is None or (len(group) + 1) * r.values.size > group_limit:
       group = open_groups[key] = []
       groups.append(group)
     group.append(k)
