@@ -244,6 +244,26 @@ def test_taps_through_a_scan_over_layers_match_explicit_perturbations():
                              **tol())
 
 
+def test_the_monitored_step_returns_model_flow_stats_statistics():
+  """One statistics type: a step's ``flow_stats`` is a ModelFlowStats equal
+  (to float32 rounding) to gf.model_flow_stats of the same model and batch."""
+  ws = jax.random.normal(jax.random.key(0), (3, 6, 6)) / np.sqrt(6.0)
+  x, y = jax.random.normal(jax.random.key(1), (5, 6)), jnp.arange(5) % 6
+
+  def net(ws, x):
+    for w in ws:
+      x = jnp.tanh(gf.tap("z", x @ w, role="pre", activation="tanh"))
+    return x
+  _, _, flow = jax.jit(gf.value_and_grad(
+      lambda ws, x, y: gf.loss_value("cross_entropy", net(ws, x), y)))(ws, x, y)
+  got, want = flow.flow_stats, gf.model_flow_stats(gf.probed(net, ws), x, y)
+  assert isinstance(got, gf.types.ModelFlowStats)
+  assert got.names == want.names == ("z", "z#2", "z#3")
+  assert (got.roles, got.activation_names) == (want.roles, want.activation_names)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()),
+               got[3:], tuple(want[3:]))
+
+
 class _NNXNet(nnx.Module):
   def __init__(self, rngs):
     self.l1 = nnx.Linear(5, 16, rngs=rngs)

@@ -275,17 +275,6 @@ def rnn(args) -> int:
   return 0
 
 
-def _run_record(label, cfg, tc, result) -> dict:
-  return {"label": label, "activation": cfg.activation, "depth": cfg.depth, "width": cfg.width,
-          "residual": cfg.residual, "norm": cfg.norm, "init": cfg.init_spec.name,
-          "optimizer": tc.optimizer, "lr": tc.lr, "clip": tc.clip, "steps_run": len(result.logs["loss"]),
-          "final_loss": result.logs["loss"][-1], "final_accuracy": result.eval_accuracy[-1],
-          "stopped_at": result.stopped_at, "first_bad_layer": result.first_bad_layer,
-          "first_bad_dense_layer": result.first_bad_dense_layer,
-          "eval_steps": result.eval_steps, "eval_accuracy": result.eval_accuracy,
-          "logs": result.logs}
-
-
 def _nonfinite_message(r: dict, on_nonfinite: str) -> str:
   """One line on where NaN/Inf first appeared in a run and what the guard did."""
   where = []
@@ -353,7 +342,7 @@ def train(args) -> int:
       records.append(None)
 
       def on_chunk(done, result, label=label, cfg=cfg, tc=tc, offset=offset):
-        records[-1] = _run_record(label, cfg, tc, result)
+        records[-1] = result.as_record(label, cfg, tc)
         prog.update(task, completed=offset + done)
         save(partial=True)
         if not pconsole.is_terminal and not pconsole.quiet:  # a log: a plain line a chunk

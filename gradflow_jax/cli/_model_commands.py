@@ -107,26 +107,8 @@ def train_model(args) -> int:
     _render.print_findings(console, [{"label": label, "findings": findings}])
     if not findings:
       console.print("[green]no warnings[/]")
-  taps = {name: {k: [float(getattr(f.activations, k)[i]) for f in result.flows]
-                 for k in ("std", "saturation_fraction", "dead_fraction", "zero_fraction",
-                           "always_active_fraction")}
-          for i, name in enumerate(result.names)}
-  for i, name in enumerate(result.names):
-    taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in result.flows]
   payload = {"model": args.model, "data": data.name, "settings": dataclasses.asdict(tc),
-             "loss_name": _loss_name(args, extras), "taps": list(result.names),
-             "roles": list(result.roles),
-             "activation_names": list(result.activation_names),
-             "steps_run": len(result.losses), "stopped_at": result.stopped_at,
-             "skipped_steps": result.skipped,
-             "first_nonfinite_tap": result.first_nonfinite_tap,
-             "final_loss": float(result.losses[-1]) if len(result.losses) else None,
-             "test_accuracy": result.accuracy, "loss": result.losses,
-             "logged_steps": result.steps, "tap_stats": taps,
-             "update_ratio": {k.split("/", 1)[1]: [m.get(k) for m in result.metrics]
-                              for k in (result.metrics[-1] if result.metrics else {})
-                              if k.startswith("update_ratio/")},
-             "global_norm": [m.get("grad_norm/global") for m in result.metrics],
+             "loss_name": _loss_name(args, extras), **result.as_dict(),
              "findings": [f._asdict() for f in findings]}
 
   def report(pngs):
@@ -204,15 +186,7 @@ def diagnose(args) -> int:
     _report.write_report(path, f"gradflow_jax: {args.model}", [(args.model, findings)],
                          [("Taps", _report.taps_html(stats, jac))], pngs)
     return path
-  payload = {"model": args.model, "taps": list(stats.names), "roles": list(stats.roles),
-             "activation_names": list(stats.activation_names),
-             "activation_stats": stats.activations, "tap_grad_norm": stats.tap_grad_norm,
-             "tap_jacobian": {"sources": [list(s) for s in jac.sources], "norm": jac.norm,
-                              "converged": jac.converged, "per_example": jac.per_example},
-             "input_jacobian": {"target": result.input_jacobian[0],
-                                "mean_sq_singular_value": result.input_jacobian[1]},
-             "global_norm": stats.global_norm, "loss": stats.loss,
-             "findings": [f._asdict() for f in findings]}
+  payload = {"model": args.model, **result.as_dict()}
   written = _write_outputs(args, "diagnose", payload,
                            {"model_taps.png": lambda p: _model_plots.plot_taps(stats, jac, p)},
                            after_plots=report)

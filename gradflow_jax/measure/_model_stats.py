@@ -43,6 +43,15 @@ class ModelFlowStats(NamedTuple):
   global_norm: jax.Array
   loss: jax.Array
 
+  def as_dict(self) -> dict:
+    """The results.json layout: per tap its name, role and activation, the
+    statistics (one list per field, in tap order), ||dL/d tap||, the global
+    gradient norm and the loss."""
+    return {"taps": list(self.names), "roles": list(self.roles),
+            "activation_names": list(self.activation_names),
+            "activation_stats": self.activations, "tap_grad_norm": self.tap_grad_norm,
+            "global_norm": self.global_norm, "loss": self.loss}
+
 
 def loss_fn(loss):
   """``loss(output, y) -> scalar`` from a name or a callable."""

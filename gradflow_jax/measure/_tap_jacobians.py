@@ -61,6 +61,11 @@ class TapJacobians(NamedTuple):
   converged: jax.Array
   per_example: bool
 
+  def as_dict(self) -> dict:
+    """The results.json layout (``names`` are the statistics' taps)."""
+    return {"sources": [list(s) for s in self.sources], "norm": self.norm,
+            "converged": self.converged, "per_example": self.per_example}
+
 
 def _float_input(x) -> bool:
   return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.inexact)

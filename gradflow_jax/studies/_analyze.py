@@ -32,6 +32,20 @@ class ModelAnalysis(NamedTuple):
   findings: list
   input_jacobian: tuple = (None, None)
 
+  def as_dict(self) -> dict:
+    """What ``analyze.py diagnose`` writes to results.json: the statistics
+    (:meth:`ModelFlowStats.as_dict`), the tap Jacobians, the input-output
+    Jacobian and the findings."""
+    target, msq = self.input_jacobian
+    jac = self.jacobians.as_dict() if self.jacobians is not None else None
+    stats = self.stats.as_dict()
+    return {**{k: stats[k] for k in ("taps", "roles", "activation_names", "activation_stats",
+                                     "tap_grad_norm")},
+            "tap_jacobian": jac,
+            "input_jacobian": {"target": target, "mean_sq_singular_value": msq},
+            "global_norm": stats["global_norm"], "loss": stats["loss"],
+            "findings": [f._asdict() for f in self.findings]}
+
   def _repr_html_(self) -> str | None:
     """The findings (as report.html shows them) and the taps table, for
     notebooks (drawn by ``render/_report.analysis_html``)."""

@@ -94,6 +94,29 @@ class ModelTrainResult(NamedTuple):
   skipped: int = 0
   on_nonfinite: str = "stop"
 
+  def as_dict(self) -> dict:
+    """The results.json layout of the run: per tap its series over the
+    logged steps (``tap_stats``: std, saturation/dead/zero/always-active
+    fractions, ||dL/d tap|| as ``grad_norm``), the loss per step, the update
+    ratios and global gradient norm per logged step."""
+    fields = ("std", "saturation_fraction", "dead_fraction", "zero_fraction",
+              "always_active_fraction")
+    taps = {name: {k: [float(getattr(f.activations, k)[i]) for f in self.flows] for k in fields}
+            for i, name in enumerate(self.names)}
+    for i, name in enumerate(self.names):
+      taps[name]["grad_norm"] = [float(f.tap_grad_norm[i]) for f in self.flows]
+    last = self.metrics[-1] if self.metrics else {}
+    return {"taps": list(self.names), "roles": list(self.roles),
+            "activation_names": list(self.activation_names),
+            "steps_run": len(self.losses), "stopped_at": self.stopped_at,
+            "skipped_steps": self.skipped, "first_nonfinite_tap": self.first_nonfinite_tap,
+            "final_loss": float(self.losses[-1]) if len(self.losses) else None,
+            "test_accuracy": self.accuracy, "loss": self.losses, "logged_steps": self.steps,
+            "tap_stats": taps,
+            "update_ratio": {k.split("/", 1)[1]: [m.get(k) for m in self.metrics]
+                             for k in last if k.startswith("update_ratio/")},
+            "global_norm": [m.get("grad_norm/global") for m in self.metrics]}
+
 
 def _batches(n: int, batch: int, seed: int):
   """Indices of one mini-batch per step: a fresh shuffle every epoch."""
@@ -193,12 +216,6 @@ def _first_nonfinite_tap(model, loss, params, x, y) -> str | None:
   return flow.names[int(np.argmax(bad))] if bad.any() else None
 
 
-def _as_model_stats(flow):
-  from gradflow_jax.measure._model_stats import ModelFlowStats
-  return ModelFlowStats(flow.names, flow.roles, flow.activation_names, flow.activations,
-                        flow.tap_grad_norm, flow.param_grad_norms, flow.global_norm, flow.loss)
-
-
 def histogram_series(result: ModelTrainResult, kind: str) -> dict[str, np.ndarray]:
   """Per tap, the (logged steps, bins) histogram counts of its values
   (``kind="act"``) or of dL/d tap (``"grad"``), bins ``HISTOGRAM_EDGES``."""
@@ -225,7 +242,7 @@ def window_findings(result: ModelTrainResult, window: int) -> list[_diagnose.Fin
   flows = [f for f in result.flows[-window:] if bool(f.measured)]
   if not flows:
     return found
-  per_step = [_diagnose.diagnose_model(_as_model_stats(f)) for f in flows]
+  per_step = [_diagnose.diagnose_model(f.flow_stats) for f in flows]
   key = lambda f: (f.kind, f.layers)
   common = set(map(key, per_step[0])).intersection(*[set(map(key, s)) for s in per_step[1:]])
   steps = result.steps[-len(flows):]

@@ -204,6 +204,18 @@ class TrainResult(NamedTuple):
   first_bad_layer: int | None  # first hidden layer with NaN/Inf activations at that step
   first_bad_dense_layer: int | None  # first dense layer whose gradient norm is NaN/Inf there
 
+  def as_record(self, label: str, cfg: MLPConfig, tc: "TrainConfig") -> dict:
+    """One run of ``analyze.py train`` as results.json lists it (with its
+    per-step ``logs``, which the CLI writes to an .npz beside it)."""
+    return {"label": label, "activation": cfg.activation, "depth": cfg.depth,
+            "width": cfg.width, "residual": cfg.residual, "norm": cfg.norm,
+            "init": cfg.init_spec.name, "optimizer": tc.optimizer, "lr": tc.lr, "clip": tc.clip,
+            "steps_run": len(self.logs["loss"]), "final_loss": self.logs["loss"][-1],
+            "final_accuracy": self.eval_accuracy[-1], "stopped_at": self.stopped_at,
+            "first_bad_layer": self.first_bad_layer,
+            "first_bad_dense_layer": self.first_bad_dense_layer, "eval_steps": self.eval_steps,
+            "eval_accuracy": self.eval_accuracy, "logs": self.logs}
+
 
 def check_data(cfg: MLPConfig, tc: TrainConfig, data: Dataset) -> None:
   if data.x_train.shape[1] != cfg.in_dim:

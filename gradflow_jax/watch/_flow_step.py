@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradflow_jax import _display
+from gradflow_jax.measure._model_stats import ModelFlowStats
 from gradflow_jax.measure._rows import ActivationStats
 
 
@@ -62,8 +63,10 @@ _PACKED_FIELDS = ActivationStats._fields[:7] + ActivationStats._fields[8:] + ("t
 
 @dataclasses.dataclass(frozen=True)
 class FlowStep:
-  """What one monitored step measured. Per-tap arrays have shape (n_taps,),
-  in the order the loss recorded its taps (``names``).
+  """What one monitored step measured: the statistics of
+  :class:`ModelFlowStats` (``flow_stats`` gives them as one), packed, with
+  whether the step was measured and its histograms. Per-tap arrays have
+  shape (n_taps,), in the order the loss recorded its taps (``names``).
 
   Attributes:
     names, roles, activation_names: per tap (static): its name, its role
@@ -106,24 +109,34 @@ class FlowStep:
   param_treedef: Any = None
 
   @classmethod
-  def pack(cls, names, roles, activation_names, activations, tap_grad_norm, param_grad_norms,
-           global_norm, loss, measured, histograms=None) -> "FlowStep":
-    """A FlowStep from its statistics (arrays or tracers; None where the step
-    returned none: ``measure=False``)."""
+  def pack(cls, stats: ModelFlowStats, measured, histograms=None) -> "FlowStep":
+    """The FlowStep holding ``stats`` (arrays or tracers; their statistics
+    None where the step returned none: ``measure=False``)."""
+    names, roles, activation_names, activations, tap_grad_norm, param_grad_norms, \
+        global_norm, loss = stats
     leaves, treedef = jax.tree.flatten(param_grad_norms)
     if activations is None:
       return cls(names, roles, activation_names, None, None, None, loss, measured, None, treedef)
     columns = [getattr(activations, f) for f in _PACKED_FIELDS[:-1]] + [tap_grad_norm]
     dtype = jnp.result_type(*columns)
-    stats = jnp.stack([c.astype(dtype) for c in columns])
+    packed = jnp.stack([c.astype(dtype) for c in columns])
     norms = jnp.stack([jnp.asarray(v, jnp.result_type(global_norm)) for v in leaves]
                       + [global_norm])
     hist = None
     if histograms:
       hist = jax.tree.map(lambda *h: jnp.stack(h),
                           *[histograms[k] for k in _histogram_keys(names)])
-    return cls(names, roles, activation_names, stats, activations.nonfinite, norms, loss,
+    return cls(names, roles, activation_names, packed, activations.nonfinite, norms, loss,
                measured, hist, treedef)
+
+  @property
+  def flow_stats(self) -> ModelFlowStats | None:
+    """The statistics as :class:`ModelFlowStats`, the type
+    ``gf.model_flow_stats`` returns (None on a ``measure=False`` step)."""
+    if self.stats is None:
+      return None
+    return ModelFlowStats(self.names, self.roles, self.activation_names, self.activations,
+                          self.tap_grad_norm, self.param_grad_norms, self.global_norm, self.loss)
 
   def _column(self, field):
     # indexed from the right: a FlowStep of a vmapped step has leading axes

@@ -233,9 +233,9 @@ def _monitored(run, plain, discover, has_aux: bool, every: int, histograms: bool
       flow = jax.lax.cond(jnp.asarray(step) % every == 0, statistics,
                           lambda *_: skipped(shape), taps, gt, grads)
     stats, tap_norms, leaf_norms, gnorm, done, hist = flow
-    step_stats = FlowStep.pack(names, tuple(i.role for i in info),
-                               tuple(i.activation for i in info), stats, tap_norms, leaf_norms,
-                               gnorm, loss, done, hist)
+    step_stats = FlowStep.pack(_model_stats.ModelFlowStats(
+        names, tuple(i.role for i in info), tuple(i.activation for i in info), stats,
+        tap_norms, leaf_norms, gnorm, loss), done, hist)
     return ((loss, aux) if has_aux else loss), grads, step_stats
 
   return wrapped
