@@ -103,8 +103,9 @@ def run_on_host_devices(args: list[str], devices: int = 4, timeout: int = 300):
   import os
   import subprocess
   import sys
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu"}
+  # the suite's own XLA flags (conftest: optimization level 0) carry over
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+  env = {**os.environ, "XLA_FLAGS": flags.strip(), "JAX_PLATFORMS": "cpu"}
   run = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
                        timeout=timeout)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -279,6 +279,8 @@ def test_interrupt_during_depth_exits_130_cleanly_every_time(tmp_path):
   import sys
   import time
   script = os.path.join(os.path.dirname(__file__), "..", "scripts", "analyze.py")
+  # two tries at once, interrupted at different moments
+  children = []
   for attempt in range(2):
     # Python's own SIGINT handler in the child even where SIGINT is ignored
     # here (a background job); no preexec_fn (a fork of this threaded process)
@@ -286,11 +288,13 @@ def test_interrupt_during_depth_exits_130_cleanly_every_time(tmp_path):
     launch = ("import runpy, signal, sys; signal.signal(signal.SIGINT, "
               f"signal.default_int_handler); sys.argv = {argv!r}; "
               f"runpy.run_path({script!r}, run_name='__main__')")
-    p = subprocess.Popen([sys.executable, "-c", launch], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    children.append(subprocess.Popen([sys.executable, "-c", launch], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True))
+  for attempt, p in enumerate(children):
     p.stderr.readline()  # the first progress line: the sweep is compiling or running
     time.sleep(1.0 + attempt)
     p.send_signal(signal.SIGINT)
+  for p in children:
     err = p.communicate(timeout=120)[1]
     assert p.returncode == 130, (p.returncode, err[-2000:])
     assert err.strip().splitlines()[-1] == ("analyze.py: interrupted; files written so far are "
