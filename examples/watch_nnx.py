@@ -52,7 +52,7 @@ def main(steps: int = 300, out: str = "runs/nnx", every: int = 10, batch: int = 
   # is exactly the plain nnx.value_and_grad step
   @functools.partial(nnx.jit, static_argnames="measure")
   def train_step(model, optimizer, x, y, measure):
-    old = nnx.state(model, nnx.Param)
+    old = gf.watch.snapshot(nnx.state(model, nnx.Param))  # values now, not live variables
     loss, grads, flow = watched(model, x, y, measure=measure)
     optimizer.update(model, grads)
     ratios = gf.watch.update_ratios(old, nnx.state(model, nnx.Param)) if measure else None

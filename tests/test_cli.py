@@ -73,6 +73,17 @@ def _expect_one_line_exit_2(args, fragment, capsys):
   assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
 
 
+def test_a_misspelled_command_and_ignored_options_are_refused(tmp_path, capsys):
+  """``bogus`` names the commands (and the nearest); MLP options with
+  ``report --model`` are refused, not ignored."""
+  _expect_one_line_exit_2(["bogus"], "choose from compare, ", capsys)
+  _expect_one_line_exit_2(["reprot", "--quiet"], "did you mean 'report'", capsys)
+  folder = os.path.join(os.path.dirname(__file__), "..", "examples")
+  _expect_one_line_exit_2(["report", "--model", f"{folder}/nnx_mlp.py:make", "--depth", "5",
+                           "--residual", "--out", str(tmp_path)],
+                          "expected --depth, --residual only for the built-in MLP", capsys)
+
+
 def test_weights_file_shapes_inferred_and_mismatch_reported(tmp_path, capsys):
   rng = np.random.default_rng(0)
   shapes = [(6, 16), (16, 16), (16, 3)]

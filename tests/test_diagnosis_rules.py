@@ -123,3 +123,17 @@ def test_examples_collapsed_onto_one_direction_are_not_called_dying_units():
   found = {f.kind: f for f in gf.diagnose(small, shallow, x, y)}
   assert "dead_units" in found and 1 in found["dead_units"].layers
   assert "batch_collapse" not in found
+
+
+def test_unconverged_jacobians_are_marked_with_a_fix_the_caller_can_apply():
+  """Two Lanczos steps on width-24 layers cannot converge: the finding says
+  which option raises them, and analyze_model takes that option; the
+  default steps converge on the same model."""
+  cfg = gf.MLPConfig(in_dim=12, width=24, depth=3, out_dim=4, activation="tanh")
+  model = gf.mlp_model(cfg, gf.init_mlp(jax.random.key(0), cfg))
+  x, y = jax.random.normal(jax.random.key(1), (6, 12)), jnp.arange(6) % 4
+  short = gf.analyze_model(model, x, y, infer=False, jacobian_steps=2)
+  found = [f for f in short.findings if f.kind == "unconverged_jacobian"]
+  assert len(found) == 1 and "jacobian_steps= in gf.analyze_model" in found[0].fix
+  full = gf.analyze_model(model, x, y, infer=False)
+  assert not any(f.kind == "unconverged_jacobian" for f in full.findings)

@@ -325,6 +325,23 @@ def test_update_ratios_match_numpy():
   np.testing.assert_allclose(r["b"], 0.5, rtol=1e-6)
 
 
+def test_update_ratios_refuse_live_nnx_variables_and_take_a_snapshot():
+  """nnx.state holds the model's live variables: after optimizer.update the
+  'old' parameters are the new ones. Refused with the fix; a snapshot gives
+  the ratios NumPy gives."""
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+  live, old = nnx.state(model, nnx.Param), gf.watch.snapshot(nnx.state(model, nnx.Param))
+  kernel = np.asarray(model.kernel[...])
+  optimizer.update(model, grads)
+  with pytest.raises(ValueError, match="gf.watch.snapshot"):
+    gf.watch.update_ratios(live, nnx.state(model, nnx.Param))
+  r = gf.watch.update_ratios(old, nnx.state(model, nnx.Param))
+  np.testing.assert_allclose(r["kernel"], 0.1 * np.sqrt(kernel.size) / np.linalg.norm(kernel),
+                             rtol=1e-5)
+
+
 def test_bad_arguments_are_clear_errors():
   f = lambda p, x: jnp.sum(p * x)
   with pytest.raises(ValueError, match="every"):
@@ -337,6 +354,30 @@ def test_bad_arguments_are_clear_errors():
     gf.value_and_grad(lambda p, x: p * x)(jnp.ones(2), jnp.ones(2))
   with pytest.raises(ValueError, match=r"\(loss, aux\)"):
     gf.value_and_grad(f, has_aux=True)(jnp.ones(2), jnp.ones(2))
+  # a misspelled tap name is refused with the nearest names, never ignored
+  tapped = lambda p, x: jnp.sum(gf.tap("blocks_0/fc_1", p * x))
+  with pytest.raises(ValueError, match=r"'blocks/0/fc_1' \(did you mean 'blocks_0/fc_1'\?\)"):
+    gf.value_and_grad(tapped, activations={"blocks/0/fc_1": "gelu"})(jnp.ones(2), jnp.ones(2))
+
+
+def test_arguments_that_are_not_arrays_pass_through_as_in_jax_value_and_grad():
+  """A linen TrainState (its apply_fn a function) or the function alone:
+  whatever jax.value_and_grad accepts."""
+  from flax.training import train_state
+  m = nn.Dense(3)
+  x, y = _batch(4)
+  state = train_state.TrainState.create(apply_fn=m.apply, params=m.init(jax.random.key(0), x)[
+      "params"], tx=optax.adam(1e-3))
+
+  def loss(p, apply_fn, x, y):
+    return _ce(apply_fn({"params": p}, x), y)
+  want = jax.value_and_grad(loss)(state.params, state.apply_fn, x, y)
+  got = jax.jit(gf.value_and_grad(loss), static_argnums=1)(state.params, state.apply_fn, x, y)
+  np.testing.assert_allclose(got[0], want[0], **tol())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()), got[1], want[1])
+  whole = gf.value_and_grad(lambda p, st, x, y: loss(p, st.apply_fn, x, y))(
+      state.params, state, x, y)
+  np.testing.assert_allclose(whole[0], want[0], **tol())
 
 
 def test_metrics_reach_jsonl_and_tensorboard_unchanged(linen_case, tmp_path):
@@ -497,8 +538,11 @@ def test_training_examples_train_200_steps_on_digits_with_tensorboard(name, tmp_
   for r in records:
     s = r["scalars"]
     assert np.isfinite(s["loss"]) and np.isfinite(s["grad_norm/global"])
-    assert any(k.startswith("act/std/") for k in s) and any(k.startswith("update_ratio/")
-                                                            for k in s)
+    ratios = [v for k, v in s.items() if k.startswith("update_ratio/")]
+    assert any(k.startswith("act/std/") for k in s) and ratios
+    # an update moves every weight (a ratio of 0 read the updated weights
+    # twice); zero-initialised biases have no ratio at step 0 (||old|| = 0)
+    assert all(v != 0 if r["step"] == 0 else v > 0 for v in ratios), ratios
   assert records[-1]["scalars"]["loss"] < 0.5 * records[0]["scalars"]["loss"]
   events = read_event_file(tmp_path / "tb")
   for tag in ("loss", "grad_norm/global"):

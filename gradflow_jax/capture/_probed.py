@@ -139,5 +139,22 @@ def discover_taps(model: ProbedModel, x) -> TapShapes:
   return TapShapes(dict(shapes), info)
 
 
+def check_tap_names(given, names, what: str = "activation names") -> None:
+  """Raises a ValueError listing every name in ``given`` that is not a tap of
+  ``names``, each with the nearest tap names (a misspelled name is never
+  ignored)."""
+  import difflib
+  unknown = [g for g in given if g not in set(names)]
+  if not unknown:
+    return
+  hints = []
+  for g in unknown:
+    near = difflib.get_close_matches(g, list(names), n=2, cutoff=0.5)
+    hints.append(f"{g!r} (did you mean {' or '.join(map(repr, near))}?)" if near else repr(g))
+  shown = sorted(names)
+  listed = ", ".join(shown[:12]) + (f", ... ({len(shown)} taps)" if len(shown) > 12 else "")
+  raise ValueError(f"expected {what} for taps among [{listed}], got {', '.join(hints)}")
+
+
 def zero_perturbations(shapes: dict) -> dict[str, jax.Array]:
   return {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}

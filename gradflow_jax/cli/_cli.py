@@ -87,6 +87,11 @@ def _compare_options(p) -> None:
   p.add_argument("--inputs", help=".npy of inputs (batch, in_dim)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
   add_common(p, "gradflow_out")
+  # the built-in MLP's options and their defaults: with --model, any other
+  # value is refused, not ignored
+  p.set_defaults(mlp_option_defaults={k: p.get_default(k) for k in (
+      "depth", "width", "batch_size", "in_dim", "classes", "activations", "init", "norm",
+      "residual", "sigma_b", "weights", "inputs")})
 
 
 def _compare_parser(sub) -> None:
@@ -123,6 +128,9 @@ def _diagnose_parser(sub) -> None:
   p.add_argument("--model", required=True, help=_MODEL_HELP)
   p.add_argument("--loss", choices=["cross_entropy", "mse"], help=_LOSS_HELP)
   _model_options(p)
+  p.add_argument("--jacobian-steps", type=_positive_int, default=32, metavar="N",
+                 help="Lanczos steps per local Jacobian norm (default: 32); raise it where "
+                      "the diagnosis says norms did not converge")
   add_common(p, "gradflow_out/diagnose")
   p.set_defaults(run=lambda args: _commands().diagnose(args))
 
@@ -321,6 +329,14 @@ def prepare_output_folder(out: str) -> tuple[str | None, bool]:
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
+  if argv and not argv[0].startswith("-") and argv[0] not in parser.commands:
+    import difflib
+    near = difflib.get_close_matches(argv[0], parser.commands, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    print(f"analyze.py: error: unknown command {argv[0]!r} (choose from "
+          f"{', '.join(parser.commands)}, or give options alone for compare){hint}",
+          file=sys.stderr)
+    return 2
   if not argv or (argv[0] not in parser.commands and argv[0] not in ("-h", "--help")):
     argv = ["compare"] + argv
   args = parser.parse_args(argv)

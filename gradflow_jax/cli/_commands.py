@@ -19,6 +19,11 @@ def compare(args, force_report: bool = False) -> int:
   from gradflow_jax.render import _plots, _render
   from gradflow_jax.studies import _compare
   if getattr(args, "model", None):
+    given = [f"--{k.replace('_', '-')}" for k, v in args.mlp_option_defaults.items()
+             if getattr(args, k) != v]
+    if given:
+      raise ValueError(f"expected {', '.join(given)} only for the built-in MLP (a --model sets "
+                       "its own architecture)")
     return diagnose(args)
   console = _console(args)
   x = _loading.load_inputs(args.inputs) if args.inputs else None

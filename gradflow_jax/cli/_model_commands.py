@@ -172,7 +172,8 @@ def diagnose(args) -> int:
     _model_stats.discover(probed.with_activations(named), x)
   with progress_bar(args, 1, "diagnose") as advance, _model_errors():
     advance("statistics, Jacobians and findings")
-    result = _analyze.analyze_model(probed, x, y, _model_loss(args, extras), named)
+    result = _analyze.analyze_model(probed, x, y, _model_loss(args, extras), named,
+                                    jacobian_steps=getattr(args, "jacobian_steps", 32))
   stats, jac = result.stats, result.jacobians
   findings = result.findings
   if not args.quiet and not args.json:

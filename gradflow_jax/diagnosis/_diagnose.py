@@ -316,5 +316,6 @@ def _unconverged(jac) -> list[Finding]:
   return [Finding("info", "unconverged_jacobian", tuple(np.nonzero(bad.any(0))[0].tolist()),
                   f"Jacobian norms did not converge at {len(taps)} taps: shown as estimates",
                   {"taps": taps, "fraction": float(bad.mean())},
-                  "raise steps in gf.tap_jacobian_norms")]
+                  "raise the Lanczos steps: jacobian_steps= in gf.analyze_model, "
+                  "--jacobian-steps in analyze.py diagnose, steps= in gf.tap_jacobian_norms")]
 

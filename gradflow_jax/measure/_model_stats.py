@@ -118,10 +118,7 @@ def discover(model: _probe.ProbedModel, x):
   if not found.shapes:
     raise ValueError("expected at least one tapped layer (Dense/Linear/Conv/Embed layers, or "
                      "gradflow_jax.tap calls), got none")
-  unknown = set(dict(model.activations)) - set(found.shapes)
-  if unknown:
-    raise ValueError(f"expected activation names for taps among {sorted(found.shapes)}, got "
-                     f"{sorted(unknown)}")
+  _probe.check_tap_names(dict(model.activations), found.shapes)
   return tuple(found.info[n] for n in found.shapes), found.shapes
 
 

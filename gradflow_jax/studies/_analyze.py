@@ -54,7 +54,8 @@ class ModelAnalysis(NamedTuple):
 
 def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
                   activations: dict[str, str] | None = None, infer: bool = True,
-                  jacobians: bool = True) -> ModelAnalysis:
+                  jacobians: bool = True,
+                  jacobian_steps: int = _tap_jacobians.LANCZOS_STEPS) -> ModelAnalysis:
   """Statistics, local Jacobian norms and findings of ``model`` on (x, y).
 
   Args:
@@ -68,6 +69,8 @@ def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
       (:func:`infer_activations`).
     jacobians: also measure :func:`tap_jacobian_norms` (per example). The
       input-output Jacobian estimate (8 jvps) is always measured.
+    jacobian_steps: Lanczos steps per local Jacobian (``steps`` of
+      :func:`tap_jacobian_norms`); raise it where norms did not converge.
   """
   for name in (activations or {}).values():
     _activations.get_activation(name)
@@ -76,7 +79,8 @@ def analyze_model(model: _probe.ProbedModel, x, y, loss="cross_entropy",
   if activations:
     model = model.with_activations(activations)
   stats = jax.device_get(_model_stats.model_flow_stats(model, x, y, loss))
-  jac = jax.device_get(_tap_jacobians.tap_jacobian_norms(model, x)) if jacobians else None
+  jac = (jax.device_get(_tap_jacobians.tap_jacobian_norms(model, x, jacobian_steps))
+         if jacobians else None)
   n_classes = None
   if loss == "cross_entropy":
     out = jax.eval_shape(lambda p: model.forward(p, x, None)[0], model.params)

@@ -8,13 +8,13 @@ writers that log it.
 from gradflow_jax.watch._flow_step import FlowStep, histogram, Histogram, HISTOGRAM_EDGES
 from gradflow_jax.watch._monitor import (find_monitor_state, gradient_flow_monitor,
                                          moment_norms, stop_if_nonfinite, stopped)
-from gradflow_jax.watch._watch import (nnx_value_and_grad, UPDATE_RATIO_RULE, update_ratios,
-                                       value_and_grad)
+from gradflow_jax.watch._watch import (nnx_value_and_grad, snapshot, UPDATE_RATIO_RULE,
+                                       update_ratios, value_and_grad)
 from gradflow_jax.watch._writers import (flat_metrics, JsonlWriter, log_step, MetricWriter,
                                          read_jsonl, StepLogger, TensorBoardWriter)
 
 __all__ = ("find_monitor_state", "flat_metrics", "FlowStep", "gradient_flow_monitor",
            "histogram", "Histogram", "HISTOGRAM_EDGES", "JsonlWriter", "log_step",
-           "MetricWriter", "moment_norms", "nnx_value_and_grad", "read_jsonl", "StepLogger",
+           "MetricWriter", "moment_norms", "nnx_value_and_grad", "read_jsonl", "snapshot", "StepLogger",
            "stop_if_nonfinite", "stopped", "TensorBoardWriter", "UPDATE_RATIO_RULE",
            "update_ratios", "value_and_grad")

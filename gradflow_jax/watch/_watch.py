@@ -63,6 +63,7 @@ def _discover(fun, args, activations):
   """(output shape, TapInfo per tap in order, tap shapes, the traced program)
   of ``fun`` on ``args`` (the data: ``args[1:]``)."""
   tapped = capture.trace(fun, args, data_argnums=tuple(range(1, len(args))))
+  _probe.check_tap_names(activations, tapped.info)
   info = tuple(_with_activation(i, activations) for i in tapped.info.values())
   return tapped.out_shape, info, tapped.avals, tapped
 
@@ -294,6 +295,8 @@ def update_ratios(old_params, new_params, when=None):
       the ratios are computed only where it is True (``lax.cond``), NaN
       otherwise, so steps that ``every`` skips pay nothing for them.
   """
+  _check_not_live(old_params, new_params)
+
   def ratios(old, new):
     def ratio(o, n):
       if not jnp.issubdtype(jnp.result_type(o), jnp.inexact):
@@ -304,6 +307,29 @@ def update_ratios(old_params, new_params, when=None):
     return ratios(old_params, new_params)
   shape = jax.eval_shape(ratios, old_params, new_params)
   return jax.lax.cond(when, ratios, lambda o, n: _nan_like(shape), old_params, new_params)
+
+
+def snapshot(tree):
+  """The values of ``tree`` now, held apart from the live NNX variables it may
+  hold (``nnx.state(model, nnx.Param)``), which an ``optimizer.update``
+  changes in place. Take the old parameters of :func:`update_ratios` this
+  way in an NNX loop."""
+  return jax.tree.map(lambda a: a, tree)
+
+
+def _check_not_live(old, new):
+  """Refuses old and new parameters that share NNX variables: the update has
+  changed the old ones in place, and every ratio would read 0."""
+  try:
+    from flax import nnx
+  except ImportError:  # pragma: no cover (flax is a dependency)
+    return
+  live = lambda t: {id(v) for v in jax.tree.leaves(t, is_leaf=lambda z: isinstance(
+      z, nnx.Variable)) if isinstance(v, nnx.Variable)}
+  if live(old) & live(new):
+    raise ValueError("expected old parameters taken before the update, got the model's live "
+                     "NNX variables (the update changed them in place: every ratio would be "
+                     "0); take them as gf.watch.snapshot(nnx.state(model, nnx.Param))")
 
 
 UPDATE_RATIO_RULE = 1e-3  # the rule-of-thumb update-to-weight ratio per step
