@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _mlp  # noqa: E402
+from gradflow_jax.models import _mlp  # noqa: E402
 from gradflow_jax.measure import _jacobians
 from _timing import time_fn  # noqa: E402
 

@@ -23,7 +23,7 @@ from flax import linen as nn
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _model_stats  # noqa: E402
+from gradflow_jax.measure import _model_stats  # noqa: E402
 from _timing import paired_ratio  # noqa: E402
 
 

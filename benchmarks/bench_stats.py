@@ -11,7 +11,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _stats  # noqa: E402
+from gradflow_jax.measure import _stats  # noqa: E402
 from gradflow_jax.models import _mlp
 from _timing import paired_ratio  # noqa: E402
 

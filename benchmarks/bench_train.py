@@ -24,7 +24,8 @@ import optax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gradflow_jax as gf  # noqa: E402
-from gradflow_jax import _data, _train  # noqa: E402
+from gradflow_jax import _data  # noqa: E402
+from gradflow_jax.studies import _train  # noqa: E402
 from gradflow_jax.models import _mlp
 from _timing import interleaved  # noqa: E402
 

@@ -96,3 +96,39 @@ def test_no_import_cycle():
 def test_no_module_much_over_400_lines():
   long = {m: n for m, p in _modules().items() if (n := len(open(p).read().splitlines())) > 420}
   assert not long, long
+
+
+def test_benchmarks_and_examples_import_only_what_exists():
+  """Every ``from gradflow_jax... import name`` and ``gf.name`` /
+  ``gf.namespace.name`` in benchmarks/ and examples/ names something the
+  package has (a moved module or name broke the benchmarks once, unseen)."""
+  import importlib
+  import re
+  import gradflow_jax as gf
+  top = os.path.join(ROOT, "..")
+  missing = []
+  for folder in ("benchmarks", "examples"):
+    for f in sorted(os.listdir(os.path.join(top, folder))):
+      if not f.endswith(".py"):
+        continue
+      text = open(os.path.join(top, folder, f)).read()
+      for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradflow_jax"):
+          module = importlib.import_module(node.module)
+          for alias in node.names:
+            if not hasattr(module, alias.name):
+              try:
+                importlib.import_module(f"{node.module}.{alias.name}")
+              except ImportError:
+                missing.append(f"{folder}/{f}: from {node.module} import {alias.name}")
+      for chain in re.findall(r"\bgf((?:\.[A-Za-z_]\w*)+)", text):
+        obj = gf
+        for part in chain.strip(".").split("."):
+          if isinstance(obj, type(gf)) and hasattr(obj, part):
+            obj = getattr(obj, part)
+          elif isinstance(obj, type(gf)):
+            missing.append(f"{folder}/{f}: gf{chain}")
+            break
+          else:
+            break  # an attribute of a function or class: not ours to check here
+  assert not missing, missing

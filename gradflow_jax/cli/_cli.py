@@ -86,6 +86,8 @@ def _compare_options(p) -> None:
   p.add_argument("--weights", help=".npz of weights w0,b0,w1,b1,... (fan_in, fan_out)")
   p.add_argument("--inputs", help=".npy of inputs (batch, in_dim)")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  p.add_argument("--force", action="store_true",
+                 help="run even when the memory or time estimate says it will not fit")
   add_common(p, "gradflow_out")
   # the built-in MLP's options and their defaults: with --model, any other
   # value is refused, not ignored
@@ -279,6 +281,8 @@ def _train_parser(sub) -> None:
   p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations (default 25)")
   p.add_argument("--on-nonfinite", default="stop", choices=_train.ON_NONFINITE,
                  help="NaN/Inf loss or gradients: stop (default) or skip the update")
+  p.add_argument("--force", action="store_true",
+                 help="run even when the memory or time estimate says it will not fit")
   add_common(p, "gradflow_out/train")
   p.set_defaults(run=lambda args: _commands().train(args))
 
@@ -367,6 +371,34 @@ def _run(args) -> int:
   except KeyboardInterrupt:
     print("analyze.py: interrupted; files written so far are complete", file=sys.stderr)
     return 130
+  except Exception as e:  # XLA's out-of-memory error, wherever it comes from
+    if not _out_of_memory(e):
+      raise
+    sizes = SIZE_OPTIONS.get(args.command, "the sizes")
+    print(f"analyze.py {args.command}: error: out of memory ({_first_line(e)}); lower {sizes}",
+          file=sys.stderr)
+    return 2
+
+
+# what to lower when a command runs out of memory
+SIZE_OPTIONS = {
+    "compare": "--width, --depth or --batch-size", "report": "--width, --depth or --batch-size",
+    "depth": "--max-depth, --width, --seeds, --batch-size or --depths/--examples with --model",
+    "width": "--widths or --seeds", "rnn": "--hidden, --steps or --batch-size",
+    "train": "--width, --depth or --batch-size (or the --model factory's sizes)",
+    "diagnose": "the --model factory's batch or model size"}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  text = str(e)
+  return isinstance(e, MemoryError) or (
+      type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+      and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text))
+
+
+def _first_line(e: BaseException) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def script_main() -> None:

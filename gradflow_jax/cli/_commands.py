@@ -39,6 +39,8 @@ def compare(args, force_report: bool = False) -> int:
       norm=None if args.norm == "none" else args.norm, residual=args.residual,
       loss=args.loss or "cross_entropy", sigma_b=args.sigma_b, seed=args.seed)
   settings.configs()  # validates every name before anything is compiled
+  _check_size(args, settings.estimated_bytes(), settings.estimated_seconds(), "comparison",
+              "--width, --depth or --batch-size")
   params_from = (lambda cfg: _mlp.load_npz(args.weights, cfg)) if args.weights else None
   n_runs = len(settings.activations) * (1 if params_from or not settings.shared_init else 2)
   with progress_bar(args, n_runs, "analysing") as advance:
@@ -118,8 +120,8 @@ def depth(args) -> int:
       batch=args.batch_size, seeds=args.seeds, spectrum_depths=args.spectrum_depths,
       dtype="float64" if args.x64 else "float32", seed=args.seed)
   groups = settings.groups()  # validates names before anything is compiled
-  _check_memory(settings.estimated_bytes(), getattr(args, "force", False))
-  _check_time(settings.estimated_seconds(), getattr(args, "force", False), args.quiet)
+  _check_size(args, settings.estimated_bytes(), settings.estimated_seconds(), "depth sweep",
+              "--max-depth, --width, --seeds or the number of --sigma-w/--sigma-b values")
   with progress_bar(args, len(groups) + 1, "depth sweep") as advance:
     result = _sweep.run_sweep(settings, on_group=advance)
     curves = _sweep.layer_curves(settings)
@@ -223,35 +225,40 @@ def available_bytes() -> int | None:
   return None
 
 
-def _check_memory(need: int, force: bool) -> None:
+def _check_memory(need: int, force: bool, what: str, lower: str) -> None:
   """Refuses (ValueError) a computation estimated to need more memory than is
   available, before it starts, unless ``force``."""
   have = available_bytes()
   if have is not None and need > 0.8 * have and not force:
-    raise ValueError(f"expected the sweep to fit in memory: it needs about {need / 2**30:.1f} "
-                     f"GiB and {have / 2**30:.1f} GiB is available; lower --max-depth, --width, "
-                     "--seeds or the number of --sigma-w/--sigma-b values (or pass --force)")
+    raise ValueError(f"expected the {what} to fit in memory: it needs about "
+                     f"{need / 2**30:.1f} GiB and {have / 2**30:.1f} GiB is available; lower "
+                     f"{lower} (or pass --force)")
 
 
-MAX_SECONDS = 3600.0  # a sweep estimated to take longer is refused without --force
+MAX_SECONDS = 3600.0  # a run estimated to take longer is refused without --force
 
 
 def _duration(seconds: float) -> str:
   return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
-          else f"{seconds / 3600:.1f} h")
+          else f"{seconds / 3600:.1f} h" if seconds < 2e5 else f"{seconds / 86400:.2g} days")
 
 
-def _check_time(seconds: float, force: bool, quiet: bool) -> None:
-  """Refuses (ValueError) a sweep estimated to run longer than MAX_SECONDS,
+def _check_time(seconds: float, force: bool, quiet: bool, what: str, lower: str) -> None:
+  """Refuses (ValueError) a run estimated to take longer than MAX_SECONDS,
   before it starts, unless ``force``; says the estimate of one over a minute."""
   if seconds > MAX_SECONDS and not force:
-    raise ValueError(f"expected the sweep to finish within {_duration(MAX_SECONDS)}: it is "
+    raise ValueError(f"expected the {what} to finish within {_duration(MAX_SECONDS)}: it is "
                      f"estimated to take about {_duration(seconds)} on this machine; lower "
-                     "--max-depth, --width, --seeds or the number of --sigma-w/--sigma-b "
-                     "values (or pass --force)")
+                     f"{lower} (or pass --force)")
   if seconds > 60 and not quiet:
-    print(f"depth sweep: estimated to take about {_duration(seconds)} (rough, within about 2x)",
+    print(f"{what}: estimated to take about {_duration(seconds)} (rough, within about 2x)",
           file=sys.stderr, flush=True)
+
+
+def _check_size(args, need_bytes: int, seconds: float, what: str, lower: str) -> None:
+  force = getattr(args, "force", False)
+  _check_memory(need_bytes, force, what, lower)
+  _check_time(seconds, force, args.quiet, what, lower)
 
 
 def rnn(args) -> int:
@@ -322,6 +329,9 @@ def train(args) -> int:
           for label, cfg, tc in runs]
   for _, cfg, tc in runs:  # every bad setting is reported before anything compiles
     _train.check_data(cfg, tc, data)
+  _check_size(args, max(_train.estimated_bytes(cfg, tc, data) for _, cfg, tc in runs),
+              sum(_train.estimated_seconds(cfg, tc) for _, cfg, tc in runs), "training",
+              "--steps, --width, --depth or --batch-size")
   os.makedirs(args.out, exist_ok=True)
   records = []
   meta = {"experiment": args.experiment, "data": data.name, "n_train": len(data.x_train),

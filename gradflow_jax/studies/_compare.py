@@ -18,6 +18,15 @@ from gradflow_jax.models._config import MLPConfig
 DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu")
 
 
+# the time estimate's constants, measured on XLA:CPU (2 cores) by timing
+# run_compare at depths 40-640 and widths 8-1024 (2026-12-07; within 2x):
+# per run a fixed cost, per hidden layer of the unrolled network its compile
+# time, and the arithmetic rate
+FIXED_SECONDS = 2.5
+COMPILE_SECONDS_PER_LAYER = 0.04
+FLOPS_PER_SECOND = 2e10
+
+
 @dataclasses.dataclass(frozen=True)
 class CompareSettings:
   """What the comparison runs: sizes, activations and the shared initializer."""
@@ -42,6 +51,34 @@ class CompareSettings:
     _losses.check_loss_name(self.loss)
     if self.shared_init is not None:
       _initializers.canonical_init(self.shared_init)
+
+  def parameter_count(self) -> int:
+    """Parameters of one run's MLP (a residual block holds two layers)."""
+    hidden = (self.width * self.width + self.width) * max(self.depth - 1, 0)
+    return ((self.in_dim + 1) * self.width + hidden * (2 if self.residual else 1)
+            + (self.width + 1) * self.out_dim)
+
+  def estimated_bytes(self) -> int:
+    """Peak memory of one run, about (runs go one after another): parameters,
+    gradients and a copy (3x), the activations, pre-activations and their
+    gradients with the statistics' temporaries (6 per layer and example),
+    the inputs twice and, for the diagnosis (width <= 512), the input-output
+    Jacobian of 4 examples by forward mode (in_dim tangents per layer)."""
+    layers = self.depth * self.width
+    jacobian = 4 * self.in_dim * layers if self.width <= 512 else 0
+    return 4 * (3 * self.parameter_count() + 6 * self.batch * layers
+                + 2 * self.batch * self.in_dim + jacobian)
+
+  def estimated_seconds(self) -> float:
+    """Wall time of every run, roughly: compiling the unrolled network
+    (``COMPILE_SECONDS_PER_LAYER`` per hidden layer, measured on XLA:CPU)
+    and the arithmetic of the forward/backward passes and the diagnosis at
+    ``FLOPS_PER_SECOND``."""
+    runs = len(self.configs())
+    flops = 2 * 3 * self.batch * self.parameter_count() + 2 * 4 * self.in_dim * (
+        self.parameter_count() if self.width <= 512 else 0)
+    return runs * (FIXED_SECONDS + COMPILE_SECONDS_PER_LAYER * self.depth
+                   + flops / FLOPS_PER_SECOND)
 
   def configs(self) -> list[tuple[str, MLPConfig]]:
     """(role, config) for every run: recommended init, then the shared one."""
