@@ -80,7 +80,22 @@ def test_a_diverging_run_stops_with_finite_parameters_and_names_the_first_tap():
   result = _model_train.train_model(model, data, _model_stats.loss_fn("cross_entropy"), tc)
   assert result.stopped_at is not None and result.stopped_at < 50
   assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(result.params))
-  assert not np.isfinite(result.losses[-1]) or result.first_nonfinite_tap is not None
+  assert len(result.losses) == result.stopped_at + 1 and not np.isfinite(result.losses[-1])
+  # independently, in plain JAX on the batch that stopped it, from the kept
+  # parameters: the first tap whose value or dL/d tap is NaN/Inf
+  batches = _model_train._batches(len(data.x_train), tc.batch_size, tc.seed)
+  idx = [next(batches) for _ in range(result.stopped_at + 1)][-1]
+  x, y, p = jnp.asarray(data.x_train[idx]), jnp.asarray(data.y_train[idx]), result.params
+  z = x @ p["w1"] + p["b1"]
+
+  def loss_of(dz, dout):
+    out = jax.nn.relu(z + dz) @ p["w2"] + dout
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
+  out = jax.nn.relu(z) @ p["w2"]
+  gz, gout = jax.grad(loss_of, argnums=(0, 1))(jnp.zeros_like(z), jnp.zeros_like(out))
+  bad = [not (np.isfinite(np.asarray(v)).all() and np.isfinite(np.asarray(g)).all())
+         for v, g in ((z, gz), (out, gout))]
+  assert any(bad) and result.first_nonfinite_tap == ("z", "out")[bad.index(True)]
   kinds = [f.kind for f in _model_train.window_findings(result, 5)]
   assert kinds[0] == "nonfinite_training"
 
