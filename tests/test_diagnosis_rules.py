@@ -137,3 +137,37 @@ def test_unconverged_jacobians_are_marked_with_a_fix_the_caller_can_apply():
   assert len(found) == 1 and "jacobian_steps= in gf.analyze_model" in found[0].fix
   full = gf.analyze_model(model, x, y, infer=False)
   assert not any(f.kind == "unconverged_jacobian" for f in full.findings)
+
+
+@pytest.mark.parametrize("activation, phi", [("gelu", lambda z: jax.nn.gelu(z, approximate=False)),
+                                             ("silu", jax.nn.silu)])
+def test_the_init_check_predicts_the_measured_jacobian_of_gelu_and_silu_under_he(activation, phi):
+  """Under He (sigma_w^2 = 2, sigma_b = 0) q* is 0 for GELU and SiLU, where
+  chi_1 = 1/2, but the variance decays slowly from unit-variance inputs: the
+  measured input-output Jacobian (jax.jacfwd of a plain-JAX forward, width
+  256, 3 seeds x 4 examples) is within 2x of the finite-depth prediction the
+  check now uses, and 20x or more above chi_1(q*)^10, which flagged the
+  library's own recommended init."""
+  depth, width = 10, 256
+  cfg = gf.MLPConfig(in_dim=width, width=width, depth=depth, out_dim=4, activation=activation,
+                     init="auto")
+  measured = []
+  for seed in range(3):
+    params = gf.init_mlp(jax.random.key(seed), cfg)
+
+    def hidden(x, layers=params["layers"][:depth]):
+      for l in layers:
+        x = phi(x @ l["w"] + l["b"])
+      return x
+    x = jax.random.normal(jax.random.key(10 + seed), (4, width))
+    jac = jax.vmap(jax.jacfwd(hidden))(x)  # (4, width, width)
+    measured.append(np.sum(np.asarray(jac, np.float64) ** 2, axis=(1, 2)) / width)
+  measured = float(np.mean(measured))
+  predicted = gf.theory.mean_sq_singular_value_by_depth(activation, np.sqrt(2), 0.0, depth,
+                                                        q0=2.0)[-1]
+  at_fixed_point = gf.theory.chi1(activation, np.sqrt(2), 0.0) ** depth
+  assert 0.5 < measured / predicted < 2, (measured, predicted)
+  assert measured / at_fixed_point > 20, (measured, at_fixed_point)
+  found = gf.diagnose(cfg, gf.init_mlp(jax.random.key(0), cfg), jax.random.normal(
+      jax.random.key(1), (16, width)), jnp.arange(16) % 4)
+  assert (measured < 1e-2) == any(f.kind == "init_mismatch" for f in found), found
