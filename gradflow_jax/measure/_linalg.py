@@ -111,8 +111,7 @@ def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogon
   leaves = jax.tree.leaves(v0)
   dtype = jnp.result_type(*leaves)
   eps = jnp.finfo(dtype).eps
-  add = lambda *vs: jax.tree.map(lambda *x: sum(x[1:], x[0]), *vs)
-  neg = lambda v: jax.tree.map(jnp.negative, v)
+  sub = lambda a, b: jax.tree.map(jnp.subtract, a, b)
   v = scale(jax.lax.rsqrt(jnp.maximum(dot(v0, v0), jnp.finfo(dtype).tiny)), v0)
   zero = jnp.zeros_like(dot(v, v))
   threshold = 64 * eps * jnp.sqrt(jnp.asarray(dim, dtype))
@@ -120,7 +119,7 @@ def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogon
   def orthogonalize(basis, w):
     for _ in range(2):  # twice for stability
       c = jax.vmap(dot, (0, None))(basis, w)  # (steps, P)
-      w = add(w, neg(jax.tree.map(lambda b: jnp.sum(b, 0), jax.vmap(scale)(c, basis))))
+      w = sub(w, jax.tree.map(lambda b: jnp.sum(b, 0), jax.vmap(scale)(c, basis)))
     return w
 
   def body(i, state):
@@ -129,7 +128,7 @@ def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogon
       basis = jax.tree.map(lambda b, x: b.at[i].set(x), basis, v)
     w = operator(v)
     alpha = dot(v, w)
-    w = add(w, neg(scale(alpha, v)), neg(scale(beta, v_prev)))
+    w = sub(sub(w, scale(alpha, v)), scale(beta, v_prev))
     if reorthogonalize:
       w = orthogonalize(basis, w)
     beta_new = jnp.sqrt(jnp.maximum(dot(w, w), 0))

@@ -320,10 +320,7 @@ def snapshot(tree):
 def _check_not_live(old, new):
   """Refuses old and new parameters that share NNX variables: the update has
   changed the old ones in place, and every ratio would read 0."""
-  try:
-    from flax import nnx
-  except ImportError:  # pragma: no cover (flax is a dependency)
-    return
+  from flax import nnx
   live = lambda t: {id(v) for v in jax.tree.leaves(t, is_leaf=lambda z: isinstance(
       z, nnx.Variable)) if isinstance(v, nnx.Variable)}
   if live(old) & live(new):
