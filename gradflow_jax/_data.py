@@ -50,6 +50,20 @@ def teacher_task(in_dim: int = 32, classes: int = 10, n: int = 2000, seed: int =
   return _split(x, y, test_fraction, seed, classes, f"teacher({in_dim})")
 
 
+def check_finite_examples(x: np.ndarray, name: str, where: str) -> None:
+  """Raises ValueError naming how many entries of ``x`` are NaN/Inf and the
+  first example holding one (training on them would stop at step 0)."""
+  x = np.asarray(x)
+  if not np.issubdtype(x.dtype, np.floating):
+    return
+  bad = ~np.isfinite(x)
+  if bad.any():
+    first = int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
+    n = int(bad.sum())
+    raise ValueError(f"expected finite {name} in {where}, got {n} NaN/Inf value"
+                     f"{'s' if n > 1 else ''} (the first in example {first})")
+
+
 def load_npz_dataset(path: str) -> Dataset:
   """A user's ``.npz`` with ``x_train, y_train, x_test, y_test`` (integer labels)."""
   try:
@@ -72,6 +86,10 @@ def load_npz_dataset(path: str) -> Dataset:
       raise ValueError(f"expected at least one example in x_{part}, got none")
   if not all(np.issubdtype(v.dtype, np.number) for v in xs):
     raise ValueError(f"expected numeric x_train/x_test, got {xs[0].dtype}, {xs[1].dtype}")
+  check_finite_examples(xs[0], "x_train", path)
+  check_finite_examples(xs[1], "x_test", path)
+  if min(ys[0].min(), ys[1].min()) < 0:
+    raise ValueError(f"expected labels >= 0 in {path}, got {min(ys[0].min(), ys[1].min())}")
   classes = int(max(ys[0].max(), ys[1].max())) + 1
   return Dataset(xs[0].astype(np.float32), ys[0].astype(np.int32), xs[1].astype(np.float32),
                  ys[1].astype(np.int32), classes, path)

@@ -28,6 +28,18 @@ def files(tmp_path):
   np.savez(f / "empty_test.npz", x_train=z(150, 4), y_train=np.zeros(150, np.int64),
            x_test=z(0, 4), y_test=np.zeros(0, np.int64))
   np.savez(f / "float_labels.npz", x_train=z(10, 4), y_train=z(10), x_test=z(5, 4), y_test=z(5))
+  nan = z(20, 64)
+  nan[3, 5] = np.nan
+  np.savez(f / "nan.npz", x_train=nan, y_train=np.zeros(20, np.int64), x_test=z(5, 64),
+           y_test=np.zeros(5, np.int64))
+  np.savez(f / "negative.npz", x_train=z(10, 4), y_train=-np.ones(10, np.int64),
+           x_test=z(5, 4), y_test=np.zeros(5, np.int64))
+  (f / "nan_data.py").write_text(
+      "import jax, numpy as np\nfrom flax import linen as nn\n"
+      "def make():\n  x = np.zeros((8, 4), np.float32)\n  y = np.zeros(8, np.int32)\n"
+      "  bad = x.copy()\n  bad[2, 1] = np.inf\n"
+      "  params = nn.Dense(3).init(jax.random.key(0), x)\n"
+      "  return nn.Dense(3), params, (x, y), {'data': (x, y, bad, y)}\n")
   (f / "broken.py").write_text("def make(:\n")
   (f / "raises.py").write_text("def make():\n  raise RuntimeError('no data here')\n")
   (f / "two.py").write_text("def make():\n  return 1, 2\n")
@@ -98,6 +110,13 @@ def _cases(f):
       (["train", "--data", str(f / "empty_test.npz")], "at least one example in x_test"),
       (["train", "--data", str(f / "x.npz")], "expected keys x_train"),
       (["train", "--data", str(f / "float_labels.npz")], "integer labels"),
+      (["train", "--data", str(f / "nan.npz")],
+       "nan.npz, got 1 NaN/Inf value (the first in example 3)"),
+      (["train", "--data", str(f / "negative.npz")], "labels >= 0"),
+      (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--data", str(f / "nan.npz")],
+       "expected finite x_train"),
+      (["train", "--model", str(f / "nan_data.py") + ":make"],
+       "expected finite x_test in the factory's extras['data']"),
       (["train", "--lr", "0"], "finite number > 0"),
       (["train", "--lr", "nan"], "finite number > 0"),
       (["train", "--optimizer", "lion"], "invalid choice"),

@@ -49,6 +49,7 @@ def _model_data(args, x, y, factory_data=None):
     if x_np is None:
       raise ValueError("expected the factory's x to be an array to train on (or pass --data)")
     y_np = np.asarray(y)
+    _data.check_finite_examples(x_np, "x", "the factory's batch (training data)")
     return _data.Dataset(x_np, y_np, x_np, y_np, _classes(y_np),
                          f"the factory's batch ({len(x_np)})")
   if x_np is not None and data.x_train.shape[1:] != x_np.shape[1:]:

@@ -107,6 +107,9 @@ def _factory_data(data):
     if len(xs) == 0 or len(xs) != len(ys):
       raise ValueError(f"expected the factory's x_{part} and y_{part} to hold the same number "
                        f"(>= 1) of examples, got {len(xs)} and {len(ys)}")
+  from gradflow_jax import _data
+  for a, name in zip(arrays, ("x_train", "y_train", "x_test", "y_test")):
+    _data.check_finite_examples(a, name, "the factory's extras['data']")
   if arrays[0].shape[1:] != arrays[2].shape[1:]:
     raise ValueError(f"expected the factory's x_train and x_test to have the same example "
                      f"shape, got {arrays[0].shape[1:]} and {arrays[2].shape[1:]}")
