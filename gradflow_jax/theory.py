@@ -381,11 +381,12 @@ def pascanu_bound(activation: str, weight_norm: float, steps) -> np.ndarray:
 
 @_in_x64
 def _q_trajectory(act, sigma_w, sigma_b, q0, depth):
+  """(q_l, chi_l) for l = 1..depth, one quadrature per layer inside the scan
+  (memory O(depth), not O(depth x quadrature nodes))."""
   def step(q, _):
-    new = sigma_w**2 * _moments_at(act, q)[0] + sigma_b**2
-    return new, q
-  _, qs = jax.lax.scan(step, jnp.asarray(q0, jnp.float64), None, length=depth)
-  chis = jax.vmap(lambda q: sigma_w**2 * _moments_at(act, q)[1])(qs)
+    moments = _moments_at(act, q)
+    return sigma_w**2 * moments[0] + sigma_b**2, (q, sigma_w**2 * moments[1])
+  _, (qs, chis) = jax.lax.scan(step, jnp.asarray(q0, jnp.float64), None, length=depth)
   return qs, chis
 
 

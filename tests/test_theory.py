@@ -114,3 +114,16 @@ def test_pascanu_bound_and_gradient_growth():
 def test_bad_sigma():
   with pytest.raises(ValueError, match="sigma_w > 0"):
     th.q_star("tanh", -1.0, 0.0)
+
+
+def test_the_depth_trajectory_needs_memory_linear_in_depth_only():
+  """The length map iterated to depth 10^5 holds O(depth) numbers, not one
+  quadrature's nodes per layer (which asked 87 GB at depth 3e6)."""
+  depth = 100_000
+  trajectory = th._q_trajectory.__wrapped__  # the traced body, without its host conversion
+  with jax.enable_x64(True):
+    fn = jax.jit(lambda q0: trajectory(th._act("tanh"), 1.0, 0.0, q0, depth))
+    mem = fn.lower(jnp.float64(1.0)).compile().memory_analysis()
+  if mem is None:
+    pytest.skip("this backend gives no memory analysis")
+  assert mem.temp_size_in_bytes + mem.output_size_in_bytes <= 64 * depth
