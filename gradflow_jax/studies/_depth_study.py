@@ -236,7 +236,7 @@ def depth_study(make: Callable, settings: DepthStudySettings | None = None, *, o
   Returns:
     ``{"settings", "devices", "target", "source", "exact", "depths": [...],
     "theory": ...}``: per depth the tap names and per-seed arrays (see the
-    README's results.json schema), with medians and 10-90% quantiles.
+    results.json schema in docs/results-schema.md), with medians and 10-90% quantiles.
 
   Raises:
     ValueError: a factory that does not take ``depth=``, cannot draw seeds,
