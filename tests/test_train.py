@@ -86,6 +86,8 @@ def test_guard_stops_a_diverging_run_and_keeps_finite_params(data):
                                              "eval_every": 40}), data)
   for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(replay.params)):
     np.testing.assert_array_equal(a, b)
+  # accuracy is recorded at the step the kept parameters belong to, never past the stop
+  assert res.eval_steps[-1] == res.stopped_at and res.eval_accuracy[-1] == replay.eval_accuracy[-1]
   skip = gf.studies.train(cfg, gf.studies.TrainConfig(**{**tc.__dict__, "on_nonfinite": "skip"}), data)
   assert len(skip.logs["loss"]) == 40
 

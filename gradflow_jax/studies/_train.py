@@ -323,4 +323,6 @@ def _collect(params, logs, evals, tc) -> TrainResult:
     dense = np.nonzero(~np.isfinite(merged["weight_grad_norm"][stopped_at]))[0]
     first_dense = int(dense[0]) if dense.size else None
   steps, acc = (np.asarray(v) for v in zip(*evals))
+  if stopped_at is not None and tc.on_nonfinite == "stop":
+    steps = np.minimum(steps, stopped_at)  # the kept parameters: after stopped_at updates
   return TrainResult(params, merged, steps, acc, stopped_at, first_layer, first_dense)
