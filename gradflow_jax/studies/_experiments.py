@@ -19,9 +19,9 @@ DEFAULTS = {
                           steps=300),
     "clipping": dict(depth=10, width=64, activation="relu", optimizer="sgd", lr=0.5,
                      steps=200, clip=1.0),
-    # plain SGD at lr 0.5 on digits: within 300 steps half of the ReLU units
-    # die (6% at init, 50% mean and over 80% in the worst layer at the end;
-    # test accuracy stalls near 27%)
+    # plain SGD at lr 0.5 on digits: within 300 steps about half of the ReLU
+    # units die (measured figures and what holds on every machine: the
+    # dead-relu section of docs/studies.md)
     "dead-relu": dict(depth=8, width=64, activation="relu", optimizer="sgd", lr=0.5,
                       steps=300),
 }
