@@ -137,6 +137,12 @@ def test_unconverged_jacobians_are_marked_with_a_fix_the_caller_can_apply():
   assert len(found) == 1 and "jacobian_steps= in gf.analyze_model" in found[0].fix
   full = gf.analyze_model(model, x, y, infer=False)
   assert not any(f.kind == "unconverged_jacobian" for f in full.findings)
+  # repr: one line naming the model, its size and the findings, not the parameter state
+  text = repr(short)
+  n = sum(v.size for v in jax.tree.leaves(model.params))
+  assert "\n" not in text and len(text) < 400, text
+  assert f"{n:,} values" in text and "unconverged_jacobian (" in text
+  assert f"loss={float(short.stats.loss):.4g}" in text
 
 
 @pytest.mark.parametrize("activation, phi", [("gelu", lambda z: jax.nn.gelu(z, approximate=False)),

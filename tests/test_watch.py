@@ -659,3 +659,15 @@ def test_a_vmapped_steps_flow_step_reads_each_seed_in_place():
     for g, w in zip(got, want):
       assert g.shape == (3,) + np.shape(w)
       np.testing.assert_allclose(g[seed], w, rtol=1e-5, atol=1e-6)
+
+
+def test_help_of_the_monitored_steps_names_every_argument():
+  """help() shows every argument of the factory and of the step it returns
+  (measure= was missing from nnx_value_and_grad's)."""
+  import inspect
+  for factory in (gf.value_and_grad, gf.nnx_value_and_grad):
+    doc = inspect.getdoc(factory)
+    step = factory(lambda *a: 0.0)
+    names = (set(inspect.signature(factory).parameters) | set(inspect.signature(step).parameters))
+    missing = {n for n in names - {"args", "a"} if n not in doc}
+    assert not missing, (factory.__name__, missing)

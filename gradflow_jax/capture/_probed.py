@@ -44,6 +44,12 @@ class ProbedModel(NamedTuple):
   activations: tuple = ()
   name: str = "model"
 
+  def __repr__(self) -> str:
+    leaves = jax.tree.leaves(self.params)
+    size = sum(int(getattr(v, "size", 1)) for v in leaves)
+    return (f"ProbedModel(name={self.name!r}, params=<{len(leaves)} arrays, {size:,} values>, "
+            f"activations={dict(self.activations)!r})")
+
   def with_activations(self, mapping: dict[str, str]) -> "ProbedModel":
     """The same model with ``mapping`` (tap -> activation) added."""
     merged = {**dict(self.activations), **mapping}

@@ -46,6 +46,14 @@ class ModelAnalysis(NamedTuple):
             "global_norm": stats["global_norm"], "loss": stats["loss"],
             "findings": [f._asdict() for f in self.findings]}
 
+  def __repr__(self) -> str:
+    """One line: the model, its size, the loss and the findings by kind (the
+    statistics themselves are in ``.stats`` and ``.as_dict()``)."""
+    taps = len(self.stats.names)
+    found = ", ".join(f"{f.kind} ({f.severity})" for f in self.findings) or "none"
+    return (f"ModelAnalysis(model={self.model!r}, taps={taps}, loss={float(self.stats.loss):.4g}, "
+            f"global_norm={float(self.stats.global_norm):.4g}, findings=[{found}])")
+
   def _repr_html_(self) -> str | None:
     """The findings (as report.html shows them) and the taps table, for
     notebooks (drawn by ``render/_report.analysis_html``)."""

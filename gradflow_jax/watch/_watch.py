@@ -254,9 +254,20 @@ def nnx_value_and_grad(fun: Callable, *, has_aux: bool = False, every: int = 1,
   (RNG counts, BatchNorm statistics) is updated in place, as
   ``nnx.value_and_grad`` does.
 
+  Args:
+    fun: ``fun(model, *args)``, the loss (``(loss, aux)`` with ``has_aux``).
+    has_aux, every, activations, histograms: as in :func:`value_and_grad`.
+    auto: tap the weight layers and normalization inputs listed above.
+
   Returns:
-    ``f(model, *args, step=None) -> (value, grads, FlowStep)``; ``grads`` is
-    an ``nnx.State`` of the parameters, for ``optimizer.update(model, grads)``.
+    ``f(model, *args, step=None, measure=None) -> (value, grads, FlowStep)``;
+    ``grads`` is an ``nnx.State`` of the parameters, for
+    ``optimizer.update(model, grads)``. ``measure``, a Python bool, overrides
+    ``every``: ``False`` is exactly ``nnx.value_and_grad`` (no taps, no
+    cond), ``True`` measures; make it static in your ``nnx.jit``
+    (``static_argnames="measure"``) and pass ``measure=step % 10 == 0``.
+    ``step`` (an int array) is what ``every`` reads when ``measure`` is
+    ``None``.
   """
   from flax import nnx
   from gradflow_jax.models import _flax
