@@ -206,3 +206,14 @@ def test_out_of_memory_from_xla_anywhere_is_one_line_naming_the_sizes(capsys):
     raise jax.errors.JaxRuntimeError("INTERNAL: something else")
   with pytest.raises(jax.errors.JaxRuntimeError):
     _cli._run(argparse.Namespace(command="depth", run=other, output=None))
+
+
+def test_top_level_help_says_where_the_default_commands_options_are(capsys):
+  with pytest.raises(SystemExit) as e:
+    _cli.main(["--help"])
+  out = capsys.readouterr().out
+  assert e.value.code == 0 and "analyze.py compare --help" in " ".join(out.split())
+  assert os.path.exists(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md"))
+  with pytest.raises(SystemExit):
+    _cli.main(["compare", "--help"])
+  assert "--activations" in capsys.readouterr().out

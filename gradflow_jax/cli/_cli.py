@@ -295,7 +295,11 @@ def _commands():
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="analyze.py", description=(
       "Measure gradient flow: activation statistics, saturation, dead units and "
-      "gradient norms per layer. Without a subcommand, runs 'compare'."))
+      "gradient norms per layer. Without a subcommand, runs 'compare'."),
+      epilog=("The default command's options (--depth, --width, --activations, --init, "
+              "--norm, --residual, --weights, ...): analyze.py compare --help. Each "
+              "command's: analyze.py COMMAND --help; all of them, with the files they "
+              "write: docs/cli.md."))
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
   _compare_parser(sub)
   _depth_parser(sub)
