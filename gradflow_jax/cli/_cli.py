@@ -11,6 +11,9 @@ import contextlib
 import os
 import sys
 
+from gradflow_jax.cli import _sizes
+
+
 SUBCOMMANDS = {}
 
 
@@ -238,6 +241,8 @@ def _rnn_parser(sub) -> None:
   p.add_argument("--in-dim", type=_positive_int, default=4, help="input dimension (default 4)")
   p.add_argument("--steps", type=_positive_int, default=40, help="sequence length T (default 40)")
   p.add_argument("--batch-size", type=_positive_int, default=8, help="sequences (default 8)")
+  p.add_argument("--force", action="store_true",
+                 help="run even when the memory or time estimate says it will not fit")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
   add_common(p, "gradflow_out/rnn")
   p.set_defaults(run=lambda args: _commands().rnn(args))
@@ -376,33 +381,12 @@ def _run(args) -> int:
     print("analyze.py: interrupted; files written so far are complete", file=sys.stderr)
     return 130
   except Exception as e:  # XLA's out-of-memory error, wherever it comes from
-    if not _out_of_memory(e):
+    if not _sizes.out_of_memory(e):
       raise
-    sizes = SIZE_OPTIONS.get(args.command, "the sizes")
-    print(f"analyze.py {args.command}: error: out of memory ({_first_line(e)}); lower {sizes}",
+    sizes = _sizes.SIZE_OPTIONS.get(args.command, "the sizes")
+    print(f"analyze.py {args.command}: error: out of memory ({_sizes.first_line(e)}); lower {sizes}",
           file=sys.stderr)
     return 2
-
-
-# what to lower when a command runs out of memory
-SIZE_OPTIONS = {
-    "compare": "--width, --depth or --batch-size", "report": "--width, --depth or --batch-size",
-    "depth": "--max-depth, --width, --seeds, --batch-size or --depths/--examples with --model",
-    "width": "--widths or --seeds", "rnn": "--hidden, --steps or --batch-size",
-    "train": "--width, --depth or --batch-size (or the --model factory's sizes)",
-    "diagnose": "the --model factory's batch or model size"}
-
-
-def _out_of_memory(e: BaseException) -> bool:
-  text = str(e)
-  return isinstance(e, MemoryError) or (
-      type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
-      and ("RESOURCE_EXHAUSTED" in text or "Out of memory" in text))
-
-
-def _first_line(e: BaseException) -> str:
-  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def script_main() -> None:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from gradflow_jax.cli._model_commands import _model_errors, diagnose, train_model
+from gradflow_jax.cli._sizes import check_size as _check_size
 from gradflow_jax.cli._output import (_console, _draw_plots, _finish, _load_data, _slug, _versions,
                                      _write_outputs, progress_bar)
 
@@ -56,8 +57,9 @@ def compare(args, force_report: bool = False) -> int:
   payload = {"settings": result["settings"], "weights": args.weights, "inputs": args.inputs,
              "input_nonfinite": result["input_nonfinite"],
              "runs": [{**r, "findings": [f._asdict() for f in r["findings"]]} for r in runs]}
-  plots = {"activation_stats.png": lambda p: _plots.plot_activation_stats(runs, p),
-           "grad_norms.png": lambda p: _plots.plot_grad_norms(runs, p),
+  plots = {"activation_stats.png": lambda p: _plots.plot_activation_stats(
+               runs, p, result["settings"]),
+           "grad_norms.png": lambda p: _plots.plot_grad_norms(runs, p, result["settings"]),
            "activation_curves.png": lambda p: _plots.plot_activation_curves(settings.activations, p)}
   report = None
   if force_report or args.report:
@@ -130,8 +132,9 @@ def depth(args) -> int:
   if not args.quiet and not args.json:
     from gradflow_jax.render import _render
     console.print(_render.depth_table(points))
-  plots = {"depth_sweep.png": lambda p: _plots.plot_depth_sweep(points, p),
-           "layer_jacobians.png": lambda p: _plots.plot_layer_jacobians(curves, p)}
+  plots = {"depth_sweep.png": lambda p: _plots.plot_depth_sweep(points, p, result["settings"]),
+           "layer_jacobians.png": lambda p: _plots.plot_layer_jacobians(curves, p,
+                                                                        result["settings"])}
   payload = {**result, "layer_jacobians": curves}
   _finish(args, console, _write_outputs(args, "depth", payload, plots))
   return 0
@@ -213,54 +216,6 @@ def width(args) -> int:
   return 0
 
 
-def available_bytes() -> int | None:
-  """Memory available to this process now (Linux MemAvailable), or None."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except (OSError, ValueError, IndexError):
-    return None
-  return None
-
-
-def _check_memory(need: int, force: bool, what: str, lower: str) -> None:
-  """Refuses (ValueError) a computation estimated to need more memory than is
-  available, before it starts, unless ``force``."""
-  have = available_bytes()
-  if have is not None and need > 0.8 * have and not force:
-    raise ValueError(f"expected the {what} to fit in memory: it needs about "
-                     f"{need / 2**30:.1f} GiB and {have / 2**30:.1f} GiB is available; lower "
-                     f"{lower} (or pass --force)")
-
-
-MAX_SECONDS = 3600.0  # a run estimated to take longer is refused without --force
-
-
-def _duration(seconds: float) -> str:
-  return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
-          else f"{seconds / 3600:.1f} h" if seconds < 2e5 else f"{seconds / 86400:.2g} days")
-
-
-def _check_time(seconds: float, force: bool, quiet: bool, what: str, lower: str) -> None:
-  """Refuses (ValueError) a run estimated to take longer than MAX_SECONDS,
-  before it starts, unless ``force``; says the estimate of one over a minute."""
-  if seconds > MAX_SECONDS and not force:
-    raise ValueError(f"expected the {what} to finish within {_duration(MAX_SECONDS)}: it is "
-                     f"estimated to take about {_duration(seconds)} on this machine; lower "
-                     f"{lower} (or pass --force)")
-  if seconds > 60 and not quiet:
-    print(f"{what}: estimated to take about {_duration(seconds)} (rough, within about 2x)",
-          file=sys.stderr, flush=True)
-
-
-def _check_size(args, need_bytes: int, seconds: float, what: str, lower: str) -> None:
-  force = getattr(args, "force", False)
-  _check_memory(need_bytes, force, what, lower)
-  _check_time(seconds, force, args.quiet, what, lower)
-
-
 def rnn(args) -> int:
   from gradflow_jax.models import _rnn
   from gradflow_jax.studies import _rnn_sweep
@@ -272,17 +227,22 @@ def rnn(args) -> int:
     raise ValueError(f"expected scales > 0, got {list(args.scales)}")
   if args.steps < 2:
     raise ValueError(f"expected --steps >= 2, got {args.steps}")
+  _check_size(args, _rnn_sweep.estimated_bytes(args.hidden, args.steps, args.batch_size),
+              _rnn_sweep.estimated_seconds(args.hidden, args.steps, args.batch_size,
+                                           len(args.scales)),
+              "RNN sweep", "--hidden, --steps, --batch-size or the number of --scales")
   with progress_bar(args, len(args.scales), "rnn") as advance:
     runs = _rnn_sweep.run_rnn_sweep(cfg, args.scales, args.steps, args.batch_size, args.seed,
                               on_run=advance)
   if not args.quiet and not args.json:
     from gradflow_jax.render import _render
     console.print(_render.rnn_table(runs))
-  plots = {"rnn_through_time.png": lambda p: _plots.plot_rnn_through_time(runs, p)}
   payload = {"settings": {"activation": cfg.activation, "init": cfg.init, "hidden": cfg.hidden,
                           "in_dim": cfg.in_dim, "steps": args.steps, "batch": args.batch_size,
                           "scale_kind": cfg.scale_kind, "seed": args.seed},
              "runs": runs}
+  plots = {"rnn_through_time.png": lambda p: _plots.plot_rnn_through_time(runs, p,
+                                                                          payload["settings"])}
   _finish(args, console, _write_outputs(args, "rnn", payload, plots))
   return 0
 

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from gradflow_jax.cli import _sizes
 from gradflow_jax.cli._output import _console, _finish, _load_data, _write_outputs, progress_bar
 
 # options of the built-in MLP that a --model run refuses
@@ -87,7 +88,12 @@ def train_model(args) -> int:
     for act in named.values():
       _activations.get_activation(act)
     probed = probed.with_activations(named)
-    _model_stats.discover(probed, jnp.asarray(data.x_train[:2]))
+    _, shapes = _model_stats.discover(probed, jnp.asarray(data.x_train[:2]))
+  examples = len(data.x_train[:2])
+  _sizes.check_size(
+      args, _model_train.estimated_bytes(probed.params, shapes, examples, tc, data),
+      _model_train.estimated_seconds(probed.params, shapes, examples, tc, data), "training",
+      "--steps or --batch-size (or the factory's model and data)")
   loss = _model_stats.loss_fn(_model_loss(args, extras))
   writers = [_writers.JsonlWriter(os.path.join(args.out, "log.jsonl"))]
   if args.tensorboard:
@@ -114,10 +120,13 @@ def train_model(args) -> int:
 
   def report(pngs):
     path = os.path.join(args.out, "report.html")
-    _report.write_report(path, f"gradflow_jax: training {label}", [(label, findings)], [],
-                         pngs, notes=f"{len(result.losses)} steps on {data.name}, logged every "
-                                     f"{tc.every}; findings hold on each of the last "
-                                     f"{tc.window} logged steps.")
+    _report.write_report(path, f"gradflow_jax: training {label}", [(label, findings)],
+                         _report.model_train_tables(payload),
+                         [p for p in pngs if p.endswith(".png")],
+                         notes=f"{len(result.losses)} steps on {data.name}, logged every "
+                               f"{tc.every}; test accuracy "
+                               f"{_report.test_accuracy_text(payload)}; findings hold on each "
+                               f"of the last {tc.window} logged steps.")
     return path
   written = _write_outputs(args, "train", payload, {
       "training_curves.png": lambda p: _model_plots.plot_model_training(payload, p),
