@@ -226,6 +226,8 @@ def _width_parser(sub) -> None:
   p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
   p.add_argument("--output", help="key or index of the model output the loss uses")
   p.add_argument("--no-plots", action="store_true", help="write results.json only")
+  p.add_argument("--force", action="store_true",
+                 help="run even when the memory or time estimate says it will not fit")
   add_common(p, "gradflow_out/width")
   p.set_defaults(run=lambda args: _commands().width(args))
 

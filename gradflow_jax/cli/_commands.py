@@ -150,18 +150,31 @@ def _over_sizes(args, what: str, sizes, study):
     return study(lambda v: v in following and advance(f"{what} {following[v]}"))
 
 
+def _check_family_size(args, factory, key, sizes, seeds, examples, passes, held, fixed, lower):
+  """The size guard of a family study: the factory built at two small sizes,
+  its parameters, tapped values and taps extrapolated to ``sizes``."""
+  from gradflow_jax.studies import _family
+  with _model_errors():
+    probe = _family.size_probe(factory, key, examples, args.output, **fixed)
+  need, seconds = _family.estimated_cost(probe, sizes, seeds, passes, held)
+  _check_size(args, need, seconds, f"{key} study", lower)
+
+
 def depth_study(args) -> int:
   """``depth --model``: a family measured at each --depths, every seed."""
   from gradflow_jax.models import _loading
   from gradflow_jax.render import _model_plots, _render, _report
   from gradflow_jax.studies import _depth_study
-  _refuse(args, _SWEEP_ONLY + ("x64", "force"), "only for the built-in MLP sweep (a --model "
+  _refuse(args, _SWEEP_ONLY + ("x64",), "only for the built-in MLP sweep (a --model "
           "family sets its own architecture)")
   settings = _depth_study.DepthStudySettings(
       depths=args.depths or _depth_study.DEFAULT_DEPTHS, seeds=args.seeds, width=args.width,
       examples=args.examples or 4, loss=args.loss or "cross_entropy", seed=args.seed)
   console = _console(args)
   factory = _loading.load_factory(args.model)
+  _check_family_size(args, factory, "depth", settings.depths, settings.seeds, settings.examples,
+                     400, 40, {} if settings.width is None else {"width": settings.width},
+                     "--depths, --seeds or --examples")
   result = _over_sizes(args, "depth", settings.depths, lambda on: _depth_study.depth_study(
       factory, settings, output=args.output, on_depth=on))
   if not args.quiet and not args.json:
@@ -197,6 +210,9 @@ def width(args) -> int:
       optimizer=args.optimizer, lr=args.lr, loss=args.loss, seed=args.seed)
   console = _console(args)
   factory = _loading.load_factory(args.model)
+  fixed = {} if settings.depth is None else {"depth": settings.depth}
+  _check_family_size(args, factory, "width", settings.widths, settings.seeds, settings.examples,
+                     10 * settings.steps, 10, fixed, "--widths, --seeds or --steps")
   result = _over_sizes(args, "width", settings.widths, lambda on: _width_study.width_study(
       factory, settings, output=args.output, on_width=on))
   if not args.quiet and not args.json:

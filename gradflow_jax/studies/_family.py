@@ -114,6 +114,66 @@ def build(make, seeds: int, examples: int | None = None, base_seed: int = 0, out
   return Family(probed[0], _stack([p.params for p in probed], label), x, y, info, shapes)
 
 
+PROBE_SIZES = {"depth": (2, 4), "width": (16, 32)}  # small sizes every factory should take
+
+
+def size_probe(make, key: str, examples: int | None = None, output=None,
+               **fixed) -> tuple[tuple[int, int, float, int, int], ...]:
+  """(size, parameters, tapped values per example, taps, examples) of seed 0 at the two
+  sizes ``PROBE_SIZES[key]`` of the size ``key`` (``"depth"``/``"width"``):
+  what :func:`estimated_cost` scales to the sizes asked for."""
+  how = check_factory(make, (key,) + tuple(fixed))
+  seed = {} if how is None else {how: jax.random.key(0) if how == "key" else 0}
+  out = []
+  for v in PROBE_SIZES[key]:
+    model, params, (x, _), _ = _loading.call_factory(make, **{key: v}, **fixed, **seed)
+    x = _examples(x, examples)
+    probed = _flax.as_probed(model, params, output=output)
+    _, shapes = _model_stats.discover(probed, x)
+    n = max(len(jax.tree.leaves(x)[0]), 1)
+    out.append((v, sum(int(np.size(a)) for a in jax.tree.leaves(probed.params)),
+                sum(int(np.prod(s.shape)) for s in shapes.values()) / n, len(shapes), n))
+  return tuple(out)
+
+
+def _power_law(v1, y1, v2, y2, size):
+  """y at ``size`` on the power law through (v1, y1) and (v2, y2), exponent in [0, 3]."""
+  slope = np.log(max(y2, 1) / max(y1, 1)) / np.log(v2 / v1)
+  return y1 * (size / v1) ** float(np.clip(slope, 0, 3))
+
+
+# The cost model of a family study, fitted on 2 CPU cores (jax 0.10) to depth
+# studies of examples/residual_mlp.py (depths 2-32), transformer_ln.py, resnet_cnn.py and
+# width studies of mlp_width.py (widths 64-1024): a fixed cost per size,
+# compiling per tap, and per seed and example the arithmetic of every pass
+# (estimated / measured 0.5-1.7 there: the transformer's attention and the
+# CNN's convolutions cost more than a flop per parameter)
+# (a Lanczos local Jacobian per tap makes a depth study about 400 passes of
+# 1 flop per parameter or tapped value; a width study's few steps about 30).
+STUDY_FIXED_SECONDS = 5.0
+STUDY_COMPILE_SECONDS_PER_TAP = 0.05
+STUDY_FLOPS_PER_SECOND = 2e10
+
+
+def estimated_cost(probe, sizes, seeds: int, passes: int, held: int) -> tuple[int, float]:
+  """(peak bytes at the largest size, seconds for all sizes), roughly: each
+  size's parameters, tapped values and taps extrapolated from ``probe``
+  (:func:`size_probe`); memory holds per seed the parameters with their
+  gradients and optimizer state (8x) and per example ``held`` copies of the
+  tapped values (a Lanczos basis, a step's activations and gradients)."""
+  (v1, p1, a1, t1, examples), (v2, p2, a2, t2, _) = probe
+  seconds, peak = 0.0, 0
+  for size in sizes:
+    params = _power_law(v1, p1, v2, p2, size)
+    values = _power_law(v1, a1, v2, a2, size)
+    taps = _power_law(v1, t1, v2, t2, size)
+    work = seeds * examples * (params + values) * passes
+    seconds += (STUDY_FIXED_SECONDS + STUDY_COMPILE_SECONDS_PER_TAP * taps
+                + work / STUDY_FLOPS_PER_SECOND)
+    peak = max(peak, int(4 * seeds * (8 * params + examples * values * held)))
+  return peak, seconds
+
+
 def is_float_array(x) -> bool:
   return isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.inexact)
 
