@@ -1,6 +1,7 @@
 """The backend aids (``_backend``) change how XLA schedules a program, never
 a number: statistics with the aids on and off are identical."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def test_statistics_are_the_same_with_the_aids_on_and_off(monkeypatch):
     step = jax.jit(lambda w: gf.value_and_grad(
         lambda w, x, y: gf.loss_value("cross_entropy", _scanned(w, x), y))(w, X, Y))(W)
     got[switch] = jax.device_get((stats, step[0], step[1], step[2].stats, step[2].norms))
-  jax.tree.map(np.testing.assert_array_equal, got["1"], got["0"])
+  chex.assert_trees_all_equal(got["1"], got["0"])
   assert len(got["1"][0].names) == 8
 
 

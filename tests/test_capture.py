@@ -6,6 +6,7 @@ import os
 import re
 import threading
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,10 +53,9 @@ def _check(model, reference, w=W, x=X, names=None):
       w, x, zeros)
   assert sorted(rtaps) == sorted(taps)
   np.testing.assert_allclose(value, rv, **tol())
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()), gw, rgw)
+  chex.assert_trees_all_close(gw, rgw, **tol())
   np.testing.assert_allclose(value, model(w, x), **tol())  # the model, run plainly
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()),
-               jax.grad(model)(w, x), rgw)
+  chex.assert_trees_all_close(jax.grad(model)(w, x), rgw, **tol())
   for k in taps:
     np.testing.assert_allclose(taps[k], rtaps[k], **tol(), err_msg=k)
     np.testing.assert_allclose(gp[k], rgp[k], **tol(), err_msg=k)

@@ -1,5 +1,6 @@
 """Scans that write each distinct per-layer value out once (_shared_outputs)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +45,7 @@ def test_duplicate_outputs_of_a_scan_are_written_once_with_the_same_numbers():
   assert _scan_ys_counts(shared, ws, x) == [2]  # a (= b, the last), a * 2
   want = jax.jit(fn)(ws, x)
   got = jax.jit(shared)(ws, x)
-  jax.tree.map(np.testing.assert_array_equal, got, want)
+  chex.assert_trees_all_equal(got, want)
 
 
 def test_scans_inside_jitted_calls_closed_over_tracers_and_vmap():
@@ -64,7 +65,7 @@ def test_scans_inside_jitted_calls_closed_over_tracers_and_vmap():
   assert _scan_ys_counts(lambda ws, x: share_scan_outputs(
       jax.jit(lambda w, x: jax.lax.scan(_body, x, w)))(ws[0], x), ws, x) == [2]
   plain, shared = jax.jit(outer)(ws, x, 0.5)
-  jax.tree.map(np.testing.assert_array_equal, shared, plain)
+  chex.assert_trees_all_equal(shared, plain)
 
 
 def test_effects_are_not_merged():

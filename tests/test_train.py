@@ -1,6 +1,7 @@
 """Training: each logged number against an independent computation, the NaN
 guard on a run made to diverge, and the optax monitor inside a user's step."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,8 +68,7 @@ def test_monitor_in_a_user_jitted_step_equals_the_loop(data):
                              rtol=1e-5)
   assert float(mon.global_norm) == pytest.approx(float(log.grad_norm), rel=1e-5)
   assert int(mon.count) == 1 and not bool(mon.nonfinite)
-  for a, b in zip(jax.tree.leaves(new_user), jax.tree.leaves(new_loop)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(new_user, new_loop, rtol=1e-5, atol=1e-7)
   with pytest.raises(LookupError):
     gf.watch.find_monitor_state(optax.adam(1e-3).init(params))
 
@@ -80,12 +80,11 @@ def test_guard_stops_a_diverging_run_and_keeps_finite_params(data):
   assert res.stopped_at is not None and res.stopped_at < 40
   assert len(res.logs["loss"]) == res.stopped_at + 1
   assert bool(res.logs["nonfinite"][-1]) and not res.logs["nonfinite"][:-1].any()
-  assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(res.params))
+  chex.assert_tree_all_finite(res.params)
   # the kept parameters are those before the bad step: replaying that many steps gives them
   replay = gf.studies.train(cfg, gf.studies.TrainConfig(**{**tc.__dict__, "steps": res.stopped_at,
                                              "eval_every": 40}), data)
-  for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(replay.params)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(res.params, replay.params)
   # accuracy is recorded at the step the kept parameters belong to, never past the stop
   assert res.eval_steps[-1] == res.stopped_at and res.eval_accuracy[-1] == replay.eval_accuracy[-1]
   skip = gf.studies.train(cfg, gf.studies.TrainConfig(**{**tc.__dict__, "on_nonfinite": "skip"}), data)
@@ -104,8 +103,7 @@ def test_step_on_nonfinite_batch_changes_nothing(data):
   p2, opt2, log = step(p1, opt1, x, data.y_train[32:64])
   assert bool(log.nonfinite) and not np.isfinite(float(log.loss))
   np.testing.assert_array_equal(log.update_ratio, 0.0)
-  for a, b in zip(jax.tree.leaves((p1, opt1)), jax.tree.leaves((p2, opt2))):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal((p1, opt1), (p2, opt2))
 
 
 def test_residual_keeps_early_layer_gradients(data):

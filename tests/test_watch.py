@@ -6,6 +6,7 @@ perturbations of a scan over layers."""
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,8 +62,8 @@ def test_linen_step_gives_jax_grad_and_flax_updates(linen_case):
   (ref_loss, ref_upd), ref = jax.value_and_grad(loss_fn, has_aux=True)(
       v["params"], v["batch_stats"], x, y, key)
   np.testing.assert_allclose(loss, ref_loss, **tol())
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()), grads, ref)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol()), upd, ref_upd)
+  chex.assert_trees_all_close(grads, ref, **tol())
+  chex.assert_trees_all_close(upd, ref_upd, **tol())
   assert flow.names == ("Dense_0", "BatchNorm_0/input", "Dense_1/input", "Dense_1")
   assert flow.roles == ("pre", "tap", "post", "pre")
   assert flow.activation_names == ("relu", None, None, None)
@@ -164,7 +165,7 @@ def test_every_skips_statistics_but_never_gradients():
     loss, grads, flow = every3(w, x, y, step=jnp.int32(step))
     flows.append(jax.device_get(flow))
     np.testing.assert_allclose(loss, ref_loss)
-    jax.tree.map(np.testing.assert_allclose, grads, ref_grads)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-7)
     assert bool(flow.measured) == (step % 3 == 0)
     if step % 3 == 0:
       np.testing.assert_allclose(flow.tap_grad_norm, ref_flow.tap_grad_norm)
@@ -183,7 +184,7 @@ def test_every_skips_statistics_but_never_gradients():
   static = jax.jit(gf.value_and_grad(loss_fn, every=3), static_argnames="measure")
   loss, grads, flow = static(w, x, y, measure=False)
   np.testing.assert_allclose(loss, ref_loss)
-  jax.tree.map(np.testing.assert_allclose, grads, ref_grads)
+  chex.assert_trees_all_close(grads, ref_grads, rtol=1e-7)
   assert not bool(flow.measured) and flow.activations is None and flow.param_grad_norms is None
   assert gf.watch.flat_metrics(flow) == {"loss": float(ref_loss)}
   _, _, flow = static(w, x, y, measure=True)
@@ -317,12 +318,23 @@ def test_nnx_optimizer_run_equals_a_plain_nnx_value_and_grad_run():
   assert not [k for k in flat if k.endswith("/value")]  # NNX Variables named by their path
 
 
-def test_update_ratios_match_numpy():
-  old = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
-  new = {"a": old["a"] * 1.01, "b": old["b"] + 0.5}
-  r = gf.watch.update_ratios(old, new)
-  np.testing.assert_allclose(r["a"], 0.01, rtol=1e-5)
-  np.testing.assert_allclose(r["b"], 0.5, rtol=1e-6)
+class UpdateRatiosTest(chex.TestCase):
+  """update_ratios against NumPy, jitted and not (chex.variants), with the
+  traced ``when`` switch both ways."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_update_ratios_match_numpy(self):
+    old = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    new = {"a": old["a"] * 1.01, "b": old["b"] + 0.5}
+    want = {k: np.linalg.norm(np.asarray(new[k]) - np.asarray(old[k])) / np.linalg.norm(old[k])
+            for k in old}
+    ratios = self.variant(gf.watch.update_ratios)
+    got = ratios(old, new)
+    chex.assert_trees_all_close(got, want, rtol=1e-5)
+    chex.assert_trees_all_close(want, {"a": 0.01, "b": 0.5}, rtol=1e-5)
+    skipped = ratios(old, new, when=jnp.asarray(False))
+    chex.assert_tree_shape_suffix(skipped, ())
+    assert all(np.isnan(v) for v in jax.tree.leaves(skipped))
 
 
 def test_update_ratios_refuse_live_nnx_variables_and_take_a_snapshot():
@@ -590,7 +602,7 @@ def test_promised_zero_perturbations_give_the_same_gradients_and_skip_the_forwar
   got = jax.jit(functools.partial(value_and_grads, how="tangent"))(zeros)
   ones = jax.tree.map(jnp.ones_like, zeros)
   moved = jax.jit(lambda p: model.forward(ws, x, p, how="tangent")[0])(ones)
-  jax.tree.map(np.testing.assert_array_equal, got, want)
+  chex.assert_trees_all_equal(got, want)
   assert float(moved) == float(want[0])
   assert float(model.forward(ws, x, ones)[0]) != float(want[0])  # outside: p moves it
 
