@@ -5,16 +5,21 @@ studies."""
 from __future__ import annotations
 
 import os
+import re
+import textwrap
 import warnings
 
 import matplotlib
 import matplotlib.figure
 import matplotlib.lines
+import matplotlib.patches
 import numpy as np
 
 from gradflow_jax import _io
-from gradflow_jax.render._plots import (_band, _fit_log_limits, _MARKERS, _no_finite_note,
-                                        _positive, _subplots)
+from gradflow_jax.render._plots import (_band, _cmap, _fit_log_limits, _integer_ticks,
+                                        _log_or_note, _MARKERS, _natural_key, _no_finite_note,
+                                        _no_value_background, _positive, _set_log, _step_ticks,
+                                        _subplots, _suptitle)
 
 
 def jacobian_summary(jac):
@@ -31,37 +36,66 @@ def jacobian_summary(jac):
 
 
 def plot_taps(stats, jac, path):
-  """Per tap of a model: activation std, ||dL/dtap|| and the local Jacobian
+  """Per tap of a model, a panel per quantity (each its own labelled log
+  axis, one tap axis): activation std, ||dL/dtap|| and the local Jacobian
   norm (median over examples; unconverged values left out and marked)."""
-  fig, ax = _subplots(figsize=(max(7, 0.45 * len(stats.names)), 4.8))
-  idx = np.arange(len(stats.names))
-  ax.plot(idx, _positive(stats.activations.std), "o-", label="std of the tapped tensor")
-  ax.plot(idx, _positive(stats.tap_grad_norm), "s-", label="||dL/d tap|| (backward signal)")
+  names = list(stats.names)
+  idx = np.arange(len(names))
+  panels = [("std of the tapped tensor", "std", _positive(stats.activations.std), "o-", "C0"),
+            ("||dL/d tap|| (backward signal)", "||dL/d tap||", _positive(stats.tap_grad_norm),
+             "s-", "C1")]  # (title, y label, values, marker and line, colour)
+  unconverged = None
   if jac is not None:
     med, unconverged = jacobian_summary(jac)
-    ax.plot(idx, _positive(med), "^", ls="none",
-            label="||d tap / d its source tap||_2 (median over examples)")
-    if unconverged.any():
-      ax.plot(idx[unconverged], np.ones(unconverged.sum()), "x", color="red",
-              label="Jacobian not converged (not drawn)")
-  ax.set_yscale("log")
-  ax.set_xticks(idx, stats.names, rotation=60, ha="right", fontsize=7)
-  ax.grid(alpha=0.3, which="both")
-  # above the axes, so no marker is hidden behind it
-  ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    panels.append(("||d tap / d its source tap||_2 (median over examples)",
+                   "||d tap / d source||_2", _positive(med), "^", "C2"))
+  fig, axes = _subplots(len(panels), 1, figsize=(max(7, 0.45 * len(names)),
+                                                 1.6 + 2.1 * len(panels)),
+                        squeeze=False, sharex=True)
+  axes = axes[:, 0]
+  for ax, (title, ylabel, values, style, colour) in zip(axes, panels):
+    ax.plot(idx, values, marker=style[0], color=colour, ms=5, ls="-" if "-" in style else "none")
+    ax.set_title(title, fontsize=9, loc="left")
+    log = _log_or_note(ax, [values], what="values")
+    ax.set_ylabel(ylabel + (" (log)" if log else ""), fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+  if unconverged is not None and unconverged.any():
+    ax = axes[-1]
+    ax.plot(idx[unconverged], np.full(int(unconverged.sum()), 0.05), "x", color="red",
+            transform=ax.get_xaxis_transform(), ls="none",
+            label="Jacobian not converged (not drawn)")
+    ax.legend(fontsize=8, loc="upper right")
+  stride = max(1, -(-len(names) // 60))
+  axes[-1].set_xticks(idx[::stride], names[::stride], rotation=60, ha="right", fontsize=7)
+  axes[-1].set_xlim(-0.5, len(names) - 0.5)
   fig.suptitle("Per tap, in the order the model records them")
   fig.tight_layout()
   return _io.save_figure(fig, path)
 
 
+def _train_settings(run: dict) -> str:
+  s = run.get("settings") or {}
+  parts = [f"{s['optimizer']} lr {s['lr']:g}" if s.get("optimizer") and s.get("lr") else "",
+           f"batch {s['batch_size']}" if s.get("batch_size") else "",
+           ("no clipping" if s.get("clip") is None else f"clip {s['clip']:g}") if s else "",
+           f"{run.get('steps_run', s.get('steps'))} steps" if s else "",
+           f"logged every {s['every']}" if s.get("every") else "",
+           f"{run['loss_name']} loss" if run.get("loss_name") else "",
+           f"seed {s['seed']}" if s.get("seed") is not None else ""]
+  acc = run.get("test_accuracy")
+  if acc is not None:
+    parts.append(f"test accuracy {100 * acc:.1f}%")
+  return ", ".join(p for p in parts if p)
+
+
 def plot_model_training(run: dict, path):
   """A --model run: the mini-batch loss per step and the global gradient
-  norm at the logged steps."""
-  fig, axes = _subplots(1, 2, figsize=(12, 4.2))
-  loss = np.asarray(run["loss"], float)
+  norm at the logged steps; the settings and test accuracy in the title."""
+  fig, axes = _subplots(1, 2, figsize=(12, 4.4))
+  loss = np.asarray([np.nan if v is None else v for v in run["loss"]], float)
   axes[0].plot(np.arange(len(loss)), loss, color="C0", lw=1)
-  if np.all(loss[np.isfinite(loss)] > 0):
-    axes[0].set_yscale("log")
+  if np.isfinite(loss).any() and np.all(loss[np.isfinite(loss)] > 0):
+    _set_log(axes[0])
   if run["stopped_at"] is not None:
     axes[0].axvline(run["stopped_at"], color="firebrick", ls=":", label="NaN/Inf: stopped")
     axes[0].legend(fontsize=8)
@@ -70,33 +104,43 @@ def plot_model_training(run: dict, path):
   axes[0].set_xlabel("step")
   norms = _positive([np.nan if v is None else v for v in run["global_norm"]])
   axes[1].plot(run["logged_steps"], norms, "o-", color="C1", ms=3)
-  axes[1].set_yscale("log")
+  if np.isfinite(norms).any():
+    _set_log(axes[1])
   axes[1].set_title("global gradient norm (before clipping), logged steps")
   axes[1].set_xlabel("step")
   _no_finite_note(axes[1], [norms])
+  _integer_ticks(axes[0])
+  _step_ticks(axes[1], run["logged_steps"])
   for ax in axes:
     ax.grid(alpha=0.3, which="both")
-  fig.suptitle(f"Training {os.path.basename(run['model'])} on {run['data']}")
+  _suptitle(fig, f"Training {os.path.basename(run['model'])} on {run['data']}",
+            _train_settings(run), 12)
   fig.tight_layout()
   return _io.save_figure(fig, path)
 
 
 def plot_tap_heatmap(run: dict, path):
   """log10 ||dL/d tap|| for every tap (rows, in forward order) at every
-  logged step (columns)."""
+  logged step (columns); a cell without a value (0, NaN/Inf, a step not
+  measured) hatched grey and named in the legend."""
   names = run["taps"]
   grid = np.asarray([[np.nan if v is None else v for v in run["tap_stats"][n]["grad_norm"]]
                      for n in names], float)
   with np.errstate(divide="ignore", invalid="ignore"):
     logs = np.where(np.isfinite(grid) & (grid > 0), np.log10(grid), np.nan)
   steps = run["logged_steps"]
-  fig, ax = _subplots(figsize=(min(14, 4 + 0.25 * len(steps)), 1.5 + 0.28 * len(names)))
+  fig, ax = _subplots(figsize=(min(14, 4 + 0.25 * len(steps)), 1.9 + 0.28 * len(names)))
+  handle = _no_value_background(ax)
   if np.isfinite(logs).any():
-    image = ax.imshow(logs, aspect="auto", cmap="viridis", interpolation="nearest")
+    image = ax.imshow(logs, aspect="auto", cmap=_cmap("viridis"), interpolation="nearest")
     fig.colorbar(image, ax=ax, label="log10 ||dL/d tap||")
   else:
+    ax.imshow(logs, aspect="auto", cmap=_cmap("viridis"), interpolation="nearest")
     ax.text(0.5, 0.5, "all values non-finite", transform=ax.transAxes, ha="center",
             color="firebrick")
+  if np.isnan(logs).any():
+    ax.legend(handles=[handle], loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8,
+              frameon=False, borderaxespad=1.6)
   stride = max(1, len(names) // 40)
   ax.set_yticks(range(0, len(names), stride), [names[i] for i in range(0, len(names), stride)],
                 fontsize=7)
@@ -108,30 +152,98 @@ def plot_tap_heatmap(run: dict, path):
   return _io.save_figure(fig, path)
 
 
+def _leaf_kind(name: str) -> str:
+  return name.rsplit("/", 1)[-1]
+
+
+def _leaf_layer(name: str) -> str:
+  return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+_LEAF_STYLE = {"kernel": ("-", "o"), "w": ("-", "o"), "weight": ("-", "o"),
+               "bias": ("--", "s"), "b": ("--", "s"), "scale": (":", "^"),
+               "embedding": ("-.", "D")}
+MAX_LABELLED_LEAVES = 24
+
+
+def _leaf_groups(names: list[str], most: int) -> dict[str, list[str]]:
+  """At most ``most`` groups of parameter leaves, each named by the path
+  its leaves share: per layer (the path less its last part) where that gives
+  few enough, else per shorter prefix, else runs of consecutive leaves."""
+  names = sorted(names, key=_natural_key)
+  depth = max(n.count("/") for n in names)
+  for keep in range(depth, 0, -1):
+    groups: dict[str, list[str]] = {}
+    for n in names:
+      parts = n.split("/")
+      key = "/".join(parts[:min(keep, len(parts) - 1)]) + "/*" if len(parts) > 1 else n
+      groups.setdefault(key, []).append(n)
+    if len(groups) <= most:
+      return {(g[0] if len(g) == 1 else k): g for k, g in groups.items()}
+  size = -(-len(names) // most)
+  return {f"{chunk[0]} ... {chunk[-1]}" if len(chunk) > 1 else chunk[0]: chunk
+          for chunk in (names[i:i + size] for i in range(0, len(names), size))}
+
+
 def plot_update_ratios(run: dict, path):
   """||dW|| / ||W|| per parameter leaf at the logged steps, with the ~1e-3
-  rule of thumb and the finding thresholds."""
+  rule of thumb and the finding thresholds. Up to MAX_LABELLED_LEAVES leaves:
+  a line each, labelled by its parameter path (colour: its layer; line style
+  and marker: kernel, bias, scale, ...). More: a line per group of leaves
+  (the median over its leaves, their min-max shaded), labelled by the path
+  they share and how many leaves it holds."""
   from gradflow_jax.studies import _model_train
   from gradflow_jax.watch import _watch
-  fig, ax = _subplots(figsize=(10, 4.6))
-  leaves = run["update_ratio"]
-  drawn = []
-  for i, (name, values) in enumerate(leaves.items()):
-    v = _positive([np.nan if x is None else x for x in values])
-    drawn.append(v)
-    ax.plot(run["logged_steps"], v, "-", marker=_MARKERS[i % len(_MARKERS)], ms=3, lw=1,
-            label=name if len(leaves) <= 12 else None)
-  ax.set_yscale("log")
+  fig, ax = _subplots(figsize=(11, 4.8))
+  leaves = {k: _positive([np.nan if x is None else x for x in v])
+            for k, v in run["update_ratio"].items()}
+  steps = run["logged_steps"]
+  drawn = list(leaves.values())
+  grouped = len(leaves) > MAX_LABELLED_LEAVES
+  if not grouped:
+    layers = list(dict.fromkeys(_leaf_layer(n) for n in sorted(leaves, key=_natural_key)))
+    cmap = matplotlib.colormaps.get_cmap("tab10" if len(layers) <= 10 else "tab20")
+    kinds = list(dict.fromkeys(_leaf_kind(n) for n in leaves))
+    other = iter([("-", m) for m in _MARKERS if m not in "os^D"] * 4)
+    styles = {k: _LEAF_STYLE.get(k) or next(other) for k in kinds}
+    for name in sorted(leaves, key=_natural_key):
+      ls, marker = styles[_leaf_kind(name)]
+      ax.plot(steps, leaves[name], ls=ls, marker=marker, ms=4, lw=1.2,
+              color=cmap(layers.index(_leaf_layer(name)) % cmap.N), label=name)
+  else:
+    groups = _leaf_groups(list(leaves), 20)
+    cmap = matplotlib.colormaps.get_cmap("tab20")
+    for i, (label, members) in enumerate(groups.items()):
+      block = np.vstack([leaves[m] for m in members])
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, med, hi = (np.nanmin(block, 0), np.nanmedian(block, 0), np.nanmax(block, 0))
+      c = cmap(i % 20)
+      ax.plot(steps, med, "-", marker=_MARKERS[i % len(_MARKERS)], ms=3, lw=1.2, color=c,
+              label=f"{label} ({len(members)} leaves)" if len(members) > 1 else label)
+      if len(members) > 1:
+        ax.fill_between(steps, lo, hi, color=c, alpha=0.15, lw=0)
+  _log_or_note(ax, drawn + [[_watch.UPDATE_RATIO_RULE]], what="ratios")
   ax.axhline(_watch.UPDATE_RATIO_RULE, color="k", ls="--", lw=1, label="rule of thumb 1e-3")
   for bound in (_model_train.UPDATE_RATIO_LOW, _model_train.UPDATE_RATIO_HIGH):
     ax.axhline(bound, color="firebrick", ls=":", lw=1)
   ax.plot([], [], color="firebrick", ls=":", label="finding thresholds")
   _no_finite_note(ax, drawn)
+  missing = sum(int(np.isnan(v).sum()) for v in drawn if np.isfinite(v).any())
+  if missing:
+    ax.text(0.01, 0.01, f"{missing} points not drawn: ||W|| = 0 at that step (e.g. a bias "
+            "initialised to 0: no ratio) or not finite", transform=ax.transAxes, fontsize=8,
+            color="firebrick", va="bottom")
   ax.set_xlabel("step")
-  ax.set_title("Update-to-weight ratio ||dW|| / ||W|| per parameter"
-               + ("" if len(leaves) <= 12 else f" ({len(leaves)} leaves, unlabelled)"))
+  _step_ticks(ax, steps)
+  ax.set_title("Update-to-weight ratio ||dW|| / ||W|| per parameter" + (
+      f" ({len(leaves)} leaves in {len(groups)} groups: line = median over the group, "
+      "band = min to max)" if grouped else " (colour: layer; line style: kernel, bias, ...)"),
+      fontsize=10)
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+  n_labels = len(ax.get_legend_handles_labels()[1])
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
+            ncol=1 if n_labels <= 18 else 2)
   return _io.save_figure(fig, path)
 
 
@@ -144,7 +256,9 @@ def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
   names = list(series)[:max_taps]
   cols = min(4, len(names))
   rows = -(-len(names) // cols)
-  fig, axes = _subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+  # constrained layout: each panel's tick labels keep clear of its neighbours
+  fig, axes = _subplots(rows, cols, figsize=(3.6 * cols + 1.2, 2.9 * rows + 0.9), squeeze=False,
+                        layout="constrained")
   edges = _flow_step.HISTOGRAM_EDGES
   centre = len(edges) // 2  # the index of the edge at 0
   image = None
@@ -182,8 +296,9 @@ def plot_histograms_over_steps(series: dict, steps: list, what: str, path,
   if image is not None:
     fig.colorbar(image, ax=axes.ravel().tolist(), label="share of entries", shrink=0.8)
   more = f" (first {max_taps} of {len(series)} taps)" if len(series) > max_taps else ""
-  fig.suptitle(f"{what} over training: share of entries per signed-log bin (y; the row at 0 "
-               f"holds exact zeros) at each logged step (x){more}", fontsize=10)
+  _suptitle(fig, f"{what} over training{more}", "share of entries per signed-log bin (y; the "
+            "row at 0 holds exact zeros) at each logged step (x); white: no entries in that bin",
+            10)
   return _io.save_figure(fig, path)
 
 
@@ -234,7 +349,7 @@ def plot_depth_study(result: dict, label: str, path):
     ax.set_xscale("log", base=2)
     ax.set_xlim(depths.min() / 1.2, depths.max() * 1.2)  # set: an all-NaN panel has no data limits
     if np.isfinite(drawn).any() or any(np.isfinite(e).any() for e in extra):
-      ax.set_yscale("log")
+      _set_log(ax)
     else:
       ax.text(0.5, 0.5, "no finite positive values", ha="center", transform=ax.transAxes,
               color="firebrick")
@@ -250,35 +365,164 @@ def plot_depth_study(result: dict, label: str, path):
   return _io.save_figure(fig, path)
 
 
+_NUMBER = re.compile(r"(\d+)")
+
+
+def _number_slots(name: str) -> list[tuple[str, int]]:
+  """The numbers in a tap name, each keyed by what names it: the letters
+  before it in its path part ("layer_" in ".../layer_3", "block" in
+  "block2_in"), or the part before it for a bare number ("layers/" in
+  "layers/1/input")."""
+  out, parts = [], name.split("/")
+  for i, part in enumerate(parts):
+    for m in _NUMBER.finditer(part):
+      prefix = part[:m.start()]
+      if not prefix:
+        prefix = (parts[i - 1] + "/") if i and part.isdigit() else "#"
+      out.append((prefix, int(m.group(1))))
+  return out
+
+
+def tap_blocks(records: list[dict]) -> tuple[list[str], list[str | None], list[str]]:
+  """Groups the taps of the deepest network of a depth study by block.
+
+  The block index is a number in the tap names whose count of distinct
+  values grows with depth (``layer_`` of ``blocks/.../layer_3``, ``layers/``
+  of ``layers/2/input``, ``block`` of ``block2/pre``; ``conv`` and ``norm``
+  of ``conv2``, ``norm2/input``), or where a single depth was studied, the
+  numbers with the most values (at least 3). Returns the deepest network's
+  taps, each tap's block label (named by the key with most values, e.g.
+  ``layer_3``; None for taps outside any block: the stem before them, the
+  head after) and the keys, most values first (empty when none qualifies).
+  """
+  deepest = max(records, key=lambda d: len(d["taps"]))
+  shallowest = min(records, key=lambda d: len(d["taps"]))
+
+  def counts(taps):
+    seen: dict[str, set] = {}
+    for t in taps:
+      for key, v in _number_slots(t):
+        seen.setdefault(key, set()).add(v)
+    return {k: len(v) for k, v in seen.items()}
+  deep, shallow = counts(deepest["taps"]), counts(shallowest["taps"])
+  if deepest is shallowest:
+    top = max(deep.values(), default=0)
+    candidates = {k: n for k, n in deep.items() if n >= 3 and n >= top - 1}
+  else:
+    candidates = {k: n for k, n in deep.items() if n > shallow.get(k, 0)}
+  keys = sorted(candidates, key=lambda k: (-candidates[k], len(k)))
+  labels = []
+  for t in deepest["taps"]:
+    slots = dict(reversed(_number_slots(t)))  # the first number of each key
+    found = [slots[k] for k in keys if k in slots]
+    labels.append(f"{keys[0]}{found[0]}" if found else None)
+  return list(deepest["taps"]), labels, keys
+
+
 def plot_depth_layer_heatmap(result: dict, label: str, path):
   """Depth x tap heatmap of the mean squared singular value of d tap / d
   source (median over seeds; Hutchinson): where along the network the
-  signal grows or shrinks, for every depth studied."""
+  signal grows or shrinks, for every depth studied. Columns are the taps of
+  the deepest network, grouped by block (separators, block labels below);
+  a shallower network's taps sit under the same names, so its missing blocks
+  are a solid grey gap; a tap without a value (0 or NaN/Inf) is hatched."""
   records = result["depths"]
-  width = max(len(d["taps"]) for d in records)
+  taps, blocks, keys = tap_blocks(records)
+  column = {t: i for i, t in enumerate(taps)}
+  aligned = all(t in column for d in records for t in d["taps"])
+  width = len(taps) if aligned else max(len(d["taps"]) for d in records)
   grid = np.full((len(records), width), np.nan)
+  absent = np.ones((len(records), width), bool)
   for i, d in enumerate(records):
-    v = np.nanmedian(np.asarray(d["tap_mean_sq_singular_value"], float), axis=0)
+    with warnings.catch_warnings():  # a tap NaN in every seed: NaN, not a warning
+      warnings.simplefilter("ignore", RuntimeWarning)
+      v = np.nanmedian(np.asarray(d["tap_mean_sq_singular_value"], float), axis=0)
+    cols = [column[t] for t in d["taps"]] if aligned else list(range(len(d["taps"])))
     with np.errstate(divide="ignore", invalid="ignore"):
-      grid[i, :len(v)] = np.where(v > 0, np.log10(v), np.nan)
-  fig, ax = _subplots(figsize=(12, 1.2 + 0.55 * len(records)))
+      grid[i, cols] = np.where(np.isfinite(v) & (v > 0), np.log10(v), np.nan)
+    absent[i, cols] = False
+  fig, ax = _subplots(figsize=(12, 2.2 + 0.55 * len(records)))
+  no_value = _no_value_background(ax)
   finite = grid[np.isfinite(grid)]
   if finite.size:
     lim = max(abs(finite.min()), abs(finite.max()), 0.5)
-    im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
+    im = ax.imshow(grid, aspect="auto", cmap=_cmap("RdBu_r"), vmin=-lim, vmax=lim,
                    interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="log10 mean s^2 (0: neither grows nor shrinks)")
+    fig.colorbar(im, ax=ax, label="log10 mean s^2 (0: neither grows nor shrinks)", pad=0.01)
   else:
+    ax.imshow(grid, aspect="auto", cmap=_cmap("RdBu_r"), interpolation="nearest")
     ax.text(0.5, 0.5, "no finite values (Jacobians not measured)", ha="center",
             transform=ax.transAxes)
+  handles = []
+  if absent.any():
+    grey = matplotlib.colors.ListedColormap(["#b0b0b0"])
+    ax.imshow(np.where(absent, 1.0, np.nan), aspect="auto", cmap=grey.with_extremes(
+        bad=(0, 0, 0, 0)), interpolation="nearest")
+    handles.append(matplotlib.patches.Patch(color="#b0b0b0", label="no such tap: the network "
+                                            "at this depth is shallower"))
+  if (np.isnan(grid) & ~absent).any():
+    handles.append(no_value)
   ax.set_yticks(range(len(records)), [str(d["depth"]) for d in records])
-  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_ylabel("depth")
-  ax.set_xlabel("tap, in recording order (input side on the left; blank: the network is "
-                "shallower)")
+  ax.set_xlim(-0.5, width - 0.5)
   ax.set_title(f"{label}: mean squared singular value of d tap / d {records[0]['source']}, "
                "median over seeds", fontsize=10)
+  if aligned and keys:
+    # a separator at each block's start; the block's name under its middle
+    runs = []
+    for i, b in enumerate(blocks):
+      if runs and runs[-1][0] == b:
+        runs[-1][2] = i
+      else:
+        runs.append([b, i, i])
+    named = [r for r in runs if r[0] is not None]
+    stride = max(1, -(-len(named) // 24))
+    ticks, labels = [], []
+    for n, (b, lo, hi) in enumerate(named):
+      ax.axvline(lo - 0.5, color="k", lw=0.6, alpha=0.6)
+      if n % stride == 0:
+        ticks.append((lo + hi) / 2)
+        labels.append(b)
+    ax.axvline(named[-1][2] + 0.5, color="k", lw=0.6, alpha=0.6)
+    outside = []  # the taps before the first block (stem) and after the last (head)
+    crowded = len(taps) > 150  # a label beside a block's would collide: named in the note
+    for b, lo, hi in runs:
+      if b is None:
+        part = "stem" if lo < named[0][1] else "head" if lo > named[-1][2] else "between"
+        if not crowded:
+          ticks.append((lo + hi) / 2)
+          labels.append(taps[lo] if lo == hi else part)
+        if lo != hi or crowded:
+          outside.append(f"{part}: {', '.join(taps[lo:hi + 1])}")
+    order = np.argsort(ticks)
+    ax.set_xticks(np.asarray(ticks)[order], [labels[i] for i in order], rotation=60, ha="right",
+                  fontsize=7)
+    sizes = [hi - lo + 1 for _, lo, hi in named]
+    b0, lo0, hi0 = named[sizes.index(max(sizes))]  # a full block shows what one holds
+    inside = []
+    for t in taps[lo0:hi0 + 1]:
+      for k in keys:
+        t = re.sub(r"(?<![0-9A-Za-z])" + re.escape(k) + str(_block_number(b0)) + r"(?![0-9])",
+                   k + ("k" if k[-1] in "/_-." else "<k>"), t) if k != "#" else t
+      inside.append(t)
+    each = f"{max(sizes)} taps each" if len(set(sizes)) == 1 else f"up to {max(sizes)} taps each"
+    named_by = " or ".join(f"'{k}'" for k in keys)
+    note = (f"blocks: the number k after {named_by} in the tap names ({len(named)} blocks in the "
+            f"deepest network, {each}); within a block, left to right: "
+            + ", ".join(inside) + "".join(f". {o}" for o in outside))
+    ax.set_xlabel("tap (input side on the left), grouped by block\n"
+                  + textwrap.fill(note, 200), fontsize=7.5)
+  else:
+    _integer_ticks(ax)
+    ax.set_xlabel("tap, in recording order (input side on the left)")
+  if handles:
+    ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.06), fontsize=8,
+              ncol=len(handles), frameon=False)
   return _io.save_figure(fig, path)
+
+
+def _block_number(label: str) -> int:
+  return int(_NUMBER.findall(label)[-1])
 
 
 def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10):
@@ -294,16 +538,17 @@ def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10):
   fig, axes = _subplots(1, steps + 1, figsize=(4.2 * (steps + 1), 4.6), sharey=False)
   colours = matplotlib.colormaps.get_cmap("viridis")(np.linspace(0, 0.9, len(pick)))
   for k, ax in enumerate(axes):
-    for c, i in zip(colours, pick):
+    for j, (c, i) in enumerate(zip(colours, pick)):
       if k == 0:
         v = np.asarray([r["rms_init"][:, i].mean() for r in records])
       else:
         v = np.asarray([r["rms_change"][:, k - 1, i].mean() for r in records])
       ok = np.isfinite(v) & (v > 0)
-      ax.plot(widths[ok], v[ok], "o-", color=c, ms=3, label=names[i] if k == 0 else None)
+      ax.plot(widths[ok], v[ok], "-", marker=_MARKERS[j % len(_MARKERS)], color=c, ms=4,
+              label=names[i] if k == 0 else None)
     ax.set_xscale("log", base=2)
     ax.set_xlim(widths.min() / 1.2, widths.max() * 1.2)
-    ax.set_yscale("log")
+    _log_or_note(ax, [np.asarray(l.get_ydata(), float) for l in ax.lines], what="values")
     ax.set_xticks(widths, [str(w) for w in widths])
     ax.set_xlabel("width")
     ax.set_title("rms(tap) at init" if k == 0 else f"rms(tap_t - tap_0), t = {k}", fontsize=10)
@@ -311,8 +556,9 @@ def plot_coordinate_check(result: dict, label: str, path, max_taps: int = 10):
   s = result["settings"]
   fig.legend(loc="lower center", ncol=min(5, len(pick)), fontsize=8, frameon=False,
              bbox_to_anchor=(0.5, -0.08 - 0.04 * (len(pick) // 5)))
-  fig.suptitle(f"Coordinate check of {label} ({s['optimizer']}, lr {s['lr']}, mean of "
-               f"{s['seeds']} seeds)\nflat lines: width-stable; lines rising with width: "
-               "blow up as the model widens")
+  depth = f", depth {s['depth']}" if s.get("depth") is not None else ""
+  fig.suptitle(f"Coordinate check of {label} ({s['optimizer']}, lr {s['lr']}, {steps} steps"
+               f"{depth}, mean of {s['seeds']} seed{'s' * (s['seeds'] != 1)})\nflat lines: "
+               "width-stable; lines rising with width: blow up as the model widens")
   fig.tight_layout(rect=(0, 0, 1, 0.95))
   return _io.save_figure(fig, path)

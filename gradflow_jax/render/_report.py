@@ -102,8 +102,10 @@ def write_report(path, title: str, findings: list[tuple[str, list]], tables: lis
     findings: (run label, [Finding]) pairs; runs without findings are listed
       as healthy.
     tables: (heading, HTML table) pairs.
-    images: PNG paths to embed.
+    images: PNG paths to embed (any other file, e.g. a log.jsonl listed
+      beside them, is left out: it is no image).
   """
+  images = [p for p in images if str(p).lower().endswith(".png")]
   parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
   if notes:
@@ -129,6 +131,68 @@ def write_report(path, title: str, findings: list[tuple[str, list]], tables: lis
                  f"<img alt='{html.escape(os.path.basename(img))}' src='data:image/png;base64,{data}'>")
   parts.append("</body></html>\n")
   _io.atomic_write_bytes(path, "".join(parts).encode())
+
+
+def _num(v, pct: bool = False) -> str:
+  """A number for an HTML table: '-' for None, NaN/Inf spelt out."""
+  import math
+  if v is None:
+    return "-"
+  v = float(v)
+  if not math.isfinite(v):
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+  if pct:
+    return f"{100 * v:.1f}%"
+  return f"{v:.3g}"
+
+
+def test_accuracy_text(payload: dict) -> str:
+  """The test accuracy of a ``train --model`` run as the report states it."""
+  acc = payload.get("test_accuracy")
+  if acc is None:
+    return ("not measured (the targets are not integer class labels, or the output is not "
+            "(batch, classes))")
+  return f"{100 * float(acc):.1f}% on {payload.get('data', 'the test set')}"
+
+
+def model_train_tables(payload: dict) -> list[tuple[str, str]]:
+  """The tables of a ``train --model`` report, from its results.json
+  payload: the run (data, settings, steps, final loss, test accuracy, where
+  the NaN/Inf guard fired) and per tap its first and last logged ||dL/d tap||,
+  std and dead fraction."""
+  s = payload.get("settings", {})
+  stopped = payload.get("stopped_at")
+  rows = [["model", payload.get("model", "-")], ["data", payload.get("data", "-")],
+          ["loss", payload.get("loss_name", "-")],
+          ["optimizer", f"{s.get('optimizer', '-')}, lr {s.get('lr', '-')}, batch "
+                        f"{s.get('batch_size', '-')}, "
+                        + ("no clipping" if s.get("clip") is None else f"clip {s['clip']:g}")],
+          ["steps run", f"{payload.get('steps_run', '-')} of {s.get('steps', '-')} (logged every "
+                        f"{s.get('every', '-')})"],
+          ["final mini-batch loss", _num(payload.get("final_loss"))],
+          ["test accuracy", test_accuracy_text(payload)],
+          ["NaN/Inf", "none" if stopped is None else
+           f"first at step {stopped} (tap {payload.get('first_nonfinite_tap') or '-'}); "
+           f"{s.get('on_nonfinite', 'stop')}"]]
+  run = table_html(["", ""], rows).replace("<tr><th></th><th></th></tr>", "")
+  taps = []
+  stats = payload.get("tap_stats", {})
+  for i, name in enumerate(payload.get("taps", [])):
+    t = stats.get(name, {})
+
+    def ends(key, pct=False):
+      v = t.get(key) or []
+      return [_num(v[0], pct), _num(v[-1], pct)] if v else ["-", "-"]
+    roles = payload.get("roles", [])
+    acts = payload.get("activation_names", [])
+    taps.append([name, roles[i] if i < len(roles) else "-",
+                 (acts[i] if i < len(acts) else None) or "-", *ends("grad_norm"),
+                 *ends("std"), *ends("dead_fraction", True)])
+  steps = payload.get("logged_steps") or []
+  span = f" (first and last logged step: {steps[0]}, {steps[-1]})" if steps else ""
+  return [("Run", run),
+          ("Taps" + span, table_html(["tap", "role", "activation", "||dL/d tap|| first", "last",
+                                      "std first", "last", "dead first", "last"], taps))]
 
 
 def taps_html(stats, jac=None) -> str:
