@@ -13,7 +13,7 @@ and the user's backend is untouched.
 
 from __future__ import annotations
 
-from gradflow_jax.render import _model_plots, _plots
+from gradflow_jax.render import _depth_plots, _model_plots, _model_training_plots
 
 
 def model_taps(analysis, path=None):
@@ -25,7 +25,7 @@ def model_taps(analysis, path=None):
 def depth_sweep(result, path=None):
   """:func:`run_sweep`'s result: spectral norm and mean squared singular value
   of dh_l/dx against depth, mean-field theory dashed."""
-  return _plots.plot_depth_sweep(result["points"], path)
+  return _depth_plots.plot_depth_sweep(result["points"], path)
 
 
 def depth_study(result, label: str = "", path=None):
@@ -59,4 +59,4 @@ def tap_gradients_over_steps(steps, flows, path=None):
   run = {"taps": names, "logged_steps": [int(s) for s in steps],
          "tap_stats": {n: {"grad_norm": [float(g[i]) for g in grads]}
                        for i, n in enumerate(names)}}
-  return _model_plots.plot_tap_heatmap(run, path)
+  return _model_training_plots.plot_tap_heatmap(run, path)

@@ -266,11 +266,11 @@ def test_a_plot_that_cannot_be_drawn_never_costs_the_results(tmp_path, capsys, m
   """A plot that raises (as matplotlib's "Data cannot be log-scaled" did for
   rnn --hidden 1) is skipped with a note; results.json is written anyway and
   says so. Off a terminal, progress is plain lines."""
-  from gradflow_jax.render import _plots
+  from gradflow_jax.render import _depth_plots
 
   def broken(*a, **k):
     raise ValueError("Data cannot be log-scaled because all values are <= 0.")
-  monkeypatch.setattr(_plots, "plot_rnn_through_time", broken)
+  monkeypatch.setattr(_depth_plots, "plot_rnn_through_time", broken)
   code, _, err = _run(["rnn", "--hidden", "1", "--steps", "5", "--batch-size", "2",
                        "--scales", "0.5", "--out", str(tmp_path)], capsys)
   data = json.loads((tmp_path / "results.json").read_text())

@@ -6,7 +6,8 @@ import pytest
 
 from gradflow_jax.diagnosis import _diagnose
 from gradflow_jax.models import _activations
-from gradflow_jax.render import _model_plots, _plots
+from gradflow_jax.render import (_axes, _depth_plots, _model_plots, _model_training_plots,
+                                 _plots)
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_depth_sweep_axis_spans_the_data_and_flags_underflow(figures):
   point = {"label": "tanh", "spectrum_depths": depths, "depths": depths,
            "spectral_norm": norms, "mean_sq_singular_value": msv,
            "theory_mean_sq_singular_value": [1.0, 1e10, 1e200, np.inf]}
-  _plots.plot_depth_sweep([point], "x")
+  _depth_plots.plot_depth_sweep([point], "x")
   (fig,) = figures
   left, right = fig.axes[:2]
   assert left.get_ylim()[0] <= 1e-32 and left.get_ylim()[1] >= 2.0
@@ -117,7 +118,8 @@ def test_histograms_over_steps_label_zero_and_crop_to_occupied_bins(figures):
   counts[:, centre] = 10  # exact zeros
   counts[:, centre + 41] = 5  # around +1e0
   counts[:, centre - 42] = 5  # around -1e0
-  _model_plots.plot_histograms_over_steps({"relu_out": counts}, [0, 10, 20], "Tap values", "x")
+  _model_training_plots.plot_histograms_over_steps({"relu_out": counts}, [0, 10, 20],
+                                                   "Tap values", "x")
   (fig,) = figures
   ax = fig.axes[0]
   labels = [t.get_text() for t in ax.get_yticklabels()]
@@ -130,9 +132,9 @@ def test_a_layer_curve_that_reaches_zero_says_where(figures):
   """A log axis cannot draw 0: the legend says from which layer the norms are
   0, at the layers the curve was measured at."""
   norms = np.array([[2.0, 1.5, 0.0, 0.0], [2.1, 1.4, 0.0, 0.0]])
-  _plots.plot_layer_jacobians([{"label": "relu", "layers": np.array([0, 10, 20, 30]),
-                                "norms": norms, "converged": np.ones_like(norms, bool),
-                                "chi1": 1.0}], "x")
+  _depth_plots.plot_layer_jacobians([{"label": "relu", "layers": np.array([0, 10, 20, 30]),
+                                      "norms": norms, "converged": np.ones_like(norms, bool),
+                                      "chi1": 1.0}], "x")
   (fig,) = figures
   assert "relu (0 at 2 layers from layer 20 on: the signal reached 0)" in _texts(fig)
   assert list(fig.axes[0].lines[0].get_xdata()) == [0, 10, 20, 30]
@@ -179,7 +181,7 @@ def test_grad_heatmap_ticks_integer_layers_and_names_cells_without_a_value(figur
   ax = fig.axes[0]
   _draw(fig)
   assert _integer(ax.get_yticks()) and _integer(ax.get_xticks())
-  assert _plots.NO_VALUE_LABEL in [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+  assert _axes.NO_VALUE_LABEL in [t.get_text() for leg in fig.legends for t in leg.get_texts()]
   assert "2 cells without a value (hatched)" in _texts(fig)
   assert ax.images[0].get_cmap().get_bad()[3] == 0  # NaN transparent: the hatching shows
   assert any(p.get_hatch() for p in ax.patches)
@@ -194,7 +196,7 @@ def test_update_ratio_lines_are_labelled_by_their_parameter_paths(figures):
                                               for k in ("bias", "scale")]
   run = {"logged_steps": [0, 10, 20],
          "update_ratio": {n: [None if n.endswith("bias") else 1e-3, 2e-3, 3e-3] for n in names}}
-  _model_plots.plot_update_ratios(run, "x")
+  _model_training_plots.plot_update_ratios(run, "x")
   ax = figures[-1].axes[0]
   lines = [l for l in ax.lines if l.get_label() in names]
   assert sorted(l.get_label() for l in lines) == sorted(names)
@@ -206,7 +208,7 @@ def test_update_ratio_lines_are_labelled_by_their_parameter_paths(figures):
 
   many = [f"blocks/{b}/{m}/{k}" for b in range(10) for m in ("attn", "mlp", "ln")
           for k in ("kernel", "bias")]
-  _model_plots.plot_update_ratios({"logged_steps": [0, 10], "update_ratio": {
+  _model_training_plots.plot_update_ratios({"logged_steps": [0, 10], "update_ratio": {
       n: [1e-3, 2e-3] for n in many}}, "y")
   ax = figures[-1].axes[0]
   labels = [l.get_label() for l in ax.lines if not l.get_label().startswith("_")
@@ -230,7 +232,8 @@ def test_rnn_whose_gradients_are_all_zero_is_drawn_with_a_note(figures):
     runs.append({"activation": "tanh", "scale": scale, "scale_kind": "spectral_norm",
                  "gamma": 1.0, "jacobian_norm": jac, "state_grad_norm": np.zeros((4, T)),
                  "pascanu_bound": scale ** np.arange(T)[::-1], "weight_norm": scale})
-  _plots.plot_rnn_through_time(runs, "x", settings={"hidden": 1, "steps": T, "init": "orthogonal"})
+  _depth_plots.plot_rnn_through_time(runs, "x", settings={"hidden": 1, "steps": T,
+                                                          "init": "orthogonal"})
   (fig,) = figures
   _draw(fig)
   left, right = fig.axes[:2]
@@ -248,7 +251,7 @@ def test_layer_jacobians_label_narrow_log_axes_and_give_each_curve_a_panel(figur
   rng = np.random.default_rng(0)
   curves = [{"label": name, "norms": 2.2 + 0.5 * rng.random((4, 20)), "chi1": None}
             for name in ("tanh", "relu")]
-  _plots.plot_layer_jacobians(curves, "x")
+  _depth_plots.plot_layer_jacobians(curves, "x")
   (fig,) = figures
   _draw(fig)
   axes = fig.axes[:2]
@@ -263,11 +266,11 @@ def test_layer_jacobians_label_narrow_log_axes_and_give_each_curve_a_panel(figur
 
 
 def test_log_ticks_stay_readable_at_every_span():
-  ticks = _plots._LogTicks()
+  ticks = _axes._LogTicks()
   assert ticks.tick_values(2.2, 2.7) == pytest.approx([2.2, 2.3, 2.4, 2.5, 2.6, 2.7])
   assert ticks.tick_values(0.3, 30) == pytest.approx([0.5, 1, 2, 5, 10, 20])
   assert len(ticks.tick_values(1e-38, 1e14)) <= 8
-  assert [_plots._tick_label(v) for v in (2.5, 1000, 0.05, 1e-5, 2e-7)] == [
+  assert [_axes._tick_label(v) for v in (2.5, 1000, 0.05, 1e-5, 2e-7)] == [
       "2.5", "1000", "0.05", "$10^{-5}$", "$2\\times10^{-7}$"]
 
 
@@ -345,8 +348,8 @@ def test_histogram_panels_keep_their_tick_labels_clear_of_each_other(figures):
   edges = _flow_step.HISTOGRAM_EDGES
   counts = np.zeros((3, len(edges) - 1))
   counts[:, 5:-5] = 1.0  # every decade occupied: the widest tick labels
-  _model_plots.plot_histograms_over_steps({f"tap_{i}": counts for i in range(8)},
-                                          [0, 10, 20], "Tap values", "x")
+  _model_training_plots.plot_histograms_over_steps({f"tap_{i}": counts for i in range(8)},
+                                                   [0, 10, 20], "Tap values", "x")
   (fig,) = figures
   renderer = _draw(fig)
   panels = [ax for ax in fig.axes if ax.get_title().startswith("tap_")]

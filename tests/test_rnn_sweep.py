@@ -155,7 +155,7 @@ def test_layer_curves_carry_their_mean_field_reference(tmp_path):
   sigma_b), the reference its plot draws (He-ReLU: 1, not the spectral norm's
   ~2); an unconverged value is left out of the plot, not drawn as measured."""
   from gradflow_jax import theory
-  from gradflow_jax.render import _plots
+  from gradflow_jax.render import _depth_plots
   from gradflow_jax.studies import _sweep
   s = _sweep.SweepSettings(activations=("relu",), sigma_bs=(0.0, 0.3), max_depth=3, width=8,
                            batch=2, seeds=1)
@@ -165,7 +165,7 @@ def test_layer_curves_carry_their_mean_field_reference(tmp_path):
     assert c["chi1"] == pytest.approx(theory.chi1("relu", np.sqrt(2.0), sb), rel=1e-5)
     assert np.all(np.asarray(c["norms"]) > np.sqrt(c["chi1"]))  # the norm sits above the RMS
   curves[0]["converged"] = np.zeros_like(curves[0]["converged"])
-  _plots.plot_layer_jacobians(curves, tmp_path / "l.png")
+  _depth_plots.plot_layer_jacobians(curves, tmp_path / "l.png")
   assert (tmp_path / "l.png").stat().st_size > 0
 
 

@@ -107,7 +107,7 @@ def depth(args) -> int:
   if args.model:
     return depth_study(args)
   import jax
-  from gradflow_jax.render import _plots
+  from gradflow_jax.render import _depth_plots
   from gradflow_jax.studies import _sweep
   _refuse(args, _STUDY_ONLY, "only with --model (a family study)")
   for k, v in _SWEEP_DEFAULTS.items():
@@ -132,9 +132,10 @@ def depth(args) -> int:
   if not args.quiet and not args.json:
     from gradflow_jax.render import _render
     console.print(_render.depth_table(points))
-  plots = {"depth_sweep.png": lambda p: _plots.plot_depth_sweep(points, p, result["settings"]),
-           "layer_jacobians.png": lambda p: _plots.plot_layer_jacobians(curves, p,
-                                                                        result["settings"])}
+  plots = {"depth_sweep.png": lambda p: _depth_plots.plot_depth_sweep(points, p,
+                                                                       result["settings"]),
+           "layer_jacobians.png": lambda p: _depth_plots.plot_layer_jacobians(curves, p,
+                                                                              result["settings"])}
   payload = {**result, "layer_jacobians": curves}
   _finish(args, console, _write_outputs(args, "depth", payload, plots))
   return 0
@@ -235,7 +236,7 @@ def width(args) -> int:
 def rnn(args) -> int:
   from gradflow_jax.models import _rnn
   from gradflow_jax.studies import _rnn_sweep
-  from gradflow_jax.render import _plots
+  from gradflow_jax.render import _depth_plots
   console = _console(args)
   cfg = _rnn.RNNConfig(in_dim=args.in_dim, hidden=args.hidden, activation=args.activation,
                        init=args.init, scale_kind=args.scale_kind)
@@ -257,8 +258,8 @@ def rnn(args) -> int:
                           "in_dim": cfg.in_dim, "steps": args.steps, "batch": args.batch_size,
                           "scale_kind": cfg.scale_kind, "seed": args.seed},
              "runs": runs}
-  plots = {"rnn_through_time.png": lambda p: _plots.plot_rnn_through_time(runs, p,
-                                                                          payload["settings"])}
+  plots = {"rnn_through_time.png": lambda p: _depth_plots.plot_rnn_through_time(
+      runs, p, payload["settings"])}
   _finish(args, console, _write_outputs(args, "rnn", payload, plots))
   return 0
 

@@ -67,7 +67,7 @@ def train_model(args) -> int:
   import jax.numpy as jnp
   from gradflow_jax.measure import _model_stats
   from gradflow_jax.models import _activations, _flax, _loading
-  from gradflow_jax.render import _model_plots, _render, _report
+  from gradflow_jax.render import _model_training_plots, _render, _report
   from gradflow_jax.studies import _model_train
   from gradflow_jax.watch import _writers
   given = [f"--{k.replace('_', '-')}" for k in _MLP_ONLY if getattr(args, k, None) is not None]
@@ -129,12 +129,12 @@ def train_model(args) -> int:
                                f"of the last {tc.window} logged steps.")
     return path
   written = _write_outputs(args, "train", payload, {
-      "training_curves.png": lambda p: _model_plots.plot_model_training(payload, p),
-      "tap_grad_heatmap.png": lambda p: _model_plots.plot_tap_heatmap(payload, p),
-      "update_ratios.png": lambda p: _model_plots.plot_update_ratios(payload, p),
-      "activation_histograms.png": lambda p: _model_plots.plot_histograms_over_steps(
+      "training_curves.png": lambda p: _model_training_plots.plot_model_training(payload, p),
+      "tap_grad_heatmap.png": lambda p: _model_training_plots.plot_tap_heatmap(payload, p),
+      "update_ratios.png": lambda p: _model_training_plots.plot_update_ratios(payload, p),
+      "activation_histograms.png": lambda p: _model_training_plots.plot_histograms_over_steps(
           _model_train.histogram_series(result, "act"), result.steps, "Tap values", p),
-      "gradient_histograms.png": lambda p: _model_plots.plot_histograms_over_steps(
+      "gradient_histograms.png": lambda p: _model_training_plots.plot_histograms_over_steps(
           _model_train.histogram_series(result, "grad"), result.steps, "dL/d tap", p)},
       extra=[os.path.join(args.out, "log.jsonl")], after_plots=report)
   _finish(args, console, written)
