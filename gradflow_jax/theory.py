@@ -318,7 +318,7 @@ def critical_sigma_w(activation: str, sigma_b: float, lo: float = 0.05, hi: floa
       return float(a)
     if fa * fb > 0 or not (math.isfinite(fa) and math.isfinite(fb)):
       continue
-    for _ in range(80):
+    while b - a > 4 * np.finfo(float).eps * b:  # bisection to float resolution (~40 steps)
       mid = math.sqrt(a * b)
       fm = f(mid)
       if fm == 0:

@@ -228,12 +228,13 @@ def test_every_example_model_is_diagnosed_and_reported(name, tmp_path, capsys):
   rngs, integer tokens with Embed, nn.scan over layers, a plain-JAX ResNet):
   `report --model` runs and the terminal, results.json and report.html agree."""
   folder = os.path.join(os.path.dirname(__file__), "..", "examples")
-  spec = f"{folder}/{name}.py:make"
-  if name == "linen_transformer":  # the same code, smaller (test time)
-    small = tmp_path / "small.py"
-    small.write_text(f"import sys\nsys.path.insert(0, {folder!r})\nimport linen_transformer\n"
-                     "def make():\n  return linen_transformer.make(depth=1, width=8)\n")
-    spec = f"{small}:make"
+  # the example's own code on 16 examples (test time; the transformer also smaller)
+  made = "make(depth=1, width=8)" if name == "linen_transformer" else "make()"
+  small = tmp_path / "small.py"
+  small.write_text(f"import sys\nsys.path.insert(0, {folder!r})\nimport {name}\n"
+                   f"def make():\n  model, params, (x, y) = {name}.{made}\n"
+                   "  return model, params, (x[:16], y[:16])\n")
+  spec = f"{small}:make"
   named = ["--activation", "Conv_1=relu"] if name == "linen_cnn" else []  # BatchNorm between
   code, out, _ = _run(["report", "--model", spec, "--out", str(tmp_path)] + named, capsys)
   assert code == 0, out

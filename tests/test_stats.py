@@ -98,7 +98,8 @@ def test_gradient_stats_match_numpy_backward(activation):
 def test_global_norm_and_layer_norms_equal_jax_grad(kw):
   cfg, params, x, y = _setup(**kw)
   g = gf.gradient_stats(cfg, params, x, y)
-  grads = jax.grad(lambda p: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, p, x)[0], y))(params)
+  grads = jax.jit(jax.grad(lambda p: gf.loss_value("cross_entropy",
+                                                    _mlp.mlp_apply(cfg, p, x)[0], y)))(params)
   assert float(g.global_norm) == pytest.approx(float(optax.tree.norm(grads)), rel=1e-5)
   np.testing.assert_allclose(g.weight_grad_norm, [jnp.linalg.norm(l["w"]) for l in grads["layers"]],
                              rtol=1e-5)
@@ -114,14 +115,11 @@ def test_preact_gradients_against_finite_differences(kw):
     keys = jax.random.split(jax.random.key(5), cfg.depth)
     v = tuple(jax.random.normal(k, p.shape, jnp.float64) for k, p in zip(keys, base.pre))
 
-    def loss_at(eps):
-      p = base._replace(pre=tuple(eps * vi for vi in v))
-      return gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, params, x, p)[0], y)
-
+    loss = lambda p: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, params, x, p)[0], y)
+    loss_at = jax.jit(lambda eps: loss(base._replace(pre=tuple(eps * vi for vi in v))))
     h = 1e-5
     fd = (loss_at(h) - loss_at(-h)) / (2 * h)
-    gz = jax.grad(lambda p: gf.loss_value("cross_entropy",
-                                          _mlp.mlp_apply(cfg, params, x, p)[0], y))(base).pre
+    gz = jax.jit(jax.grad(loss))(base).pre
     assert float(sum(jnp.sum(g * vi) for g, vi in zip(gz, v))) == pytest.approx(float(fd), rel=1e-7)
     g = gf.gradient_stats(cfg, params, x, y)
     np.testing.assert_allclose(g.preact_grad_norm, [jnp.linalg.norm(gl) for gl in gz], rtol=1e-10)

@@ -44,7 +44,7 @@ def _reference_jacobian(make, depth, width, seed, example):
       inner = jax.nn.relu(h @ p[f"block{i}_in"]["kernel"] + p[f"block{i}_in"]["bias"])
       h = h + model.scale * (inner @ p[f"block{i}_out"]["kernel"] + p[f"block{i}_out"]["bias"])
     return h
-  return np.asarray(jax.jacfwd(stream)(x[example]), np.float64)
+  return np.asarray(jax.jit(jax.jacfwd(stream))(x[example]), np.float64)
 
 
 def test_residual_mlp_jacobian_matches_jacfwd_svd_and_theory(unscaled):
@@ -134,9 +134,10 @@ def test_interacting_examples_take_each_block_with_the_batch_fixed():
   d = result["depths"][0]
   model, variables, (x, _) = make(2, 6, jax.random.fold_in(jax.random.key(0), 0))
   probed = gf.from_linen(model, variables)
+  jacobian = jax.jit(jax.jacfwd(  # example i's row, the others held; one compile for all i
+      lambda xi, i: probed.forward(probed.params, x.at[i].set(xi), None)[1][d["target"]][i]))
   for i in range(4):
-    f = lambda xi: probed.forward(probed.params, x.at[i].set(xi), None)[1][d["target"]][i]
-    sv = np.linalg.svd(np.asarray(jax.jacfwd(f)(x[i])), compute_uv=False)
+    sv = np.linalg.svd(np.asarray(jacobian(x[i], i)), compute_uv=False)
     assert d["spectral_norm"][0, i] == pytest.approx(sv[0], rel=1e-4)
     assert d["mean_sq_singular_value"][0, i] == pytest.approx(np.sum(sv**2) / 5, rel=1e-4)
 

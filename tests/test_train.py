@@ -39,7 +39,8 @@ def test_step_logs_match_gradient_stats_and_numpy_update(data):
   norm = float(ref.gradients.global_norm)
   assert norm > 0.05 and bool(log.clipped)
   assert float(log.clipped_grad_norm) == pytest.approx(0.05)
-  grads = jax.grad(lambda p: gf.loss_value("cross_entropy", _mlp.mlp_apply(cfg, p, x)[0], y))(params)
+  grads = jax.jit(jax.grad(lambda p: gf.loss_value("cross_entropy",
+                                                    _mlp.mlp_apply(cfg, p, x)[0], y)))(params)
   for i, (g, p, q) in enumerate(zip(grads["layers"], params["layers"], new["layers"])):
     want = np.asarray(p["w"]) - 0.1 * np.asarray(g["w"]) * 0.05 / norm  # clipped SGD by hand
     np.testing.assert_allclose(q["w"], want, rtol=1e-4, atol=1e-7)
