@@ -14,11 +14,15 @@ from gradflow_jax.render._axes import (_band, _fit_log_limits, _integer_ticks, _
                                        _set_log, _subplots, _suptitle)
 
 
-def _sweep_settings(s: dict | None) -> str:
+def _sweep_settings(s: dict | None, first_seed_only: bool = False) -> str:
+  """The sweep's settings for a title; the per-layer curves measure only the
+  first seed's network (``first_seed_only``)."""
   if not s:
     return ""
+  n = s.get("seeds")
+  seeds = "the first seed" if first_seed_only else f"{n} seed{'s' * (n != 1)}"
   parts = [f"width {s['width']}" if s.get("width") is not None else "",
-           f"{s['seeds']} seed{'s' * (s['seeds'] != 1)} x {s['batch']} inputs"
+           f"{seeds} x {s['batch']} inputs"
            if s.get("seeds") and s.get("batch")
            else "", f"dtype {s['dtype']}" if s.get("dtype") else "",
            f"seed {s['seed']}" if s.get("seed") is not None else ""]
@@ -102,7 +106,7 @@ def plot_layer_jacobians(curves: list[dict], path, settings: dict | None = None)
   axes[-1].set_xlabel("layer l")
   _suptitle(fig, "Per-layer Jacobian spectral norms (Lanczos). The norm of a random layer "
             "sits above its RMS singular value\n(He-ReLU: ~2.3 vs 1): compare each curve with "
-            "its dashed line", _sweep_settings(settings), 10)
+            "its dashed line", _sweep_settings(settings, first_seed_only=True), 10)
   fig.tight_layout()
   return _io.save_figure(fig, path)
 
