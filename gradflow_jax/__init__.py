@@ -20,6 +20,7 @@ from gradflow_jax.models import (ACTIVATIONS, as_probed, from_linen, from_nnx, g
                                  init_mlp, init_rnn, initializer, loss_value, MLPConfig,
                                  mlp_model, rnn_model, RNNConfig)
 from gradflow_jax.render import _report  # noqa: F401  (registers the notebook views)
+from gradflow_jax.render._forensics_plots import write_forensics
 from gradflow_jax.studies import depth_study, width_study
 from gradflow_jax.studies._analyze import analyze_model, diagnose, diagnose_rnn
 from gradflow_jax.watch import FlowStep, log_step, nnx_value_and_grad, StepLogger, value_and_grad
@@ -39,6 +40,7 @@ __all__ = (
     "analyze_model", "diagnose", "diagnose_model", "diagnose_rnn",
     # a user's own training loop
     "value_and_grad", "nnx_value_and_grad", "FlowStep", "log_step", "StepLogger",
+    "write_forensics",
     # studies of a model family
     "depth_study", "width_study",
     # building blocks

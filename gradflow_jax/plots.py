@@ -13,7 +13,8 @@ and the user's backend is untouched.
 
 from __future__ import annotations
 
-from gradflow_jax.render import _depth_plots, _model_plots, _model_training_plots
+from gradflow_jax.render import (_depth_plots, _forensics_plots, _model_plots,
+                                 _model_training_plots)
 
 
 def model_taps(analysis, path=None):
@@ -60,3 +61,10 @@ def tap_gradients_over_steps(steps, flows, path=None):
          "tap_stats": {n: {"grad_norm": [float(g[i]) for g in grads]}
                        for i, n in enumerate(names)}}
   return _model_training_plots.plot_tap_heatmap(run, path)
+
+
+def forensics(analysis: dict, path=None):
+  """:func:`gradflow_jax.watch.analyse_forensics`'s result: the loss and every
+  leaf's gradient and update norms over the recorder's window, the first
+  movers named and their onsets marked."""
+  return _forensics_plots.plot_forensics(analysis, path)

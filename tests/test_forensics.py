@@ -1,0 +1,144 @@
+"""The flight recorder names the culprit of a fault injected on purpose: one
+batch scaled by 1e4, one layer's learning rate x100, a NaN written into one
+weight; on a linen and an NNX model trained on digits with plain SGD. Its
+norms equal jnp.linalg.norm of jax.grad's leaves."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import gradflow_jax as gf
+from gradflow_jax.watch._writers import leaf_names
+
+T = 30        # the step the fault is injected at
+STEPS = 36
+TARGET = 1    # the dense layer the layer faults hit
+
+
+class LinenMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    for width in (32, 32):
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(10)(x)
+
+
+class NnxMLP(nnx.Module):
+  def __init__(self, rngs):
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in ((64, 32), (32, 32))])
+    self.out = nnx.Linear(32, 10, rngs=rngs)
+
+  def __call__(self, x):
+    for layer in self.layers:
+      x = nnx.relu(layer(x))
+    return self.out(x)
+
+
+def _model(kind):
+  """(apply(params, x), params, the target layer's kernel path)."""
+  if kind == "linen":
+    module = LinenMLP()
+    params = module.init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
+    return lambda p, x: module.apply({"params": p}, x), params, f"Dense_{TARGET}/kernel"
+  graphdef, params = nnx.split(NnxMLP(nnx.Rngs(0)), nnx.Param)
+  params = jax.tree.map(lambda v: v, params)
+  return (lambda p, x: nnx.merge(graphdef, p)(x)), params, f"layers/{TARGET}/kernel"
+
+
+@functools.lru_cache(maxsize=None)
+def _trainer(kind):
+  apply, params, target = _model(kind)
+  names = leaf_names(params)
+  tx = optax.sgd(0.05)
+  recorder = gf.watch.FlightRecorder(window=64)
+  hit = [n == target for n in names]
+
+  @jax.jit
+  def step(params, opt_state, rec, x, y, i, scale, boost, poison):
+    leaves, tree = jax.tree.flatten(params)
+    leaves = [jnp.where(poison & h & (jnp.arange(p.size).reshape(p.shape) == 0), jnp.nan, p)
+              for p, h in zip(leaves, hit)]
+    params = jax.tree.unflatten(tree, leaves)
+    loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        apply(p, x * scale), y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.unflatten(tree, [u * jnp.where(h, boost, 1.0) for u, h in
+                                        zip(jax.tree.leaves(updates), hit)])
+    norms = gf.watch.step_norms(loss, grads, params, updates)
+    rec = recorder.update(rec, i, norms)
+    return optax.apply_updates(params, updates), opt_state, rec, norms, grads
+
+  return params, names, target, tx, recorder, step
+
+
+def _run(kind, fault):
+  params, names, target, tx, recorder, step = _trainer(kind)
+  data = gf.load_digits()
+  opt_state, rec = tx.init(params), recorder.init(params)
+  fired = []
+  for i in range(STEPS):
+    at = (i * 64) % (len(data.x_train) - 64)
+    x, y = jnp.asarray(data.x_train[at:at + 64]), jnp.asarray(data.y_train[at:at + 64])
+    scale = 1e4 if fault == "batch" and i == T else 1.0
+    boost = 100.0 if fault == "lr" and i >= T else 1.0
+    poison = fault == "nan" and i == T
+    params, opt_state, rec, norms, grads = step(params, opt_state, rec, x, y, jnp.int32(i),
+                                                scale, boost, poison)
+    if bool(rec.new_trigger):
+      fired.append(i)
+  return rec, names, target, fired, (norms, grads)
+
+
+@pytest.mark.parametrize("kind", ["linen", "nnx"])
+@pytest.mark.parametrize("fault", ["batch", "lr", "nan"])
+def test_the_recorder_names_the_injected_fault(kind, fault, tmp_path):
+  rec, names, target, fired, _ = _run(kind, fault)
+  assert fired == [T], fired  # fired once, at the injected step, inside jit
+  paths = gf.write_forensics(tmp_path, rec, names)
+  report = json.loads(open(paths[0]).read())
+  verdict = report["verdict"]
+  assert report["trigger"]["step"] == T and verdict["step"] == T, verdict
+  if fault == "batch":
+    assert verdict["culprit"] == "data", verdict
+  elif fault == "lr":
+    assert verdict["culprit"] == "leaves" and verdict["leaves"] == [target], verdict
+    assert report["ranking"][0] == target
+  else:
+    assert verdict["culprit"] == "parameters" and verdict["leaves"] == [target], verdict
+    assert "non-finite loss, gradient or parameter" in report["trigger"]["reasons"]
+  assert open(paths[1], "rb").read(4) == b"\x89PNG"
+
+
+def test_nothing_fires_and_no_leaf_is_blamed_on_a_healthy_run():
+  rec, names, _, fired, (norms, grads) = _run("linen", None)
+  assert fired == [] and int(rec.fired_step) == -1
+  report = gf.watch.analyse_forensics(rec, names)
+  assert report["verdict"]["culprit"] == "none", report["verdict"]
+  # the recorded norms of the last step are jnp.linalg.norm of jax.grad's leaves
+  want = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+  np.testing.assert_allclose(np.asarray(norms.grad_norm), want, rtol=1e-6)
+  np.testing.assert_allclose(report["leaves"][0]["series"]["grad_norm"][-1], want[0], rtol=1e-6)
+  assert list(report["steps"]) == list(range(STEPS))
+
+
+def test_the_ring_buffer_keeps_the_last_window_steps_in_order():
+  recorder = gf.watch.FlightRecorder(window=4, warmup=2)
+  params = {"w": jnp.ones(3)}
+  rec = recorder.init(params)
+  update = jax.jit(recorder.update)
+  for i in range(7):
+    g = {"w": jnp.full(3, float(i + 1))}
+    rec = update(rec, i, gf.watch.step_norms(1.0, g, params, g))
+  steps, norms = gf.watch._forensics.window(rec)
+  assert list(steps) == [3, 4, 5, 6]
+  np.testing.assert_allclose(norms["grad_norm"][:, 0], np.sqrt(3) * np.arange(4, 8), rtol=1e-6)
+  with pytest.raises(ValueError, match="window >= 2"):
+    gf.watch.FlightRecorder(window=1)
