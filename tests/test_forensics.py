@@ -6,6 +6,7 @@ norms equal jnp.linalg.norm of jax.grad's leaves."""
 import functools
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,3 +143,34 @@ def test_the_ring_buffer_keeps_the_last_window_steps_in_order():
   np.testing.assert_allclose(norms["grad_norm"][:, 0], np.sqrt(3) * np.arange(4, 8), rtol=1e-6)
   with pytest.raises(ValueError, match="window >= 2"):
     gf.watch.FlightRecorder(window=1)
+  with pytest.raises(ValueError, match="warmup <= window"):
+    gf.watch.FlightRecorder(window=4, warmup=5)
+  assert gf.watch.FlightRecorder(window=8).warmup == 8
+
+
+def test_recording_changes_nothing_in_the_training():
+  """30 recorded steps give the bare loop's losses and parameters."""
+  apply, params, _ = _model("linen")
+  tx, recorder = optax.sgd(0.05), gf.watch.FlightRecorder(window=8)
+  data = gf.load_digits()
+  loss_fn = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+
+  @functools.partial(jax.jit, static_argnames="record")
+  def step(params, opt_state, rec, x, y, i, record):
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if record:
+      rec = recorder.update(rec, i, gf.watch.step_norms(loss, grads, params, updates))
+    return optax.apply_updates(params, updates), opt_state, rec, loss
+
+  runs = {}
+  for record in (False, True):
+    p, s, rec, losses = params, tx.init(params), recorder.init(params), []
+    for i in range(30):
+      at = (i * 64) % (len(data.x_train) - 64)
+      p, s, rec, loss = step(p, s, rec, data.x_train[at:at + 64], data.y_train[at:at + 64],
+                             jnp.int32(i), record)
+      losses.append(float(loss))
+    runs[record] = (losses, p)
+  np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-6)
+  chex.assert_trees_all_close(runs[True][1], runs[False][1], rtol=1e-5, atol=1e-7)

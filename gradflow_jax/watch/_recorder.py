@@ -117,14 +117,16 @@ class FlightRecorder:
     jump_factor: a global update norm above this multiple of the window's
       median fires ``UPDATE_JUMP``.
     warmup: steps recorded before the spike and jump triggers are armed (the
-      non-finite one always is).
+      non-finite one always is); ``None``: 10, or the window if shorter.
   """
   window: int = 64
   spike_sigmas: float = 6.0
   jump_factor: float = 10.0
-  warmup: int = 10
+  warmup: int | None = None
 
   def __post_init__(self):
+    if self.warmup is None and isinstance(self.window, int):
+      object.__setattr__(self, "warmup", max(2, min(10, self.window)))
     if not (isinstance(self.window, int) and self.window >= 2):
       raise ValueError(f"expected window >= 2, got {self.window!r}")
     if not (isinstance(self.warmup, int) and 2 <= self.warmup <= self.window):
