@@ -13,9 +13,11 @@ For each: the monitored step with statistics on every step, and with
 jitted call, median of paired rounds); then whole training loops of 200
 steps (the monitored one logging every 10th step to a JSON Lines file on the
 host, by ``gf.log_step`` and by ``gf.StepLogger``) in steps per second.
-Last, the same transformer at width 128, batch 32 x 32 (taps of ~27 MB, more
+Then the same transformer at width 128, batch 32 x 32 (taps of ~27 MB, more
 than the CPU's caches hold), statistics on every step only. Targets: every
-step <= 1.10x, every=10 <= 1.02x.
+step <= 1.10x, every=10 <= 1.02x. Last, the ``norms`` tier with the flight
+recorder (``gf.watch.step_norms`` and ``FlightRecorder.update``, window 64)
+on every step of both models, against the same bare step (target <= 1.03x).
 
 Run: python benchmarks/bench_watch.py
 """
@@ -173,13 +175,86 @@ def every_step_only(label, bare, every1, _every10, _static10, x, y):
         f"ratio {r:.3f} (target <= 1.10)")
 
 
+def recorded_steps(kind):
+  """(bare, recorded) step functions ``f(x, y, step)``: the user's own step,
+  and the same step also recording the ``norms`` tier in a flight recorder
+  (NNX: the update is new minus old parameters, read around
+  ``optimizer.update``; linen: optax's updates)."""
+  recorder = gf.watch.FlightRecorder(window=64)
+  if kind == "nnx":
+    loss = lambda m, x, y: _ce(m(x), y)
+
+    def make(record):
+      model = MLP(nnx.Rngs(0))
+      opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+      rec = {"state": recorder.init(nnx.state(model, nnx.Param))}
+
+      @nnx.jit
+      def step(model, opt, rec, x, y, i):
+        old = gf.watch.snapshot(nnx.state(model, nnx.Param))
+        value, grads = nnx.value_and_grad(loss)(model, x, y)
+        opt.update(model, grads)
+        if record:
+          new = nnx.state(model, nnx.Param)
+          updates = jax.tree.map(lambda a, b: a - b, gf.watch.snapshot(new), old)
+          rec = recorder.update(rec, i, gf.watch.step_norms(value, grads, old, updates))
+        return value, rec
+
+      def run(x, y, i):
+        value, rec["state"] = step(model, opt, rec["state"], x, y, jnp.int32(i))
+        return value
+      return run
+    x = jax.random.normal(jax.random.key(1), (64, 128))
+    y = jax.random.randint(jax.random.key(2), (64,), 0, 10)
+    return make(False), make(True), x, y
+  import linen_transformer
+  module = linen_transformer.Transformer(depth=4, dim=64)
+  x = jax.random.normal(jax.random.key(1), (16, 8, 12))
+  y = jnp.arange(16) % 4
+  params = jax.jit(module.init)(jax.random.key(0), x)["params"]
+  tx = optax.adam(1e-3)
+  loss = lambda p, x, y: _ce(module.apply({"params": p}, x), y)
+
+  def make(record):
+    state = {"opt": tx.init(params), "rec": recorder.init(params)}
+
+    @jax.jit
+    def step(params, opt_state, rec, x, y, i):
+      value, grads = jax.value_and_grad(loss)(params, x, y)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      if record:
+        rec = recorder.update(rec, i, gf.watch.step_norms(value, grads, params, updates))
+      return optax.apply_updates(params, updates), opt_state, rec, value
+
+    def run(x, y, i):  # the same parameters every call: the cost is timed, not training
+      out = step(params, state["opt"], state["rec"], x, y, jnp.int32(i))
+      state["rec"] = out[2]
+      return out[3]
+    return run
+  return make(False), make(True), x, y
+
+
+def norms_tier(label, bare, recorded, x, y):
+  steps = list(range(10))
+  ten = lambda f: (lambda x, y: [f(x, y, s) for s in steps][-1])
+  r, t, tb = paired_ratio(ten(recorded), ten(bare), x, y, number=2, repeat=31)
+  print(f"{label}: bare step {tb / 10 * 1e3:.3f} ms, norms tier + flight recorder every step "
+        f"{t / 10 * 1e3:.3f} ms, ratio {r:.3f} (target <= 1.03)")
+
+
 def main():
   print(f"backend: {jax.default_backend()}, devices: {jax.device_count()}")
   measure("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *nnx_steps())
   measure("linen scan transformer 4x64, batch 16x8, adam", *transformer_steps())
   every_step_only("linen scan transformer 4x128, batch 32x32, adam",
                   *transformer_steps(batch=32, seq=32, width=128))
+  norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
+  norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("linen"))
 
 
 if __name__ == "__main__":
-  main()
+  if sys.argv[1:] == ["--norms"]:  # the norms tier only
+    norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
+    norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("linen"))
+  else:
+    main()

@@ -74,10 +74,15 @@ def step_norms(loss, grads, params, updates) -> StepNorms:
     raise ValueError(f"expected grads, params and updates with the same leaves, got "
                      f"{len(g)}, {len(p)} and {len(u)}")
   vec = lambda f, leaves: jnp.stack([f(v) for v in leaves]) if leaves else jnp.zeros((0,))
-  bad = lambda v: jnp.sum(~jnp.isfinite(v)).astype(jnp.int32)
-  return StepNorms(jnp.asarray(loss, jnp.float32),
-                   vec(leaf_norm, g).astype(jnp.float32), vec(leaf_norm, p).astype(jnp.float32),
-                   vec(leaf_norm, u).astype(jnp.float32), vec(bad, g), vec(bad, p))
+  norms = [vec(leaf_norm, t).astype(jnp.float32) for t in (g, p, u)]
+
+  def counts(_):  # a second pass, only on a step where some norm is not finite
+    bad = lambda v: jnp.sum(~jnp.isfinite(v)).astype(jnp.int32)
+    return vec(bad, g), vec(bad, p)
+  clean = jnp.all(jnp.isfinite(norms[0])) & jnp.all(jnp.isfinite(norms[1]))
+  zeros = jnp.zeros((len(g),), jnp.int32)
+  grad_bad, param_bad = jax.lax.cond(clean, lambda _: (zeros, zeros), counts, None)
+  return StepNorms(jnp.asarray(loss, jnp.float32), *norms, grad_bad, param_bad)
 
 
 class RecorderState(NamedTuple):
