@@ -113,6 +113,8 @@ def _cases(f):
        "expected the width study to fit in memory"),
       (["width", "--model", f"{EXAMPLES}/mlp_width.py:make", "--steps", "100000000"],
        "expected the width study to finish within 60 min"),
+      (["forensics", str(f / "none")], "expected a readable forensics.json"),
+      (["forensics", str(f)], "expected a readable forensics.json"),
       (["depth", "--inits", "nope"], "unknown initializer"),
       (["depth", "--activations", "bogus"], "unknown activation"),
       (["depth", "--spectrum-depths", "0"], "positive integer"),

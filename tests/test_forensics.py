@@ -174,3 +174,20 @@ def test_recording_changes_nothing_in_the_training():
     runs[record] = (losses, p)
   np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-6)
   chex.assert_trees_all_close(runs[True][1], runs[False][1], rtol=1e-5, atol=1e-7)
+
+
+def test_the_cli_redraws_and_rereads_a_recorded_window(tmp_path, capsys):
+  from gradflow_jax.cli import _cli
+  rec, names, target, _, _ = _run("linen", "lr")
+  json_path, png_path = gf.write_forensics(tmp_path / "run", rec, names)
+  report = json.loads(open(json_path).read())
+  again = gf.watch._forensics.analyse_window(*gf.watch._forensics.window_of_report(report))
+  assert again["verdict"] == report["verdict"] and again["ranking"] == report["ranking"]
+  assert _cli.main(["forensics", str(tmp_path / "run")]) == 0
+  out = capsys.readouterr().out
+  assert f"verdict: {target} moved first, at step {T}" in out
+  assert _cli.main(["forensics", str(tmp_path / "run"), "--sigmas", "1e6", "--out",
+                    str(tmp_path / "wide")]) == 0  # no band is ever left
+  wide = json.loads((tmp_path / "wide" / "forensics.json").read_text())
+  assert wide["verdict"]["culprit"] == "none" and wide["trigger"] == report["trigger"]
+  assert (tmp_path / "wide" / "forensics.png").read_bytes()[:4] == b"\x89PNG"

@@ -140,6 +140,15 @@ def _diagnose_parser(sub) -> None:
   p.set_defaults(run=lambda args: _commands().diagnose(args))
 
 
+def _forensics_parser(sub) -> None:
+  p = sub.add_parser("forensics", help="redraw a flight recorder's RUN_DIR/forensics.json "
+                     "(gf.write_forensics), or re-read it with --sigmas: what moved first")
+  p.add_argument("run_dir")
+  p.add_argument("--sigmas", type=_positive_float, help="band half-width in standard deviations")
+  add_common(p, None)  # --out: RUN_DIR
+  p.set_defaults(run=lambda args: _commands().forensics(args))
+
+
 def _floats(text: str, positive: bool = False) -> tuple[float, ...]:
   """Comma-separated finite numbers >= 0 (> 0 with ``positive``)."""
   what = "positive" if positive else "non-negative"
@@ -315,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
   _train_parser(sub)
   _report_parser(sub)
   _diagnose_parser(sub)
+  _forensics_parser(sub)
   parser.commands = tuple(sub.choices)  # the subcommands' names
   return parser
 
@@ -355,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
   if not argv or (argv[0] not in parser.commands and argv[0] not in ("-h", "--help")):
     argv = ["compare"] + argv
   args = parser.parse_args(argv)
+  args.out = args.out or getattr(args, "run_dir", None)
   problem, created = prepare_output_folder(args.out)
   if problem:
     print(f"analyze.py {args.command}: error: {problem}", file=sys.stderr)

@@ -203,3 +203,43 @@ def diagnose(args) -> int:
                            after_plots=report)
   _finish(args, console, written)
   return 0
+
+
+def forensics(args) -> int:
+  """``forensics RUN_DIR``: forensics.png redrawn from RUN_DIR/forensics.json
+  (with ``--sigmas``, the window analysed again first); the verdict and the
+  first movers printed."""
+  import json
+  from gradflow_jax.render import _forensics_plots
+  from gradflow_jax.watch import _forensics
+  source = os.path.join(args.run_dir, "forensics.json")
+  try:
+    with open(source) as f:
+      report = json.load(f)
+    if args.sigmas is not None:
+      report = _forensics.analyse_window(*_forensics.window_of_report(report), args.sigmas)
+  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(f"expected a readable forensics.json (gf.write_forensics) in "
+                     f"{args.run_dir!r}, got {type(e).__name__}: {e}") from None
+  written = []
+  if args.sigmas is not None or os.path.abspath(args.out) != os.path.abspath(args.run_dir):
+    from gradflow_jax import _io
+    report.pop("schema_version", None)
+    written.append(os.path.join(args.out, "forensics.json"))
+    _io.write_json(written[-1], report)
+  written.append(os.path.join(args.out, "forensics.png"))
+  _forensics_plots.plot_forensics(report, written[-1])
+  if args.json:
+    from gradflow_jax import _io
+    print(json.dumps(_io.to_jsonable(report), allow_nan=False))
+    return 0
+  if not args.quiet:
+    print(f"trigger: {', '.join(report['trigger']['reasons']) or 'none'}"
+          f"{'' if report['trigger']['step'] is None else ' at step %d' % report['trigger']['step']}")
+    print(f"verdict: {report['verdict']['text']}")
+    first = sorted(report["leaves"], key=lambda leaf: report["ranking"].index(leaf["name"]))[:8]
+    for leaf in first:
+      onset = "-" if leaf["onset_step"] is None else leaf["onset_step"]
+      print(f"  {leaf['name']:<40} onset {onset!s:>6}  {leaf['left_by'] or '-'}")
+  _finish(args, _console(args), written)
+  return 0

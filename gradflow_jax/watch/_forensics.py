@@ -71,8 +71,30 @@ def analyse(state: RecorderState, names, sigmas: float = 6.0) -> dict:
   if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
     names = leaf_names(names)
   steps, norms = window(state)
-  fired = int(jax.device_get(state.fired_step))
-  reasons = int(jax.device_get(state.reasons))
+  return analyse_window(steps, norms, int(jax.device_get(state.fired_step)),
+                        int(jax.device_get(state.reasons)), list(names), sigmas)
+
+
+def window_of_report(report: dict) -> tuple:
+  """(steps, norms, fired step, reason bits, names) back from a written
+  ``forensics.json``: what :func:`analyse_window` reads again (another
+  ``sigmas``, a redrawn figure)."""
+  series = lambda field, dtype: np.stack(
+      [np.asarray(leaf["series"][field], dtype) for leaf in report["leaves"]], axis=1)
+  norms = {"loss": np.asarray(report["loss"], np.float64)}
+  for field in ("grad_norm", "param_norm", "update_norm"):
+    norms[field] = series(field, np.float64)
+  for field in ("grad_nonfinite", "param_nonfinite"):
+    norms[field] = series(field, np.int64)
+  bits = sum(bit for bit, text in REASONS.items() if text in report["trigger"]["reasons"])
+  fired = report["trigger"]["step"]
+  return (np.asarray(report["steps"]), norms, -1 if fired is None else int(fired), bits,
+          [leaf["name"] for leaf in report["leaves"]])
+
+
+def analyse_window(steps, norms: dict, fired: int, reasons: int, names: list[str],
+                   sigmas: float = 6.0) -> dict:
+  """:func:`analyse` of a window already on the host."""
   n = norms["grad_norm"].shape[1] if norms["grad_norm"].ndim == 2 else 0
   if len(names) != n:
     raise ValueError(f"expected {n} leaf names (one per parameter leaf), got {len(names)}")
@@ -90,7 +112,9 @@ def analyse(state: RecorderState, names, sigmas: float = 6.0) -> dict:
                    "band_widths": None if not math.isfinite(distance) else round(distance, 3),
                    "series": {"grad_norm": norms["grad_norm"][:, i],
                               "param_norm": norms["param_norm"][:, i],
-                              "update_norm": norms["update_norm"][:, i], "update_ratio": ratio}})
+                              "update_norm": norms["update_norm"][:, i], "update_ratio": ratio,
+                              "grad_nonfinite": norms["grad_nonfinite"][:, i],
+                              "param_nonfinite": norms["param_nonfinite"][:, i]}})
   key = lambda leaf: (math.inf if leaf["onset_step"] is None else leaf["onset_step"],
                       KINDS.index(leaf["left_by"]) if leaf["left_by"] else len(KINDS),
                       -(leaf["band_widths"] if leaf["band_widths"] is not None else math.inf))
