@@ -1,5 +1,6 @@
 """Run by test_watch_sharded.py in a subprocess with 4 host CPU devices: the
-monitored step on a (data=2, model=2) mesh against one device, and the
+monitored step (with a flight recorder) on a (data=2, model=2) mesh against
+one device, and the
 collectives the statistics add to the compiled step. Prints one JSON line."""
 
 import json
@@ -47,11 +48,15 @@ def main():
   watched = gf.value_and_grad(loss_fn, activations={f"Dense_{i}": "tanh" for i in range(3)},
                               histograms=True)
 
-  def monitored(params, opt_state, x, y):
+  recorder = gf.watch.FlightRecorder(window=8)
+  rec = recorder.init(params)
+
+  def monitored(params, opt_state, x, y):  # with the norms tier in a flight recorder
     loss, grads, flow = watched(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    return new, opt_state, flow, gf.watch.update_ratios(params, new)
+    recorded = recorder.update(rec, 0, gf.watch.step_norms(loss, grads, params, updates))
+    return new, opt_state, flow, gf.watch.update_ratios(params, new), recorded
 
   def plain(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
@@ -84,6 +89,8 @@ def main():
       jax.tree.leaves(out[2].param_grad_norms), jax.tree.leaves(single[2].param_grad_norms)))
   errors["update_ratios"] = max(_rel(a, b) for a, b in zip(jax.tree.leaves(out[3]),
                                                            jax.tree.leaves(single[3])))
+  errors["recorder"] = max(_rel(a, b) for a, b in zip(jax.tree.leaves(out[4]),
+                                                      jax.tree.leaves(single[4])))
   count_moves = 0
   for k, h in single[2].histograms.items():
     g = out[2].histograms[k]
