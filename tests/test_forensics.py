@@ -191,3 +191,43 @@ def test_the_cli_redraws_and_rereads_a_recorded_window(tmp_path, capsys):
   wide = json.loads((tmp_path / "wide" / "forensics.json").read_text())
   assert wide["verdict"]["culprit"] == "none" and wide["trigger"] == report["trigger"]
   assert (tmp_path / "wide" / "forensics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_adam_health_against_moments_recomputed_from_the_gradients():
+  """m-hat, v-hat, cos(m, g) and the epsilon-dominated share, from the state
+  optax.adam left (found inside a chain and inside an nnx.Optimizer), against
+  the moments recomputed in NumPy from the gradients of three steps; a leaf
+  whose gradients are 1e-12 of the others' is epsilon-dominated everywhere."""
+  b1, b2, eps = 0.9, 0.999, 1e-8
+  params = {"big": jnp.ones((4, 3)), "tiny": jnp.ones(5)}
+  tx = optax.chain(optax.clip_by_global_norm(1e9), optax.adam(1e-3, b1=b1, b2=b2, eps=eps))
+  state = tx.init(params)
+  history = []
+  for i in range(3):
+    g = {"big": jax.random.normal(jax.random.key(i), (4, 3)),
+         "tiny": 1e-12 * jax.random.normal(jax.random.key(10 + i), (5,))}
+    _, state = tx.update(g, state, params)
+    history.append(g)
+  health = jax.jit(lambda s, g: gf.watch.adam_health(s, g, b1=b1, b2=b2, eps=eps))(state, g)
+  for i, name in enumerate(["big", "tiny"]):
+    gs = [np.asarray(h[name], np.float64) for h in history]
+    m = v = 0.0
+    for gi in gs:
+      m, v = b1 * m + (1 - b1) * gi, b2 * v + (1 - b2) * gi**2
+    m_hat, v_hat = m / (1 - b1**3), v / (1 - b2**3)
+    np.testing.assert_allclose(health.m_hat_norm[i], np.linalg.norm(m_hat), rtol=1e-5)
+    np.testing.assert_allclose(health.v_hat_norm[i], np.linalg.norm(v_hat), rtol=1e-5)
+    cos = np.sum(m * gs[-1]) / np.linalg.norm(m) / np.linalg.norm(gs[-1])
+    np.testing.assert_allclose(health.cos_m_g[i], cos, rtol=1e-5)
+    np.testing.assert_allclose(health.eps_dominated[i], np.mean(eps >= np.sqrt(v_hat)))
+  assert float(health.eps_dominated[0]) == 0.0 and float(health.eps_dominated[1]) == 1.0
+  # an nnx.Optimizer's state holds the same Adam state
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+  grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((2, 3))) ** 2))(model)
+  opt.update(model, grads)
+  nnx_health = gf.watch.adam_health(opt.opt_state, nnx.state(grads))
+  assert nnx_health.cos_m_g.shape == (2,)
+  np.testing.assert_allclose(nnx_health.cos_m_g, 1.0, rtol=1e-6)  # one step: m = (1 - b1) g
+  with pytest.raises(LookupError, match="one Adam state"):
+    gf.watch.adam_health(optax.sgd(0.1).init(params), params)

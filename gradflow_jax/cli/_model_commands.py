@@ -234,8 +234,9 @@ def forensics(args) -> int:
     print(json.dumps(_io.to_jsonable(report), allow_nan=False))
     return 0
   if not args.quiet:
+    step = report["trigger"]["step"]
     print(f"trigger: {', '.join(report['trigger']['reasons']) or 'none'}"
-          f"{'' if report['trigger']['step'] is None else ' at step %d' % report['trigger']['step']}")
+          f"{'' if step is None else f' at step {step}'}")
     print(f"verdict: {report['verdict']['text']}")
     first = sorted(report["leaves"], key=lambda leaf: report["ranking"].index(leaf["name"]))[:8]
     for leaf in first:
