@@ -9,10 +9,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from gradflow_jax.cli._model_commands import _model_errors, diagnose, forensics, train_model  # noqa: F401
+from gradflow_jax.cli import _model_commands
+from gradflow_jax.cli._model_commands import _model_errors, diagnose, train_model
 from gradflow_jax.cli._sizes import check_size as _check_size
 from gradflow_jax.cli._output import (_console, _draw_plots, _finish, _load_data, _slug, _versions,
                                      _write_outputs, progress_bar)
+
+forensics = _model_commands.forensics  # analyze.py forensics RUN_DIR
 
 
 def compare(args, force_report: bool = False) -> int:
