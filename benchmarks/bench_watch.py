@@ -17,7 +17,9 @@ Then the same transformer at width 128, batch 32 x 32 (taps of ~27 MB, more
 than the CPU's caches hold), statistics on every step only. Targets: every
 step <= 1.10x, every=10 <= 1.02x. Last, the ``norms`` tier with the flight
 recorder (``gf.watch.step_norms`` and ``FlightRecorder.update``, window 64)
-on every step of both models, against the same bare step (target <= 1.03x).
+on every step of both models, and the ``spectra`` tier (``WeightSpectra``, one
+power-iteration pair per weight matrix) on the transformer, against the same
+bare step (targets <= 1.03x). ``--norms`` runs only these.
 
 Run: python benchmarks/bench_watch.py
 """
@@ -215,14 +217,20 @@ def recorded_steps(kind):
   tx = optax.adam(1e-3)
   loss = lambda p, x, y: _ce(module.apply({"params": p}, x), y)
 
+  spectra = gf.watch.WeightSpectra()
+
   def make(record):
-    state = {"opt": tx.init(params), "rec": recorder.init(params)}
+    state = {"opt": tx.init(params),
+             "rec": (spectra.init(params, jax.random.key(0)) if record == "spectra"
+                     else recorder.init(params))}
 
     @jax.jit
     def step(params, opt_state, rec, x, y, i):
       value, grads = jax.value_and_grad(loss)(params, x, y)
       updates, opt_state = tx.update(grads, opt_state, params)
-      if record:
+      if record == "spectra":
+        rec = spectra.update(rec, params)
+      elif record:
         rec = recorder.update(rec, i, gf.watch.step_norms(value, grads, params, updates))
       return optax.apply_updates(params, updates), opt_state, rec, value
 
@@ -231,14 +239,16 @@ def recorded_steps(kind):
       state["rec"] = out[2]
       return out[3]
     return run
+  if kind == "spectra":
+    return make(False), make("spectra"), x, y
   return make(False), make(True), x, y
 
 
-def norms_tier(label, bare, recorded, x, y):
+def norms_tier(label, bare, recorded, x, y, what="norms tier + flight recorder"):
   steps = list(range(10))
   ten = lambda f: (lambda x, y: [f(x, y, s) for s in steps][-1])
   r, t, tb = paired_ratio(ten(recorded), ten(bare), x, y, number=2, repeat=31)
-  print(f"{label}: bare step {tb / 10 * 1e3:.3f} ms, norms tier + flight recorder every step "
+  print(f"{label}: bare step {tb / 10 * 1e3:.3f} ms, {what} every step "
         f"{t / 10 * 1e3:.3f} ms, ratio {r:.3f} (target <= 1.03)")
 
 
@@ -250,11 +260,15 @@ def main():
                   *transformer_steps(batch=32, seq=32, width=128))
   norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
   norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("linen"))
+  norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("spectra"),
+             what="spectra tier (one power-iteration pair per matrix)")
 
 
 if __name__ == "__main__":
   if sys.argv[1:] == ["--norms"]:  # the norms tier only
     norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
     norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("linen"))
+    norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("spectra"),
+               what="spectra tier (one power-iteration pair per matrix)")
   else:
     main()

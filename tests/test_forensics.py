@@ -231,3 +231,38 @@ def test_adam_health_against_moments_recomputed_from_the_gradients():
   np.testing.assert_allclose(nnx_health.cos_m_g, 1.0, rtol=1e-6)  # one step: m = (1 - b1) g
   with pytest.raises(LookupError, match="one Adam state"):
     gf.watch.adam_health(optax.sgd(0.1).init(params), params)
+
+
+def test_weight_spectra_follow_the_svd_of_each_matrix():
+  """Persistent power iteration: after 60 one-pair updates on fixed weights,
+  sigma_max of a dense kernel, a convolution kernel (flattened to fan_in x
+  fan_out) and a rank-one matrix equals np.linalg.svd's to 1e-3 and is
+  marked converged; biases are NaN; the stable rank is ||W||_F^2 / sigma^2.
+  Then the weights move (x3) and the kept vectors follow in a few updates."""
+  k = jax.random.split(jax.random.key(0), 4)
+  params = {"dense": jax.random.normal(k[0], (16, 12)), "bias": jnp.ones(12),
+            "conv": jax.random.normal(k[1], (3, 3, 4, 8)),
+            "rank1": jnp.outer(jax.random.normal(k[2], (10,)), jax.random.normal(k[3], (6,)))}
+  spectra = gf.watch.WeightSpectra()
+  state = spectra.init(params, jax.random.key(1))
+  update = jax.jit(spectra.update)
+  for _ in range(60):
+    state = update(state, params)
+  names = leaf_names(params)
+  for name, w in params.items():
+    i = names.index(name)
+    if w.ndim == 1:
+      assert np.isnan(float(state.sigma[i]))
+      continue
+    m = np.asarray(w, np.float64).reshape(-1, w.shape[-1])
+    sv = np.linalg.svd(m, compute_uv=False)
+    np.testing.assert_allclose(float(state.sigma[i]), sv[0], rtol=1e-3, err_msg=name)
+    assert bool(spectra.converged(state)[i]), name
+    np.testing.assert_allclose(float(gf.watch.stable_ranks(params, state.sigma)[i]),
+                               np.sum(sv**2) / sv[0] ** 2, rtol=2e-3)
+  moved = jax.tree.map(lambda w: 3 * w, params)
+  for _ in range(3):
+    state = update(state, moved)
+  i = names.index("dense")
+  want = 3 * np.linalg.svd(np.asarray(params["dense"], np.float64), compute_uv=False)[0]
+  np.testing.assert_allclose(float(state.sigma[i]), want, rtol=1e-3)

@@ -10,6 +10,7 @@ from gradflow_jax.watch._flow_step import FlowStep, histogram, Histogram, HISTOG
 from gradflow_jax.watch._monitor import (find_monitor_state, gradient_flow_monitor,
                                          moment_norms, stop_if_nonfinite, stopped)
 from gradflow_jax.watch._optimizer import adam_health, AdamHealth, find_adam_state
+from gradflow_jax.watch._spectra import SpectraState, stable_ranks, WeightSpectra
 from gradflow_jax.watch._recorder import FlightRecorder, RecorderState, step_norms, StepNorms
 from gradflow_jax.watch._watch import (nnx_value_and_grad, snapshot, UPDATE_RATIO_RULE,
                                        update_ratios, value_and_grad)
@@ -24,6 +25,8 @@ __all__ = (
     # optax: the monitor, the guard, moments
     "find_monitor_state", "gradient_flow_monitor", "moment_norms", "stop_if_nonfinite",
     "stopped", "adam_health", "AdamHealth", "find_adam_state",
+    # weight spectra while training
+    "WeightSpectra", "SpectraState", "stable_ranks",
     # the flight recorder and forensics
     "step_norms", "StepNorms", "FlightRecorder", "RecorderState", "analyse_forensics",
 )
