@@ -266,3 +266,53 @@ def test_weight_spectra_follow_the_svd_of_each_matrix():
   i = names.index("dense")
   want = 3 * np.linalg.svd(np.asarray(params["dense"], np.float64), compute_uv=False)[0]
   np.testing.assert_allclose(float(state.sigma[i]), want, rtol=1e-3)
+
+
+class Branches(nn.Module):
+  """A branch whose input is scaled by 1e-12: its kernel's gradients are near zero."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Dense(32)(x))
+    return nn.Dense(10)(h) + nn.Dense(10, name="quiet")(1e-12 * h)
+
+
+def test_a_too_small_adam_epsilon_on_near_zero_gradients_is_named_with_its_cause(tmp_path):
+  """Adam's epsilon set to 1e-30 from step T: the quiet branch's near-zero
+  gradients become full-size steps. No trigger fires (the loss barely
+  moves), yet the window, written at the end, names that kernel and step,
+  and the optimizer tier gives the cause."""
+  module = Branches()
+  params = module.init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-8)
+  recorder = gf.watch.FlightRecorder(window=64)
+  loss_fn = lambda p, x, y: optax.softmax_cross_entropy_with_integer_labels(
+      module.apply({"params": p}, x), y).mean()
+
+  @jax.jit
+  def step(params, opt_state, rec, x, y, i):
+    eps = jnp.where(i >= T, 1e-30, 1e-8)
+    opt_state.hyperparams["eps"] = eps
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    rec = recorder.update(rec, i, gf.watch.step_norms(loss, grads, params, updates),
+                          gf.watch.adam_health(opt_state, grads, eps=eps))
+    return optax.apply_updates(params, updates), opt_state, rec
+
+  data = gf.load_digits()
+  opt_state, rec = tx.init(params), recorder.init(params, adam=True)
+  for i in range(STEPS):
+    at = (i * 64) % (len(data.x_train) - 64)
+    params, opt_state, rec = step(params, opt_state, rec, data.x_train[at:at + 64],
+                                  data.y_train[at:at + 64], jnp.int32(i))
+  assert int(rec.fired_step) == -1
+  report = json.loads(open(gf.write_forensics(tmp_path, rec, params)[0]).read())
+  verdict = report["verdict"]
+  assert verdict["culprit"] == "leaves" and verdict["leaves"] == ["quiet/kernel"], verdict
+  assert verdict["step"] == T and report["ranking"][0] == "quiet/kernel"
+  assert "epsilon dominated sqrt(v-hat) on 100% of its coordinates before and 0%" in \
+      verdict["text"], verdict["text"]
+  again = gf.watch._forensics.analyse_window(*gf.watch._forensics.window_of_report(report))
+  assert again["verdict"] == verdict  # the optimizer tier survives the JSON round trip
+  with pytest.raises(ValueError, match="adam=True"):
+    recorder.update(rec, 0, gf.watch.step_norms(0.0, params, params, params))

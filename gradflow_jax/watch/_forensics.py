@@ -19,6 +19,7 @@ from gradflow_jax.watch._writers import leaf_names
 HISTORY = 4        # steps a band needs before it can be left
 BAND_FLOOR = 0.1   # the band is at least this wide in log10 (x1.26) either side
 DATA_SHARE = 0.6   # gradients of this share of layers leaving at one step: the data did it
+HEALTH = ("m_hat_norm", "v_hat_norm", "cos_m_g", "eps_dominated")  # the optimizer tier
 # what left the band, strongest evidence first (ranks ties within a step)
 KINDS = ("non-finite parameters", "non-finite gradient", "update norm", "gradient norm")
 
@@ -28,7 +29,10 @@ def window(state: RecorderState) -> tuple[np.ndarray, dict]:
   state = jax.device_get(state)
   steps = np.asarray(state.steps)
   order = np.argsort(np.where(steps >= 0, steps, np.iinfo(np.int32).max))[:int(np.sum(steps >= 0))]
-  return steps[order], {k: np.asarray(v)[order] for k, v in state.norms._asdict().items()}
+  fields = dict(state.norms._asdict())
+  if state.health is not None:
+    fields.update(state.health._asdict())
+  return steps[order], {k: np.asarray(v)[order] for k, v in fields.items()}
 
 
 def band_exit(values: np.ndarray, sigmas: float, history: int = HISTORY) -> tuple[int, float]:
@@ -86,6 +90,9 @@ def window_of_report(report: dict) -> tuple:
     norms[field] = series(field, np.float64)
   for field in ("grad_nonfinite", "param_nonfinite"):
     norms[field] = series(field, np.int64)
+  if all(set(HEALTH) <= set(leaf["series"]) for leaf in report["leaves"]):
+    for field in HEALTH:
+      norms[field] = series(field, np.float64)
   bits = sum(bit for bit, text in REASONS.items() if text in report["trigger"]["reasons"])
   fired = report["trigger"]["step"]
   return (np.asarray(report["steps"]), norms, -1 if fired is None else int(fired), bits,
@@ -114,7 +121,8 @@ def analyse_window(steps, norms: dict, fired: int, reasons: int, names: list[str
                               "param_norm": norms["param_norm"][:, i],
                               "update_norm": norms["update_norm"][:, i], "update_ratio": ratio,
                               "grad_nonfinite": norms["grad_nonfinite"][:, i],
-                              "param_nonfinite": norms["param_nonfinite"][:, i]}})
+                              "param_nonfinite": norms["param_nonfinite"][:, i],
+                              **{f: norms[f][:, i] for f in HEALTH if f in norms}}})
   key = lambda leaf: (math.inf if leaf["onset_step"] is None else leaf["onset_step"],
                       KINDS.index(leaf["left_by"]) if leaf["left_by"] else len(KINDS),
                       -(leaf["band_widths"] if leaf["band_widths"] is not None else math.inf))
@@ -124,11 +132,11 @@ def analyse_window(steps, norms: dict, fired: int, reasons: int, names: list[str
                       "reasons": [text for bit, text in REASONS.items() if reasons & bit]},
           "steps": steps, "loss": norms["loss"],
           "loss_onset_step": int(steps[loss_t]) if loss_t >= 0 else None,
-          "ranking": [leaf["name"] for leaf in ranked], "verdict": _verdict(ranked),
+          "ranking": [leaf["name"] for leaf in ranked], "verdict": _verdict(ranked, steps),
           "leaves": leaves}
 
 
-def _verdict(ranked: list[dict]) -> dict:
+def _verdict(ranked: list[dict], steps: np.ndarray) -> dict:
   """The culprit: the leaves whose parameters went non-finite first; else
   the data, when most leaves' gradients left their band at the first onset
   step together; else the leaves that moved first."""
@@ -152,4 +160,21 @@ def _verdict(ranked: list[dict]) -> dict:
                     f"at step {step}: that step's batch (or loss) did it, not one layer"}
   names = [leaf["name"] for leaf in first]
   return {"culprit": "leaves", "step": step, "leaves": names,
-          "text": f"{', '.join(names)} moved first, at step {step} (its {first[0]['left_by']})"}
+          "text": f"{', '.join(names)} moved first, at step {step} (its {first[0]['left_by']})"
+                  + _adam_reason(first[0], step, steps)}
+
+
+def _adam_reason(leaf: dict, step: int, steps: np.ndarray) -> str:
+  """Why, where the optimizer tier was recorded and Adam's regime changed at
+  the onset: its steps stopped (or started) being epsilon-dominated."""
+  eps = leaf["series"].get("eps_dominated")
+  if eps is None:
+    return ""
+  at = int(np.searchsorted(steps, step))
+  if at == 0 or at >= len(eps) or abs(eps[at] - eps[at - 1]) < 0.5:
+    return ""
+  grad = leaf["series"]["grad_norm"][at]
+  return (f"; Adam's epsilon dominated sqrt(v-hat) on {eps[at - 1]:.0%} of its coordinates "
+          f"before and {eps[at]:.0%} at that step, with ||g|| = {grad:.2g}: "
+          + ("a too small epsilon turns near-zero gradients into full-size steps"
+             if eps[at] < eps[at - 1] else "its steps are now damped by epsilon"))

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gradflow_jax.measure._norms import leaf_norm
+from gradflow_jax.watch._optimizer import AdamHealth
 
 # trigger bits of RecorderState.reasons
 NONFINITE, LOSS_SPIKE, UPDATE_JUMP = 1, 2, 4
@@ -95,6 +96,8 @@ class RecorderState(NamedTuple):
     fired_step: the step of the first trigger, -1 while none has fired.
     reasons: its trigger bits (``NONFINITE | LOSS_SPIKE | UPDATE_JUMP``).
     new_trigger: True on the step a trigger first fired (the host's cue).
+    health: the ``optimizer`` tier (:class:`AdamHealth` with a leading (K,)
+      axis) when the recorder was made with ``adam=True``, else None.
   """
   steps: jax.Array
   norms: StepNorms
@@ -102,6 +105,7 @@ class RecorderState(NamedTuple):
   fired_step: jax.Array
   reasons: jax.Array
   new_trigger: jax.Array
+  health: AdamHealth | None = None
 
 
 def _masked_mean_std(values, valid):
@@ -140,20 +144,26 @@ class FlightRecorder:
       raise ValueError(f"expected spike_sigmas > 0 and jump_factor > 1, got "
                        f"{self.spike_sigmas} and {self.jump_factor}")
 
-  def init(self, params) -> RecorderState:
-    """An empty recorder for parameters shaped like ``params``."""
+  def init(self, params, adam: bool = False) -> RecorderState:
+    """An empty recorder for parameters shaped like ``params``; ``adam``: also
+    keep the ``optimizer`` tier (:func:`adam_health`) of every step."""
     n = len(jax.tree.leaves(params))
     k = self.window
     zeros = lambda *s: jnp.zeros(s, jnp.float32)
     count = lambda *s: jnp.zeros(s, jnp.int32)
     norms = StepNorms(zeros(k), zeros(k, n), zeros(k, n), zeros(k, n), count(k, n), count(k, n))
+    health = AdamHealth(*(zeros(k, n) for _ in AdamHealth._fields)) if adam else None
     return RecorderState(jnp.full((k,), -1, jnp.int32), norms, jnp.zeros((), jnp.int32),
                          jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.int32),
-                         jnp.zeros((), bool))
+                         jnp.zeros((), bool), health)
 
-  def update(self, state: RecorderState, step, norms: StepNorms) -> RecorderState:
-    """Records ``norms`` as step ``step`` and evaluates the triggers against
-    the steps held before it (inside jit, no host round trip)."""
+  def update(self, state: RecorderState, step, norms: StepNorms,
+             health: AdamHealth | None = None) -> RecorderState:
+    """Records ``norms`` (and ``health``, for a recorder made with
+    ``adam=True``) as step ``step`` and evaluates the triggers against the
+    steps held before it (inside jit, no host round trip)."""
+    if (health is None) != (state.health is None):
+      raise ValueError("expected health= exactly when the recorder was made with adam=True")
     held = state.steps >= 0
     loss_mean, loss_std = _masked_mean_std(state.norms.loss, held & jnp.isfinite(state.norms.loss))
     updates = jnp.sqrt(jnp.sum(state.norms.update_norm**2, axis=1))
@@ -176,4 +186,5 @@ class FlightRecorder:
         count=state.count + 1,
         fired_step=jnp.where(first, jnp.asarray(step, jnp.int32), state.fired_step),
         reasons=jnp.where(first, reasons, state.reasons),
-        new_trigger=first)
+        new_trigger=first,
+        health=None if health is None else jax.tree.map(put, state.health, health))
