@@ -98,6 +98,11 @@ def test_a_diverging_run_stops_with_finite_parameters_and_names_the_first_tap():
   assert any(bad) and result.first_nonfinite_tap == ("z", "out")[bad.index(True)]
   kinds = [f.kind for f in _model_train.window_findings(result, 5)]
   assert kinds[0] == "nonfinite_training"
+  # the run's flight recorder fired by the step that stopped it (a step
+  # earlier here: a gradient norm beyond float range before any NaN)
+  assert result.stopped_at - 1 <= result.recorder_summary()["fired_step"] <= result.stopped_at
+  assert result.recorder_summary()["reasons"][0].startswith("non-finite")
+  assert int(result.recorder.steps.max()) == result.stopped_at
 
 
 def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path, capsys,
@@ -197,3 +202,26 @@ def test_skip_mode_drops_bad_steps_and_goes_on():
   assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(result.params))
   (f,) = [f for f in _model_train.window_findings(result, 3) if f.kind == "nonfinite_training"]
   assert "3 of 9 steps skipped" in f.message
+
+
+def test_cli_train_model_writes_the_flight_recorders_window_when_it_fires(tmp_path, capsys):
+  """A factory trained at a learning rate that diverges: the run's flight
+  recorder fires, forensics.json and forensics.png are written beside
+  results.json, and analyze.py forensics reads them back."""
+  (tmp_path / "net.py").write_text(
+      "import jax, jax.numpy as jnp\nfrom flax import linen as nn\n"
+      "def make():\n  x = jax.random.normal(jax.random.key(1), (32, 8))\n"
+      "  m = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)])\n"
+      "  return m, m.init(jax.random.key(0), x), (x, jnp.arange(32) % 3)\n")
+  out = tmp_path / "o"
+  code = _cli.main(["train", "--model", f"{tmp_path / 'net.py'}:make", "--steps", "20",
+                    "--lr", "1e6", "--optimizer", "sgd", "--no-plots", "--out", str(out)])
+  assert code == 0
+  data = json.loads((out / "results.json").read_text())
+  fired = data["flight_recorder"]["fired_step"]
+  assert fired is not None and fired <= data["stopped_at"]
+  report = json.loads((out / "forensics.json").read_text())
+  assert report["trigger"]["step"] == fired and not (out / "forensics.png").exists()  # --no-plots
+  assert f"flight recorder fired at step {fired}" in capsys.readouterr().out
+  assert _cli.main(["forensics", str(out), "--quiet"]) == 0  # draws it
+  assert (out / "forensics.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import numpy as np
@@ -137,6 +138,16 @@ def train_model(args) -> int:
       "gradient_histograms.png": lambda p: _model_training_plots.plot_histograms_over_steps(
           _model_train.histogram_series(result, "grad"), result.steps, "dL/d tap", p)},
       extra=[os.path.join(args.out, "log.jsonl")], after_plots=report)
+  fired = (result.recorder_summary() or {}).get("fired_step")
+  if fired is not None:  # what the flight recorder held when its trigger fired
+    from gradflow_jax.render import _forensics_plots
+    paths = _forensics_plots.write_forensics(args.out, result.recorder, result.params_names,
+                                             plot=not args.no_plots)
+    written += paths
+    if not args.quiet and not args.json:
+      with open(paths[0]) as f:
+        verdict = json.load(f)["verdict"]["text"]
+      console.print(f"flight recorder fired at step {fired}: {verdict}")
   _finish(args, console, written)
   return 0
 
@@ -209,7 +220,6 @@ def forensics(args) -> int:
   """``forensics RUN_DIR``: forensics.png redrawn from RUN_DIR/forensics.json
   (with ``--sigmas``, the window analysed again first); the verdict and the
   first movers printed."""
-  import json
   from gradflow_jax.render import _forensics_plots
   from gradflow_jax.watch import _forensics
   source = os.path.join(args.run_dir, "forensics.json")

@@ -66,12 +66,15 @@ def plot_forensics(analysis: dict, path=None):
   return _io.save_figure(fig, path)
 
 
-def write_forensics(folder, state, names: list[str], sigmas: float = 6.0) -> list[str]:
-  """Writes ``forensics.json`` (:func:`gradflow_jax.watch.analyse_forensics`)
-  and ``forensics.png`` into ``folder`` atomically; returns their paths."""
+def write_forensics(folder, state, names, sigmas: float = 6.0, plot: bool = True) -> list[str]:
+  """Writes ``forensics.json`` (:func:`gradflow_jax.watch.analyse_forensics`;
+  ``names``: the leaves' names or a pytree like the parameters) and, with
+  ``plot``, ``forensics.png`` into ``folder`` atomically; returns their paths."""
   os.makedirs(folder, exist_ok=True)
   analysis = _forensics.analyse(state, names, sigmas)
-  paths = [os.path.join(folder, "forensics.json"), os.path.join(folder, "forensics.png")]
+  paths = [os.path.join(folder, "forensics.json")]
   _io.write_json(paths[0], analysis)
-  plot_forensics(analysis, paths[1])
+  if plot:
+    paths.append(os.path.join(folder, "forensics.png"))
+    plot_forensics(analysis, paths[1])
   return paths

@@ -22,7 +22,8 @@ import optax
 
 from gradflow_jax.capture import _probed as _probe
 from gradflow_jax.diagnosis import _diagnose
-from gradflow_jax.watch import _monitor, _watch, _writers
+from gradflow_jax.watch import _monitor, _recorder, _watch, _writers
+from gradflow_jax.watch._optimizer import adam_health
 from gradflow_jax._data import Dataset
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -93,6 +94,7 @@ class ModelTrainResult(NamedTuple):
   params: object
   skipped: int = 0
   on_nonfinite: str = "stop"
+  recorder: object = None  # the flight recorder's RecorderState (norms tier, window 64)
 
   def as_dict(self) -> dict:
     """The results.json layout of the run: per tap its series over the
@@ -115,7 +117,22 @@ class ModelTrainResult(NamedTuple):
             "tap_stats": taps,
             "update_ratio": {k.split("/", 1)[1]: [m.get(k) for m in self.metrics]
                              for k in last if k.startswith("update_ratio/")},
-            "global_norm": [m.get("grad_norm/global") for m in self.metrics]}
+            "global_norm": [m.get("grad_norm/global") for m in self.metrics],
+            "flight_recorder": self.recorder_summary()}
+
+  @property
+  def params_names(self) -> list[str]:
+    """The parameter leaves' names, in the recorder's order."""
+    return _writers.leaf_names(self.params)
+
+  def recorder_summary(self) -> dict | None:
+    """The flight recorder's trigger: ``{"fired_step", "reasons"}`` (step None
+    when nothing fired), or None without a recorder."""
+    if self.recorder is None:
+      return None
+    fired, bits = int(self.recorder.fired_step), int(self.recorder.reasons)
+    return {"fired_step": fired if fired >= 0 else None,
+            "reasons": [text for bit, text in _recorder.REASONS.items() if bits & bit]}
 
 
 def _batches(n: int, batch: int, seed: int):
@@ -189,6 +206,7 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
   # first step and would compile the step a second time: make them strong now
   params = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), model.params)
   opt_state = tx.init(params)
+  rec = RECORDER.init(params, adam=tc.optimizer == "adam")
   losses, steps, metrics, flows = [], [], [], []
   stopped_at = first_bad = None
   skipped = 0
@@ -196,7 +214,7 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
   for i in range(tc.steps):
     idx = next(batches)
     x, y = jnp.asarray(data.x_train[idx]), jnp.asarray(data.y_train[idx])
-    new, new_state, value, flow, ratios = step(params, opt_state, x, y, jnp.int32(i))
+    new, new_state, value, flow, ratios, rec = step(params, opt_state, rec, x, y, jnp.int32(i))
     losses.append(value)
     bad = int(_bad_steps(new_state, tc))
     if bad > skipped:
@@ -225,7 +243,8 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
       _watch.model_value_and_grad(model, loss)(params, x, y)[2])
   return ModelTrainResult(info.names, info.roles, info.activation_names,
                           np.asarray(jax.device_get(losses), float), steps, metrics, flows,
-                          stopped_at, first_bad, acc, params, skipped, tc.on_nonfinite)
+                          stopped_at, first_bad, acc, params, skipped, tc.on_nonfinite,
+                          jax.device_get(rec))
 
 
 @functools.lru_cache(maxsize=8)
@@ -235,14 +254,21 @@ def _compiled_step(model: _probe.ProbedModel, loss: Callable, tc: ModelTrainConf
   (another seed, other data, other initial params) reuses the compiled step."""
   tx = _optimizer(tc)
   watched = _watch.model_value_and_grad(model, loss, every=tc.every, histograms=True)
+  adam = tc.optimizer == "adam"
 
   @jax.jit
-  def step(params, opt_state, x, y, i):
+  def step(params, opt_state, rec, x, y, i):
     value, grads, flow = watched(params, x, y, step=i)
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    return new, opt_state, value, flow, _watch.update_ratios(params, new, when=flow.measured)
+    health = adam_health(opt_state, grads) if adam else None
+    rec = RECORDER.update(rec, i, _recorder.step_norms(value, grads, params, updates), health)
+    return (new, opt_state, value, flow, _watch.update_ratios(params, new, when=flow.measured),
+            rec)
   return tx, step
+
+
+RECORDER = _recorder.FlightRecorder(window=64)  # the flight recorder of a --model run
 
 
 def _first_nonfinite_tap(model, loss, params, x, y) -> str | None:

@@ -40,8 +40,10 @@ def band_exit(values: np.ndarray, sigmas: float, history: int = HISTORY) -> tupl
   before it, its distance in band widths), or (-1, 0.0)."""
   with np.errstate(divide="ignore", invalid="ignore"):
     logs = np.log10(values.astype(np.float64))  # 0 -> -inf: a norm that drops to 0 leaves
-  for t in range(history, len(values)):
+  for t in range(1, len(values)):
     past = logs[:t][np.isfinite(logs[:t])]
+    if np.isinf(logs[t]) and len(past):  # overflowed, or dropped to exactly 0
+      return t, math.inf
     if len(past) < history or np.isnan(logs[t]):
       continue
     width = sigmas * max(float(np.std(past, ddof=1)), BAND_FLOOR)
@@ -146,6 +148,13 @@ def _verdict(ranked: list[dict], steps: np.ndarray) -> dict:
             "text": "no leaf left its band in the window"}
   step = timed[0]["onset_step"]
   first = [leaf for leaf in timed if leaf["onset_step"] == step]
+  before = int(np.sum(np.asarray(steps) < step))
+  if before < HISTORY:
+    return {"culprit": "undetermined", "step": step, "leaves": [leaf["name"] for leaf in first],
+            "text": f"{len(first)} leaves left their band at step {step}, with only {before} "
+                    f"step{'s' * (before != 1)} recorded before it: too few to tell what moved "
+                    "first (a run that diverges from its first steps: lower the learning "
+                    "rate)"}
   poisoned = [leaf["name"] for leaf in first if leaf["left_by"] == KINDS[0]]
   if poisoned:
     return {"culprit": "parameters", "step": step, "leaves": poisoned,

@@ -24,7 +24,7 @@ from gradflow_jax.watch._optimizer import AdamHealth
 
 # trigger bits of RecorderState.reasons
 NONFINITE, LOSS_SPIKE, UPDATE_JUMP = 1, 2, 4
-REASONS = {NONFINITE: "non-finite loss, gradient or parameter",
+REASONS = {NONFINITE: "non-finite loss, gradient or parameter (or a norm beyond float range)",
            LOSS_SPIKE: "loss spike", UPDATE_JUMP: "update-norm jump"}
 
 
@@ -170,8 +170,11 @@ class FlightRecorder:
     finite_updates = jnp.where(held & jnp.isfinite(updates), updates, jnp.nan)
     update_median = jnp.nanmedian(finite_updates)
     armed = state.count >= self.warmup
+    # a norm that overflows float32 (finite entries, huge) counts too: clipping
+    # or Adam's second moment turn it into NaN on the next step
     nonfinite = (~jnp.isfinite(norms.loss) | jnp.any(norms.grad_nonfinite > 0)
-                 | jnp.any(norms.param_nonfinite > 0))
+                 | jnp.any(norms.param_nonfinite > 0) | ~jnp.all(jnp.isfinite(norms.grad_norm))
+                 | ~jnp.all(jnp.isfinite(norms.update_norm)))
     spike = armed & (norms.loss > loss_mean + self.spike_sigmas * jnp.maximum(
         loss_std, 1e-6 * jnp.abs(loss_mean)))
     jump = armed & (norms.global_update_norm > self.jump_factor * update_median)
