@@ -255,27 +255,25 @@ def norms_tier(label, bare, recorded, x, y, what="norms tier + flight recorder",
         f"{t / 10 * 1e3:.3f} ms, ratio {r:.3f} (target <= {target})")
 
 
+def tiers():
+  """The forensics tiers, each against the bare step."""
+  norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
+  transformer = "linen scan transformer 4x64, batch 16x8, adam"
+  norms_tier(transformer, *recorded_steps("linen"))
+  norms_tier(transformer, *recorded_steps("spectra"),
+             what="spectra tier (one power-iteration pair per matrix)")
+  norms_tier(transformer, *recorded_steps("optimizer"),
+             what="norms + optimizer tiers in the recorder", target=1.05)
+
+
 def main():
   print(f"backend: {jax.default_backend()}, devices: {jax.device_count()}")
   measure("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *nnx_steps())
   measure("linen scan transformer 4x64, batch 16x8, adam", *transformer_steps())
   every_step_only("linen scan transformer 4x128, batch 32x32, adam",
                   *transformer_steps(batch=32, seq=32, width=128))
-  norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
-  norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("linen"))
-  norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("spectra"),
-             what="spectra tier (one power-iteration pair per matrix)")
-  norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("optimizer"),
-             what="norms + optimizer tiers in the recorder", target=1.05)
+  tiers()
 
 
 if __name__ == "__main__":
-  if sys.argv[1:] == ["--norms"]:  # the norms tier only
-    norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
-    norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("linen"))
-    norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("spectra"),
-               what="spectra tier (one power-iteration pair per matrix)")
-    norms_tier("linen scan transformer 4x64, batch 16x8, adam", *recorded_steps("optimizer"),
-               what="norms + optimizer tiers in the recorder", target=1.05)
-  else:
-    main()
+  tiers() if sys.argv[1:] == ["--norms"] else main()  # --norms: the forensics tiers only
