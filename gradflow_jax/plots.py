@@ -13,8 +13,17 @@ and the user's backend is untouched.
 
 from __future__ import annotations
 
-from gradflow_jax.render import (_depth_plots, _forensics_plots, _model_plots,
+from gradflow_jax.render import (_dashboard, _depth_plots, _forensics_plots, _model_plots,
                                  _model_training_plots)
+
+
+def dashboard(run, path=None):
+  """A ``train_model`` run (its result, or the ``results.json`` it wrote):
+  loss with the recorder's triggers, global gradient norm, update-to-weight
+  ratio per leaf over steps (heat map) and sigma_max per weight matrix."""
+  if hasattr(run, "as_dict"):
+    run = {"model": "model", "data": "data", **run.as_dict()}
+  return _dashboard.plot_dashboard(run, path)
 
 
 def model_taps(analysis, path=None):

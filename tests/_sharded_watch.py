@@ -49,14 +49,20 @@ def main():
                               histograms=True)
 
   recorder = gf.watch.FlightRecorder(window=8)
-  rec = recorder.init(params)
+  rec = recorder.init(params, adam=True)
+  spectra = gf.watch.WeightSpectra()
+  spectra_state = spectra.init(params, jax.random.key(3))
 
-  def monitored(params, opt_state, x, y):  # with the norms tier in a flight recorder
+  def monitored(params, opt_state, x, y):
+    """With every tier: norms and optimizer in a flight recorder, spectra."""
     loss, grads, flow = watched(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    recorded = recorder.update(rec, 0, gf.watch.step_norms(loss, grads, params, updates))
-    return new, opt_state, flow, gf.watch.update_ratios(params, new), recorded
+    recorded = recorder.update(rec, 0, gf.watch.step_norms(loss, grads, params, updates),
+                               gf.watch.adam_health(opt_state, grads))
+    s = spectra.update(spectra_state, new)
+    return (new, opt_state, flow, gf.watch.update_ratios(params, new), recorded,
+            (s.sigma, gf.watch.stable_ranks(new, s.sigma)))
 
   def plain(params, opt_state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
@@ -89,8 +95,11 @@ def main():
       jax.tree.leaves(out[2].param_grad_norms), jax.tree.leaves(single[2].param_grad_norms)))
   errors["update_ratios"] = max(_rel(a, b) for a, b in zip(jax.tree.leaves(out[3]),
                                                            jax.tree.leaves(single[3])))
-  errors["recorder"] = max(_rel(a, b) for a, b in zip(jax.tree.leaves(out[4]),
-                                                      jax.tree.leaves(single[4])))
+  errors["recorder"] = max(_rel(a, b) for a, b in zip(jax.tree.leaves(out[4].norms),
+                                                      jax.tree.leaves(single[4].norms)))
+  errors["optimizer"] = max(_rel(a, b) for a, b in zip(jax.tree.leaves(out[4].health),
+                                                       jax.tree.leaves(single[4].health)))
+  errors["spectra"] = max(_rel(a, b) for a, b in zip(out[5], single[5]))
   count_moves = 0
   for k, h in single[2].histograms.items():
     g = out[2].histograms[k]

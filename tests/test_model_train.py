@@ -14,7 +14,7 @@ import gradflow_jax as gf
 from gradflow_jax import _data
 from gradflow_jax.cli import _cli
 from gradflow_jax.measure import _model_stats
-from gradflow_jax.studies import _model_train
+from gradflow_jax.studies import _model_findings, _model_train
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
@@ -65,13 +65,13 @@ def test_dead_units_found_only_when_dead_on_every_step_of_the_window():
   tc = _model_train.ModelTrainConfig(steps=9, every=2, batch_size=32, lr=1e-3, window=3)
   loss = _model_stats.loss_fn("cross_entropy")
   result = _model_train.train_model(model, data, loss, tc)
-  found = _model_train.window_findings(result, window=3)
+  found = _model_findings.window_findings(result, window=3)
   dead = [f for f in found if f.kind == "dead_units"]
   assert len(dead) == 1 and "last 3 logged steps (4-8)" in dead[0].message
   assert dead[0].evidence["window_steps"] == [4, 8]
   healthy = _model_train.train_model(_relu_net(0.0), data, loss, tc)
   mixed = result._replace(flows=result.flows[:-1] + [healthy.flows[-1]])
-  assert not [f for f in _model_train.window_findings(mixed, 3) if f.kind == "dead_units"]
+  assert not [f for f in _model_findings.window_findings(mixed, 3) if f.kind == "dead_units"]
 
 
 def test_a_diverging_run_stops_with_finite_parameters_and_names_the_first_tap():
@@ -96,7 +96,7 @@ def test_a_diverging_run_stops_with_finite_parameters_and_names_the_first_tap():
   bad = [not (np.isfinite(np.asarray(v)).all() and np.isfinite(np.asarray(g)).all())
          for v, g in ((z, gz), (out, gout))]
   assert any(bad) and result.first_nonfinite_tap == ("z", "out")[bad.index(True)]
-  kinds = [f.kind for f in _model_train.window_findings(result, 5)]
+  kinds = [f.kind for f in _model_findings.window_findings(result, 5)]
   assert kinds[0] == "nonfinite_training"
   # the run's flight recorder fired by the step that stopped it (a step
   # earlier here: a gradient norm beyond float range before any NaN)
@@ -117,7 +117,10 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
   assert data["data"] == "digits" and data["logged_steps"] == [0, 5, 10]
   assert data["steps_run"] == 12 and len(data["loss"]) == 12
   records = gf.watch.read_jsonl(out / "log.jsonl")
-  logged = [r for r in records if "scalars" in r]
+  # the norms tier every step, the flow tier every 5th
+  assert [r["step"] for r in records if "scalars" in r] == list(range(12))
+  logged = [r for r in records if "scalars" in r and "tap_grad_norm/" + data["taps"][0] in
+            r["scalars"]]
   assert [r["step"] for r in logged] == [0, 5, 10]
   for name in data["taps"]:
     assert [r["scalars"][f"tap_grad_norm/{name}"] for r in logged] == pytest.approx(
@@ -125,7 +128,8 @@ def test_cli_train_model_writes_consistent_log_results_plots_and_report(tmp_path
     if f"act/always_active/{name}" in logged[0]["scalars"]:  # ReLU-like taps
       assert [r["scalars"][f"act/always_active/{name}"] for r in logged] == pytest.approx(
           data["tap_stats"][name]["always_active_fraction"])
-  assert sorted(data["files"]) == ["activation_histograms.png", "gradient_histograms.png",
+  assert sorted(data["files"]) == ["activation_histograms.png", "dashboard.png",
+                                   "gradient_histograms.png",
                                    "log.jsonl", "report.html", "tap_grad_heatmap.png",
                                    "training_curves.png", "update_ratios.png"]
   assert "test accuracy" in text and os.listdir(tmp_path / "tb")
@@ -176,7 +180,7 @@ def test_factory_extras_that_are_wrong_get_one_line(tmp_path, capsys):
                  "def loss_not_callable(): return f, {}, (x, y), {'loss': 'mse'}\n"
                  "def short_data(): return f, {}, (x, y), {'data': (x, y)}\n"
                  "def mismatched(): return f, {}, (x, y), {'data': (x, y[:3], x, y)}\n")
-  for name, words in (("extra_key", "keys among loss, data, got ['optimizer']"),
+  for name, words in (("extra_key", "keys among loss, data, batches, got ['optimizer']"),
                       ("loss_not_callable", "a function loss(output, y), got a str"),
                       ("short_data", "(x_train, y_train, x_test, y_test), got a tuple of 2"),
                       ("mismatched", "same number (>= 1) of examples, got 4 and 3")):
@@ -200,7 +204,7 @@ def test_skip_mode_drops_bad_steps_and_goes_on():
   assert len(result.losses) == 9 and result.skipped == int(bad.sum()) == 3  # one epoch in 3
   assert result.stopped_at == int(np.argmax(bad)) and result.first_nonfinite_tap == "z"
   assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(result.params))
-  (f,) = [f for f in _model_train.window_findings(result, 3) if f.kind == "nonfinite_training"]
+  (f,) = [f for f in _model_findings.window_findings(result, 3) if f.kind == "nonfinite_training"]
   assert "3 of 9 steps skipped" in f.message
 
 

@@ -12,7 +12,9 @@ import os
 import sys
 
 from gradflow_jax.cli import _sizes
-
+from gradflow_jax.cli._args import (_csv, _every, _floats, _gains, _nonneg_float,
+                                    _positive_float, _positive_floats, _positive_int,
+                                    _positive_ints, _seed, _watch)
 
 SUBCOMMANDS = {}
 
@@ -22,39 +24,6 @@ class _Parser(argparse.ArgumentParser):
 
   def error(self, message):
     self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _csv(text: str) -> tuple[str, ...]:
-  items = tuple(s.strip() for s in text.split(","))
-  if not any(items):
-    raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
-  if not all(items):
-    raise argparse.ArgumentTypeError(f"expected a comma-separated list without empty items, "
-                                     f"got {text!r}")
-  return items
-
-
-def _number(text: str, cast, accept, what: str):
-  """argparse type: ``cast(text)`` if ``accept`` holds, else an error naming ``what``."""
-  try:
-    v = cast(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-  if not accept(v):
-    raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-  return v
-
-
-def _positive_int(text: str) -> int:
-  return _number(text, int, lambda v: v > 0, "a positive integer")
-
-
-def _nonneg_float(text: str) -> float:
-  return _number(text, float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
-
-
-def _seed(text: str) -> int:
-  return _number(text, int, lambda v: 0 <= v < 2**32, "a seed in [0, 2**32)")
 
 
 def add_common(p: argparse.ArgumentParser, out_default: str) -> None:
@@ -149,29 +118,6 @@ def _forensics_parser(sub) -> None:
   p.set_defaults(run=lambda args: _commands().forensics(args))
 
 
-def _floats(text: str, positive: bool = False) -> tuple[float, ...]:
-  """Comma-separated finite numbers >= 0 (> 0 with ``positive``)."""
-  what = "positive" if positive else "non-negative"
-  try:
-    values = tuple(float(v) for v in _csv(text))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-  if not all(0 <= v < float("inf") and (v > 0 or not positive) for v in values):
-    raise argparse.ArgumentTypeError(f"expected comma-separated finite {what} numbers, got "
-                                     f"{text!r}")
-  return values
-
-
-def _positive_floats(text: str) -> tuple[float, ...]:
-  return _floats(text, positive=True)
-
-
-def _gains(text: str) -> tuple[float | None, ...]:
-  if text.strip().lower() in ("default", "auto", "none"):
-    return (None,)
-  return _positive_floats(text)
-
-
 def _depth_parser(sub) -> None:
   p = sub.add_parser("depth", help="Jacobian spectra across depth: the built-in MLP with "
                                     "mean-field theory, or your model family with --model")
@@ -204,18 +150,6 @@ def _depth_parser(sub) -> None:
                       "(80%% of available memory, an hour)")
   add_common(p, "gradflow_out/depth")
   p.set_defaults(run=lambda args: _commands().depth(args))
-
-
-def _positive_ints(text: str) -> tuple[int, ...]:
-  try:
-    values = tuple(int(v) for v in _csv(text))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-  if not all(v > 0 for v in values):
-    raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-  if len(set(values)) != len(values):
-    raise argparse.ArgumentTypeError(f"expected distinct values, got {text!r}")
-  return values
 
 
 def _width_parser(sub) -> None:
@@ -259,10 +193,6 @@ def _rnn_parser(sub) -> None:
   p.set_defaults(run=lambda args: _commands().rnn(args))
 
 
-def _positive_float(text: str) -> float:
-  return _number(text, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
-
-
 def _train_parser(sub) -> None:
   from gradflow_jax.studies import _experiments, _train
   p = sub.add_parser("train", help="train with gradient-flow logging: the built-in MLP "
@@ -275,8 +205,12 @@ def _train_parser(sub) -> None:
                       "digits for 64-feature vector inputs, else the factory's batch), "
                       "teacher, or a .npz with x_train,y_train,x_test,y_test")
   p.add_argument("--loss", choices=["cross_entropy", "mse"], help="with --model: " + _LOSS_HELP)
-  p.add_argument("--every", type=_positive_int,
-                 help="with --model: log every N-th step (default 10)")
+  p.add_argument("--watch", type=_watch, help="with --model: what to log, from norms (per "
+                 "leaf, every step), flow (tap statistics), spectra (weight sigma_max), "
+                 "optimizer (Adam's moments); default norms,flow (+optimizer with adam)")
+  p.add_argument("--every", type=_every,
+                 help="with --model: log flow and spectra every N-th step (default 10), or "
+                      "per tier: TIER=N (e.g. 10,norms=5)")
   p.add_argument("--window", type=_positive_int,
                  help="with --model: findings must hold on each of the last N logged steps "
                       "(default 5)")

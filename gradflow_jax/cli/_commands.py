@@ -290,7 +290,8 @@ def train(args) -> int:
   from gradflow_jax.studies import _experiments, _train
   if args.model:
     return train_model(args)
-  given = [f"--{k.replace('_', '-')}" for k in ("every", "window", "tensorboard", "output")
+  given = [f"--{k.replace('_', '-')}" for k in ("every", "watch", "window", "tensorboard",
+                                                   "output")
            if getattr(args, k) is not None]
   if given:
     raise ValueError(f"expected {', '.join(given)} only with --model")

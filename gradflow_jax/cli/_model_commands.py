@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 
@@ -60,6 +61,18 @@ def _model_data(args, x, y, factory_data=None):
   return data
 
 
+def _checked_batches(batches):
+  """The factory's training batches, each refused (one line, exit 2) when it
+  is not an (x, y) pair or its inputs hold NaN/Inf."""
+  from gradflow_jax import _data
+  for i, batch in enumerate(iter(batches)):
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+      raise ValueError(f"expected the factory's batches to yield (x, y) pairs, got a "
+                       f"{type(batch).__name__} at batch {i}")
+    _data.check_finite_examples(np.asarray(batch[0]), "x", f"the factory's batch {i}")
+    yield batch
+
+
 def train_model(args) -> int:
   """``train --model``: a user's model trained with the monitored step,
   logged every --every steps (JSON Lines, optionally TensorBoard), with
@@ -69,16 +82,18 @@ def train_model(args) -> int:
   from gradflow_jax.measure import _model_stats
   from gradflow_jax.models import _activations, _flax, _loading
   from gradflow_jax.render import _model_training_plots, _render, _report
-  from gradflow_jax.studies import _model_train
+  from gradflow_jax.studies import _model_findings, _model_train
   from gradflow_jax.watch import _writers
   given = [f"--{k.replace('_', '-')}" for k in _MLP_ONLY if getattr(args, k, None) is not None]
   if given:
     raise ValueError(f"expected {', '.join(given)} only for the built-in MLP (a --model sets "
                      "its own architecture)")
+  every, log_every = args.every or (None, ())
   tc = _model_train.ModelTrainConfig(
       optimizer=args.optimizer or "adam", lr=args.lr or 1e-3, clip=args.clip,
-      steps=args.steps or 200, batch_size=args.batch_size or 64, every=args.every or 10,
-      window=args.window or 5, seed=args.seed, on_nonfinite=args.on_nonfinite)
+      steps=args.steps or 200, batch_size=args.batch_size or 64, every=every or 10,
+      window=args.window or 5, seed=args.seed, on_nonfinite=args.on_nonfinite,
+      watch=args.watch, log_every=log_every)
   console = _console(args)
   factory = _loading.load_factory(args.model)
   model, params, (x, y), extras = _loading.call_factory(factory)
@@ -96,6 +111,14 @@ def train_model(args) -> int:
       _model_train.estimated_seconds(probed.params, shapes, examples, tc, data), "training",
       "--steps or --batch-size (or the factory's model and data)")
   loss = _model_stats.loss_fn(_model_loss(args, extras))
+  batches = extras.get("batches")
+  if batches is not None:  # the first batch is checked before anything is written
+    batches = _checked_batches(batches(args.seed) if callable(batches) else batches)
+    first = next(batches, None)
+    if first is None:
+      raise ValueError("expected the factory's batches to yield (x, y) pairs, got none")
+    batches = itertools.chain([first], batches)
+    data = data._replace(name=f"the factory's batches (test: {data.name})")
   writers = [_writers.JsonlWriter(os.path.join(args.out, "log.jsonl"))]
   if args.tensorboard:
     writers.append(_writers.TensorBoardWriter(args.tensorboard))
@@ -103,11 +126,12 @@ def train_model(args) -> int:
     with progress_bar(args, tc.steps // tc.every + 1, f"train {args.model}") as advance, \
         _model_errors():
       result = _model_train.train_model(probed, data, loss, tc, writers,
-                                        on_log=lambda i: advance(f"step {i}/{tc.steps}"))
+                                        on_log=lambda i: advance(f"step {i}/{tc.steps}"),
+                                        batches=batches)
   finally:
     for w in writers:
       w.close()
-  findings = _model_train.window_findings(result, tc.window)
+  findings = _model_findings.window_findings(result, tc.window)
   label = args.model
   if not args.quiet and not args.json:
     console.print(_render.model_train_table(
@@ -129,14 +153,18 @@ def train_model(args) -> int:
                                f"{_report.test_accuracy_text(payload)}; findings hold on each "
                                f"of the last {tc.window} logged steps.")
     return path
+  from gradflow_jax.render import _dashboard
+  dashboard = ({"dashboard.png": lambda p: _dashboard.plot_dashboard(payload, p)}
+               if "norms" in result.tiers else {})
   written = _write_outputs(args, "train", payload, {
+      **dashboard,
       "training_curves.png": lambda p: _model_training_plots.plot_model_training(payload, p),
       "tap_grad_heatmap.png": lambda p: _model_training_plots.plot_tap_heatmap(payload, p),
       "update_ratios.png": lambda p: _model_training_plots.plot_update_ratios(payload, p),
       "activation_histograms.png": lambda p: _model_training_plots.plot_histograms_over_steps(
-          _model_train.histogram_series(result, "act"), result.steps, "Tap values", p),
+          _model_findings.histogram_series(result, "act"), result.steps, "Tap values", p),
       "gradient_histograms.png": lambda p: _model_training_plots.plot_histograms_over_steps(
-          _model_train.histogram_series(result, "grad"), result.steps, "dL/d tap", p)},
+          _model_findings.histogram_series(result, "grad"), result.steps, "dL/d tap", p)},
       extra=[os.path.join(args.out, "log.jsonl")], after_plots=report)
   fired = (result.recorder_summary() or {}).get("fired_step")
   if fired is not None:  # what the flight recorder held when its trigger fired

@@ -55,7 +55,7 @@ def load_factory(spec: str):
   return factory
 
 
-FACTORY_EXTRAS = ("loss", "data")
+FACTORY_EXTRAS = ("loss", "data", "batches")
 
 
 def call_factory(factory, **kwargs):
@@ -64,8 +64,10 @@ def call_factory(factory, **kwargs):
   The factory returns ``(model, params, (x, y))``, or with a fourth item, a
   dict of extras: ``"loss"``, a function ``loss(output, y) -> scalar`` used
   where no ``--loss`` is given, and ``"data"``, the training data of ``train
-  --model`` as ``(x_train, y_train, x_test, y_test)``. ``extras`` is ``{}``
-  when there is no fourth item."""
+  --model`` as ``(x_train, y_train, x_test, y_test)``, and ``"batches"``, its
+  training batches instead: an iterable of ``(x, y)`` or a function of the
+  seed returning one (the test accuracy then uses ``"data"``'s test split, or
+  the factory's batch). ``extras`` is ``{}`` when there is no fourth item."""
   path = getattr(factory, "__gradflow_path__", "the model file")
   try:
     made = factory(**kwargs)
@@ -92,6 +94,11 @@ def call_factory(factory, **kwargs):
                      f"got a {type(extras['loss']).__name__}")
   if "data" in extras:
     extras = {**extras, "data": _factory_data(extras["data"])}
+  if "batches" in extras and not (callable(extras["batches"])
+                                  or hasattr(extras["batches"], "__iter__")):
+    raise ValueError("expected the factory's extras['batches'] to be an iterable of (x, y) "
+                     "training batches or a function of the seed returning one, got a "
+                     f"{type(extras['batches']).__name__}")
   return model, params, tuple(batch), extras
 
 

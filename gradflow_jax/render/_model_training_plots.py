@@ -136,7 +136,7 @@ def plot_update_ratios(run: dict, path):
   and marker: kernel, bias, scale, ...). More: a line per group of leaves
   (the median over its leaves, their min-max shaded), labelled by the path
   they share and how many leaves it holds."""
-  from gradflow_jax.studies import _model_train
+  from gradflow_jax.studies import _model_findings
   from gradflow_jax.watch import _watch
   fig, ax = _subplots(figsize=(11, 4.8))
   leaves = {k: _positive([np.nan if x is None else x for x in v])
@@ -169,7 +169,7 @@ def plot_update_ratios(run: dict, path):
         ax.fill_between(steps, lo, hi, color=c, alpha=0.15, lw=0)
   _log_or_note(ax, drawn + [[_watch.UPDATE_RATIO_RULE]], what="ratios")
   ax.axhline(_watch.UPDATE_RATIO_RULE, color="k", ls="--", lw=1, label="rule of thumb 1e-3")
-  for bound in (_model_train.UPDATE_RATIO_LOW, _model_train.UPDATE_RATIO_HIGH):
+  for bound in (_model_findings.UPDATE_RATIO_LOW, _model_findings.UPDATE_RATIO_HIGH):
     ax.axhline(bound, color="firebrick", ls=":", lw=1)
   ax.plot([], [], color="firebrick", ls=":", label="finding thresholds")
   _no_finite_note(ax, drawn)

@@ -21,15 +21,14 @@ import numpy as np
 import optax
 
 from gradflow_jax.capture import _probed as _probe
-from gradflow_jax.diagnosis import _diagnose
-from gradflow_jax.watch import _monitor, _recorder, _watch, _writers
+from gradflow_jax.watch import _monitor, _recorder, _spectra, _watch, _writers
 from gradflow_jax.watch._optimizer import adam_health
 from gradflow_jax._data import Dataset
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
-# 100x the ~1e-3 rule of thumb either way, held over the whole window
-UPDATE_RATIO_LOW = 1e-5
-UPDATE_RATIO_HIGH = 1e-1
+# what a run can watch: per-leaf norms and the flight recorder (every step),
+# the monitored step's flow statistics, weight spectra, Adam's health
+TIERS = ("norms", "flow", "spectra", "optimizer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +43,22 @@ class ModelTrainConfig:
   window: int = 5
   seed: int = 0
   on_nonfinite: str = "stop"
+  watch: tuple | None = None  # tiers; None: norms, flow, and optimizer with adam
+  log_every: tuple = ()  # (tier, n) pairs: log that tier every n steps
 
   def __post_init__(self):
+    if self.watch is not None:
+      bad = [t for t in self.watch if t not in TIERS]
+      if bad or not self.watch:
+        raise ValueError(f"expected --watch tiers from {', '.join(TIERS)}, got "
+                         f"{','.join(map(str, self.watch)) or 'none'}")
+      if "optimizer" in self.watch and self.optimizer != "adam":
+        raise ValueError(f"expected --optimizer adam for the optimizer tier (Adam's moments), "
+                         f"got {self.optimizer}")
+    for tier, n in self.log_every:
+      if tier not in TIERS or not isinstance(n, int) or n < 1:
+        raise ValueError(f"expected --every TIER=N with TIER in {', '.join(TIERS)} and N >= 1, "
+                         f"got {tier}={n}")
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f"expected --optimizer in {OPTIMIZERS}, got {self.optimizer!r}")
     if self.on_nonfinite not in ("stop", "skip"):
@@ -56,6 +69,21 @@ class ModelTrainConfig:
         raise ValueError(f"expected {name} >= 1, got {v!r}")
     if not (math.isfinite(self.lr) and self.lr > 0):
       raise ValueError(f"expected a learning rate > 0, got {self.lr}")
+
+
+def tiers(tc: ModelTrainConfig) -> tuple[str, ...]:
+  """The tiers a run watches, in :data:`TIERS` order."""
+  if tc.watch is not None:
+    return tuple(t for t in TIERS if t in tc.watch)
+  return ("norms", "flow") + (("optimizer",) if tc.optimizer == "adam" else ())
+
+
+def every(tc: ModelTrainConfig, tier: str) -> int:
+  """How often ``tier`` is logged: ``log_every``'s, else ``every`` for flow
+  and spectra (their statistics) and 1 for norms and optimizer (the recorder
+  holds them every step anyway)."""
+  given = dict(tc.log_every)
+  return given.get(tier, tc.every if tier in ("flow", "spectra") else 1)
 
 
 def _optimizer(tc: ModelTrainConfig) -> optax.GradientTransformation:
@@ -95,6 +123,9 @@ class ModelTrainResult(NamedTuple):
   skipped: int = 0
   on_nonfinite: str = "stop"
   recorder: object = None  # the flight recorder's RecorderState (norms tier, window 64)
+  tiers: tuple = ("norms", "flow")
+  series: dict | None = None  # per tier but flow: {"steps": [...], field: (steps, leaves)}
+  triggers: list | None = None  # every step a recorder trigger fired: {"step", "reasons"}
 
   def as_dict(self) -> dict:
     """The results.json layout of the run: per tap its series over the
@@ -118,7 +149,16 @@ class ModelTrainResult(NamedTuple):
             "update_ratio": {k.split("/", 1)[1]: [m.get(k) for m in self.metrics]
                              for k in last if k.startswith("update_ratio/")},
             "global_norm": [m.get("grad_norm/global") for m in self.metrics],
-            "flight_recorder": self.recorder_summary()}
+            "flight_recorder": self.recorder_summary(), "watch": self.watch_dict()}
+
+  def watch_dict(self) -> dict:
+    """The tiers watched, the leaves' names and per tier but flow its logged
+    steps and per field a (steps, leaves) list; every step a trigger fired."""
+    series = {tier: {k: (v if k == "steps" else np.asarray(v, float).tolist())
+                     for k, v in s.items()} for tier, s in (self.series or {}).items()}
+    return {"tiers": list(self.tiers), "leaves": self.params_names, **series,
+            "triggers": list(self.triggers or []),
+            **({"spectra_tol": SPECTRA.tol} if "spectra" in self.tiers else {})}
 
   @property
   def params_names(self) -> list[str]:
@@ -132,7 +172,7 @@ class ModelTrainResult(NamedTuple):
       return None
     fired, bits = int(self.recorder.fired_step), int(self.recorder.reasons)
     return {"fired_step": fired if fired >= 0 else None,
-            "reasons": [text for bit, text in _recorder.REASONS.items() if bits & bit]}
+            "reasons": _recorder.reason_texts(bits)}
 
 
 def _batches(n: int, batch: int, seed: int):
@@ -195,27 +235,39 @@ def estimated_seconds(params, tap_shapes: dict, examples: int, tc: ModelTrainCon
 
 
 def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
-                tc: ModelTrainConfig, writers=(), on_log: Callable | None = None
-                ) -> ModelTrainResult:
-  """Trains ``model.params`` on ``data`` (host loop, one jitted step),
-  logging every ``tc.every``-th step to ``writers`` (``gf.log_step``)."""
+                tc: ModelTrainConfig, writers=(), on_log: Callable | None = None,
+                batches=None) -> ModelTrainResult:
+  """Trains ``model.params`` on ``data`` (host loop, one jitted step), logging
+  each watched tier (:func:`tiers`) every :func:`every` steps to ``writers``.
+  ``batches``: an iterator of ``(x, y)`` training batches to use instead of
+  mini-batches of ``data`` (which then only gives the test accuracy)."""
+  watched = tiers(tc)
   tx, step = _compiled_step(model._replace(params=None), loss, dataclasses.replace(
       tc, batch_size=1, window=1, seed=0, steps=tc.steps if tc.on_nonfinite == "skip" else 1))
 
   # weakly typed leaves (jnp.full(shape, 0.5)) come back strong from the
   # first step and would compile the step a second time: make them strong now
   params = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), model.params)
+  names = _writers.leaf_names(params)
   opt_state = tx.init(params)
-  rec = RECORDER.init(params, adam=tc.optimizer == "adam")
+  carried = (RECORDER.init(params, adam="optimizer" in watched) if "norms" in watched else None,
+             SPECTRA.init(params, jax.random.key(tc.seed)) if "spectra" in watched else None)
   losses, steps, metrics, flows = [], [], [], []
+  series = {t: {"steps": [], "values": []} for t in watched if t != "flow"}
+  triggers = []
   stopped_at = first_bad = None
   skipped = 0
-  batches = _batches(len(data.x_train), tc.batch_size, tc.seed)
+  if batches is None:
+    draw = _batches(len(data.x_train), tc.batch_size, tc.seed)
+    batches = ((data.x_train[idx], data.y_train[idx]) for idx in draw)
   for i in range(tc.steps):
-    idx = next(batches)
-    x, y = jnp.asarray(data.x_train[idx]), jnp.asarray(data.y_train[idx])
-    new, new_state, value, flow, ratios, rec = step(params, opt_state, rec, x, y, jnp.int32(i))
+    x, y = _next_batch(batches, i)
+    new, new_state, value, flow, ratios, carried, out = step(params, opt_state, carried, x, y,
+                                                             jnp.int32(i))
     losses.append(value)
+    out = jax.device_get(out)
+    if out["reasons"] is not None and int(out["reasons"]):
+      triggers.append({"step": i, "reasons": _recorder.reason_texts(int(out["reasons"]))})
     bad = int(_bad_steps(new_state, tc))
     if bad > skipped:
       if stopped_at is None:
@@ -225,26 +277,59 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
       if tc.on_nonfinite == "stop":
         break
     params, opt_state = new, new_state
-    if i % tc.every == 0:
+    scalars = {}
+    logged = {t: out[t] for t in series if i % every(tc, t) == 0}
+    for t, v in logged.items():
+      series[t]["steps"].append(i)
+      series[t]["values"].append(v)
+    if logged:
+      scalars.update(_writers.tier_metrics(
+          names, norms=logged.get("norms"), health=logged.get("optimizer"),
+          spectra=logged.get("spectra"), stable_rank=out["stable_rank"] if "spectra" in logged
+          else None, clip=tc.clip, spectra_tol=SPECTRA.tol))
+    if "flow" in watched and i % every(tc, "flow") == 0:
       flow = jax.device_get(flow)
-      scalars = _writers.flat_metrics(flow, ratios)
+      scalars.update(_writers.flat_metrics(flow, ratios))
+      steps.append(i)
+      flows.append(flow)
+    if scalars:
       for w in writers:
         w.write_scalars(i, scalars)
-        if hasattr(w, "write_histogram_counts"):
+        if hasattr(w, "write_histogram_counts") and steps and steps[-1] == i:
           for name, h in flow.histograms.items():
             w.write_histogram_counts(i, name, h)
-      steps.append(i)
-      metrics.append(scalars)
-      flows.append(flow)
-      if on_log is not None:
-        on_log(i)
+      if steps and steps[-1] == i:
+        metrics.append(scalars)
+    if on_log is not None and i % tc.every == 0:
+      on_log(i)
   acc = accuracy(model, params, jnp.asarray(data.x_test), jnp.asarray(data.y_test))
   info = flows[-1] if flows else jax.device_get(
       _watch.model_value_and_grad(model, loss)(params, x, y)[2])
   return ModelTrainResult(info.names, info.roles, info.activation_names,
                           np.asarray(jax.device_get(losses), float), steps, metrics, flows,
                           stopped_at, first_bad, acc, params, skipped, tc.on_nonfinite,
-                          jax.device_get(rec))
+                          jax.device_get(carried[0]), watched, _stacked(series), triggers)
+
+
+def _next_batch(batches, i: int):
+  """The next (x, y) as device arrays."""
+  try:
+    x, y = next(batches)
+  except StopIteration:
+    raise ValueError(f"expected a training batch for every step, got none at step {i} "
+                     "(the factory's batch iterator ran out; lower --steps)") from None
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def _stacked(series: dict) -> dict:
+  """Per tier ``{"steps": [...], field: (logged steps, leaves) array}``."""
+  out = {}
+  for tier, s in series.items():
+    values = s["values"]
+    fields = {k: np.stack([np.asarray(getattr(v, k)) for v in values])
+              for k in (values[0]._fields if values else ()) if k != "vectors"}
+    out[tier] = {"steps": list(s["steps"]), **fields}
+  return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -253,22 +338,36 @@ def _compiled_step(model: _probe.ProbedModel, loss: Callable, tc: ModelTrainConf
   settings that shape the step: a second run of the same model and settings
   (another seed, other data, other initial params) reuses the compiled step."""
   tx = _optimizer(tc)
-  watched = _watch.model_value_and_grad(model, loss, every=tc.every, histograms=True)
-  adam = tc.optimizer == "adam"
+  watched = tiers(tc)
+  monitored = _watch.model_value_and_grad(model, loss, every=every(tc, "flow"), histograms=True)
+  flow_on = "flow" in watched
 
   @jax.jit
-  def step(params, opt_state, rec, x, y, i):
-    value, grads, flow = watched(params, x, y, step=i)
+  def step(params, opt_state, carried, x, y, i):
+    rec, spectra = carried
+    value, grads, flow = (monitored(params, x, y, step=i) if flow_on
+                          else monitored(params, x, y, measure=False))
     updates, opt_state = tx.update(grads, opt_state, params)
     new = optax.apply_updates(params, updates)
-    health = adam_health(opt_state, grads) if adam else None
-    rec = RECORDER.update(rec, i, _recorder.step_norms(value, grads, params, updates), health)
-    return (new, opt_state, value, flow, _watch.update_ratios(params, new, when=flow.measured),
-            rec)
+    out = {"reasons": None, "stable_rank": None}
+    if rec is not None:
+      health = adam_health(opt_state, grads) if "optimizer" in watched else None
+      norms = _recorder.step_norms(value, grads, params, updates)
+      rec = RECORDER.update(rec, i, norms, health)
+      out.update(norms=norms, optimizer=health, reasons=rec.step_reasons)
+    if spectra is not None:
+      spectra = SPECTRA.update(spectra, new)
+      out.update(spectra=spectra._replace(vectors=()),
+                 stable_rank=_spectra.stable_ranks(new, spectra.sigma))
+    ratios = _watch.update_ratios(params, new, when=flow.measured) if flow_on else None
+    return new, opt_state, value, flow, ratios, (rec, spectra), out
   return tx, step
 
 
 RECORDER = _recorder.FlightRecorder(window=64)  # the flight recorder of a --model run
+# one power-iteration pair per matrix and step; an estimate is settled once it
+# moved by at most 1% in its last step (the weights move too while training)
+SPECTRA = _spectra.WeightSpectra(tol=1e-2)
 
 
 def _first_nonfinite_tap(model, loss, params, x, y) -> str | None:
@@ -278,74 +377,3 @@ def _first_nonfinite_tap(model, loss, params, x, y) -> str | None:
   bad = (np.asarray(flow.activations.nonfinite) > 0) | ~np.isfinite(
       np.asarray(flow.tap_grad_norm, float))
   return flow.names[int(np.argmax(bad))] if bad.any() else None
-
-
-def histogram_series(result: ModelTrainResult, kind: str) -> dict[str, np.ndarray]:
-  """Per tap, the (logged steps, bins) histogram counts of its values
-  (``kind="act"``) or of dL/d tap (``"grad"``), bins ``HISTOGRAM_EDGES``."""
-  return {name: np.stack([np.asarray(f.histograms[f"{kind}/{name}"].counts) for f in result.flows])
-          for name in result.names} if result.flows else {}
-
-
-def window_findings(result: ModelTrainResult, window: int) -> list[_diagnose.Finding]:
-  """Findings that hold on every one of the last ``window`` logged steps (a
-  tap whose gradient stays vanishing, units dead the whole time), update
-  ratios far from ~1e-3 on every step of the window, and where a NaN/Inf
-  stopped the run. Host-only."""
-  found = []
-  if result.stopped_at is not None:
-    where = f" (first at tap {result.first_nonfinite_tap})" if result.first_nonfinite_tap else ""
-    done = ("the run stopped with the last finite parameters" if result.on_nonfinite == "stop" else
-            f"{result.skipped} of {len(result.losses)} steps skipped (not applied)")
-    found.append(_diagnose.Finding(
-        "error", "nonfinite_training", (),
-        f"loss or gradients NaN/Inf at step {result.stopped_at}{where}; {done}",
-        {"step": result.stopped_at, "first_tap": result.first_nonfinite_tap,
-         "skipped": result.skipped},
-        "lower the learning rate or clip gradients (--clip); check the data for NaN/Inf"))
-  flows = [f for f in result.flows[-window:] if bool(f.measured)]
-  if not flows:
-    return found
-  per_step = [_diagnose.diagnose_model(f.flow_stats) for f in flows]
-  key = lambda f: (f.kind, f.layers)
-  common = set(map(key, per_step[0])).intersection(*[set(map(key, s)) for s in per_step[1:]])
-  steps = result.steps[-len(flows):]
-  for f in per_step[-1]:
-    if key(f) in common:
-      found.append(f._replace(
-          message=f"{f.message}, on each of the last {len(flows)} logged steps "
-                  f"({steps[0]}-{steps[-1]})",
-          evidence={**f.evidence, "window_steps": [steps[0], steps[-1]]}))
-  found += _update_ratio_findings(result.metrics[-len(flows):], steps)
-  return sorted(found, key=lambda f: _diagnose.SEVERITIES.index(f.severity))
-
-
-def _update_ratio_findings(metrics: list[dict], steps: list[int]) -> list[_diagnose.Finding]:
-  names = [k for k in metrics[-1] if k.startswith("update_ratio/")]
-  low, high = [], []
-  for k in names:
-    v = np.asarray([m.get(k, np.nan) for m in metrics], float)
-    if np.all(np.isfinite(v)) and np.all(v < UPDATE_RATIO_LOW):
-      low.append(k.split("/", 1)[1])
-    if np.all(np.isfinite(v)) and np.all(v > UPDATE_RATIO_HIGH):
-      high.append(k.split("/", 1)[1])
-  out = []
-  span = f"steps {steps[0]}-{steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
-  if high:
-    out.append(_diagnose.Finding(
-        "warning", "update_ratio_high", (),
-        f"update/weight ratio above {UPDATE_RATIO_HIGH:g} on every logged step ({span}) for "
-        f"{_shown(high)} (rule of thumb ~1e-3)", {"leaves": high},
-        "lower the learning rate (or clip), these weights change by over a tenth a step"))
-  if low:
-    out.append(_diagnose.Finding(
-        "info", "update_ratio_low", (),
-        f"update/weight ratio below {UPDATE_RATIO_LOW:g} on every logged step ({span}) for "
-        f"{_shown(low)} (rule of thumb ~1e-3)", {"leaves": low},
-        "these parameters barely move: raise the learning rate, or check for vanishing "
-        "gradients upstream"))
-  return out
-
-
-def _shown(names: list[str]) -> str:
-  return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")

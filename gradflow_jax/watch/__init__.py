@@ -14,6 +14,7 @@ from gradflow_jax.watch._spectra import SpectraState, stable_ranks, WeightSpectr
 from gradflow_jax.watch._recorder import FlightRecorder, RecorderState, step_norms, StepNorms
 from gradflow_jax.watch._watch import (nnx_value_and_grad, snapshot, UPDATE_RATIO_RULE,
                                        update_ratios, value_and_grad)
+from gradflow_jax.watch._metrics import tier_metrics
 from gradflow_jax.watch._writers import (flat_metrics, JsonlWriter, log_step, MetricWriter,
                                          read_jsonl, StepLogger, TensorBoardWriter)
 
@@ -21,7 +22,7 @@ __all__ = (
     # the monitored step and its writers
     "value_and_grad", "nnx_value_and_grad", "FlowStep", "histogram", "Histogram",
     "HISTOGRAM_EDGES", "flat_metrics", "JsonlWriter", "log_step", "MetricWriter", "read_jsonl",
-    "StepLogger", "TensorBoardWriter", "snapshot", "update_ratios", "UPDATE_RATIO_RULE",
+    "StepLogger", "TensorBoardWriter", "tier_metrics", "snapshot", "update_ratios", "UPDATE_RATIO_RULE",
     # optax: the monitor, the guard, moments
     "find_monitor_state", "gradient_flow_monitor", "moment_norms", "stop_if_nonfinite",
     "stopped", "adam_health", "AdamHealth", "find_adam_state",

@@ -28,6 +28,11 @@ REASONS = {NONFINITE: "non-finite loss, gradient or parameter (or a norm beyond 
            LOSS_SPIKE: "loss spike", UPDATE_JUMP: "update-norm jump"}
 
 
+def reason_texts(bits: int) -> list[str]:
+  """The triggers named by ``bits`` (host code)."""
+  return [text for bit, text in REASONS.items() if bits & bit]
+
+
 class StepNorms(NamedTuple):
   """One step's ``norms`` tier, every per-leaf field in the leaf order of
   ``jax.tree.leaves(params)``.
@@ -98,6 +103,8 @@ class RecorderState(NamedTuple):
     new_trigger: True on the step a trigger first fired (the host's cue).
     health: the ``optimizer`` tier (:class:`AdamHealth` with a leading (K,)
       axis) when the recorder was made with ``adam=True``, else None.
+    step_reasons: the trigger bits of the last recorded step, first or not
+      (0: nothing fired there), for a host that marks every spike.
   """
   steps: jax.Array
   norms: StepNorms
@@ -106,6 +113,7 @@ class RecorderState(NamedTuple):
   reasons: jax.Array
   new_trigger: jax.Array
   health: AdamHealth | None = None
+  step_reasons: jax.Array | None = None
 
 
 def _masked_mean_std(values, valid):
@@ -155,7 +163,7 @@ class FlightRecorder:
     health = AdamHealth(*(zeros(k, n) for _ in AdamHealth._fields)) if adam else None
     return RecorderState(jnp.full((k,), -1, jnp.int32), norms, jnp.zeros((), jnp.int32),
                          jnp.full((), -1, jnp.int32), jnp.zeros((), jnp.int32),
-                         jnp.zeros((), bool), health)
+                         jnp.zeros((), bool), health, jnp.zeros((), jnp.int32))
 
   def update(self, state: RecorderState, step, norms: StepNorms,
              health: AdamHealth | None = None) -> RecorderState:
@@ -190,4 +198,5 @@ class FlightRecorder:
         fired_step=jnp.where(first, jnp.asarray(step, jnp.int32), state.fired_step),
         reasons=jnp.where(first, reasons, state.reasons),
         new_trigger=first,
-        health=None if health is None else jax.tree.map(put, state.health, health))
+        health=None if health is None else jax.tree.map(put, state.health, health),
+        step_reasons=reasons)

@@ -23,26 +23,10 @@ import jax
 import numpy as np
 
 from gradflow_jax import _display, _io
-from gradflow_jax.models import _activations
 from gradflow_jax.watch._flow_step import FlowStep, Histogram, HISTOGRAM_EDGES
+from gradflow_jax.watch._metrics import (_named_leaves, flat_metrics, histograms, leaf_names,
+                                         tier_metrics)
 
-_ACT_FIELDS = (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max"),
-               ("saturated", "saturation_fraction"), ("dead", "dead_fraction"),
-               ("zero", "zero_fraction"), ("nonfinite", "nonfinite"),
-               ("always_active", "always_active_fraction"))
-
-
-def _has_field(label: str, activation: str | None) -> bool:
-  """Saturation needs a known activation; always-active also needs one with
-  an inactive region (ReLU-like), else it is NaN on every step."""
-  if label not in ("saturated", "always_active"):
-    return True
-  if activation is None:
-    return False
-  if label == "saturated" or activation == "prelu":  # prelu: tested on its slope
-    return True
-  lo, hi = _activations.get_activation(activation).inactive_bounds
-  return not (math.isinf(lo) and math.isinf(hi))
 
 
 class MetricWriter(Protocol):
@@ -54,78 +38,36 @@ class MetricWriter(Protocol):
     ...
 
 
-def _is_variable(x) -> bool:
-  from flax import nnx
-  return isinstance(x, nnx.Variable)
-
-
-def _named_values(tree) -> list[tuple[str, object]]:
-  """(``"Dense_0/kernel"``-style name, value) of a pytree's leaves in leaf
-  order; an NNX ``Variable`` is one leaf named by its path (no ``/value``)."""
-  paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
-  return [(jax.tree_util.keystr(p, simple=True, separator="/") or "value",
-           v[...] if _is_variable(v) else v) for p, v in paths]
-
-
-def leaf_names(tree) -> list[str]:
-  """``"Dense_0/kernel"``-style names of a pytree's leaves, in leaf order."""
-  return [n for n, _ in _named_values(tree)]
-
-
-def _named_leaves(prefix: str, tree) -> dict[str, float]:
-  return {f"{prefix}/{n}": float(v) for n, v in _named_values(tree)}
-
-
-def flat_metrics(flow: FlowStep, update_ratios=None, prefix: str = "") -> dict[str, float]:
-  """One flat ``{name: float}`` dict of a step, for any logger.
-
-  Names: ``loss``; ``grad_norm/global`` and ``grad_norm/<param path>``
-  (||dL/dp||); ``tap_grad_norm/<tap>`` (||dL/d tap||); ``act/<stat>/<tap>``
-  for stat in mean, std, min, max, saturated, dead, zero (fractions) and
-  nonfinite (a count); ``update_ratio/<param path>`` when ``update_ratios``
-  (from :func:`~gradflow_jax.update_ratios`) is given. A skipped step
-  (``every``) has only ``loss`` and the update ratios. Saturation is left out
-  for taps with no known activation. Non-finite values stay NaN/Inf.
-  """
-  flow = jax.device_get(flow)
-  out = {"loss": float(flow.loss)}
-  if bool(flow.measured):
-    out["grad_norm/global"] = float(flow.global_norm)
-    out.update(_named_leaves("grad_norm", flow.param_grad_norms))
-    acts, tap_grad_norm = flow.activations, flow.tap_grad_norm.tolist()
-    columns = {field: getattr(acts, field).tolist() for _, field in _ACT_FIELDS}
-    for i, name in enumerate(flow.names):
-      out[f"tap_grad_norm/{name}"] = float(tap_grad_norm[i])
-      for label, field in _ACT_FIELDS:
-        if not _has_field(label, flow.activation_names[i]):
-          continue
-        out[f"act/{label}/{name}"] = float(columns[field][i])
-  if update_ratios is not None:
-    out.update(_named_leaves("update_ratio", jax.device_get(update_ratios)))
-  return {prefix + k: v for k, v in out.items()}
-
-
-def histograms(flow: FlowStep) -> dict[str, Histogram]:
-  """The step's histograms on the host (``{}`` when none or skipped)."""
-  if not flow.histograms or not bool(flow.measured):
-    return {}
-  return {k: jax.device_get(h) for k, h in flow.histograms.items()}
-
-
-def log_step(writer: MetricWriter, step: int, flow: FlowStep, update_ratios=None) -> dict:
+def log_step(writer: MetricWriter, step: int, flow: FlowStep | None = None,
+             update_ratios=None, **tiers) -> dict:
   """Writes a step's scalars (and histograms, where the writer takes them);
-  returns the scalars."""
-  return _write_step([writer], step, flow, update_ratios)
+  returns the scalars. ``tiers``: the keyword arguments of :func:`tier_metrics`
+  (``params=`` or ``names=`` for the leaf names, ``norms=``, ``health=``,
+  ``spectra=``, ``stable_rank=``, ``clip=``), logged beside the flow tier."""
+  return _write_step([writer], step, flow, update_ratios, tiers)
 
 
-def _write_step(writers, step: int, flow: FlowStep, update_ratios=None) -> dict:
+def _write_step(writers, step: int, flow: FlowStep | None, update_ratios=None,
+                tiers: dict | None = None) -> dict:
   """One step to every writer, its numbers read from the device once."""
-  scalars = flat_metrics(flow, update_ratios)
+  tiers = dict(tiers or {})
+  scalars = {}
+  if any(tiers.get(k) is not None for k in ("norms", "health", "spectra")):
+    names = tiers.pop("names", None)
+    params = tiers.pop("params", None)
+    if names is None and params is None:
+      raise ValueError("expected params= or names= (the parameter leaves) with the norms, "
+                       "health or spectra tiers")
+    scalars.update(tier_metrics(names if names is not None else params, **tiers))
+  if flow is not None:
+    scalars.update(flat_metrics(flow, update_ratios))
+  elif update_ratios is not None:
+    scalars.update(_named_leaves("update_ratio", jax.device_get(update_ratios)))
   hists = None
   for writer in writers:
     writer.write_scalars(int(step), scalars)
     if hasattr(writer, "write_histogram_counts"):
-      hists = histograms(flow) if hists is None else hists
+      hists = (histograms(flow) if flow is not None else {}) if hists is None else hists
       for name, h in hists.items():
         writer.write_histogram_counts(int(step), name, h)
   return scalars
@@ -155,20 +97,26 @@ class StepLogger:
     self._pending = None
     self.last: tuple[int, dict] | None = None  # (step, scalars) last written
 
-  def __call__(self, step: int, flow: FlowStep, update_ratios=None) -> None:
-    for leaf in jax.tree.leaves((flow, update_ratios)):
+  def __call__(self, step: int, flow: FlowStep | None = None, update_ratios=None,
+               **tiers) -> None:
+    """``tiers``: as for :func:`log_step` (``params=``/``names=``, ``norms=``,
+    ``health=``, ``spectra=``, ``stable_rank=``, ``clip=``)."""
+    for leaf in jax.tree.leaves((flow, update_ratios, {k: v for k, v in tiers.items()
+                                                         if k not in ("params", "names")})):
       if hasattr(leaf, "copy_to_host_async"):
         leaf.copy_to_host_async()
     self.flush()
-    self._pending = (int(step), flow, update_ratios)
+    if "params" in tiers:  # the names now: the params may be donated by the next step
+      tiers["names"] = leaf_names(tiers.pop("params"))
+    self._pending = (int(step), flow, update_ratios, tiers)
 
   def flush(self) -> None:
     """Writes the step held back, if any."""
     if self._pending is None:
       return
-    step, flow, ratios = self._pending
+    step, flow, ratios, tiers = self._pending
     self._pending = None
-    self.last = (step, _write_step(self.writers, step, flow, ratios))
+    self.last = (step, _write_step(self.writers, step, flow, ratios, tiers))
 
   def close(self) -> None:
     """Writes the step held back and closes the writers that can be closed."""
