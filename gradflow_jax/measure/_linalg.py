@@ -1,6 +1,8 @@
-"""Linear algebra behind every Jacobian measurement: exact singular values,
-the power method, Lanczos (one loop for one problem, a batch of rows or
-blocks of any shapes) and Hutchinson's estimator. Matrix-free methods take only the
+"""Linear algebra behind every Jacobian and Hessian measurement: exact
+singular values, the power method, Lanczos (one loop for one problem, a
+batch of rows or blocks of any shapes) with its Ritz values (the top
+singular value, the top-k algebraic eigenvalues, Gauss quadrature) and
+Hutchinson's estimator. Matrix-free methods take only the
 maps v -> J v and u -> J^T u (jvp and vjp), so they never build J.
 
 References:
@@ -12,7 +14,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,9 +88,45 @@ def lanczos_rows(operator, v0: jax.Array, steps: int, tol: float):
                  scale=lambda c, v: c[..., None] * v, dim=n, reorthogonalize=True)
 
 
+class Tridiagonal(NamedTuple):
+  """What Lanczos leaves behind, per problem (leading axes P).
+
+  Attributes:
+    alphas: (P..., steps) the diagonal of T = Q^T A Q.
+    betas: (P..., steps) betas[i] couples steps i and i + 1 (its last entry is
+      the residual norm, the coupling to the step not taken); 0 from a
+      breakdown on.
+    done: (P...) bool, the Krylov space became invariant: a breakdown (beta at
+      rounding level), a non-finite beta, or (reorthogonalized) the steps
+      spanned the whole space. Steps after it hold zeros.
+    basis: the Lanczos vectors q_i, a pytree like ``v0`` with a leading axis
+      of steps (rows after a breakdown are zero); ``None`` without
+      reorthogonalization.
+  """
+  alphas: jax.Array
+  betas: jax.Array
+  done: jax.Array
+  basis: Any
+
+
 def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogonalize: bool):
   """Top singular value of J for many independent problems at once, from
-  ``steps`` Lanczos steps on the symmetric operator J^T J, matrix-free.
+  ``steps`` Lanczos steps on the symmetric operator J^T J, matrix-free:
+  :func:`lanczos_tridiagonal` then :func:`ritz_top`.
+
+  Returns (sigma, converged), each shaped P: converged when the eigenvalue
+  error bound of :func:`ritz_top` is within ``tol`` (relative), at a
+  breakdown, or (reorthogonalized) when the steps span the whole space.
+  """
+  t = lanczos_tridiagonal(operator, v0, steps, dot=dot, scale=scale, dim=dim,
+                          reorthogonalize=reorthogonalize)
+  return ritz_top(t.alphas, t.betas, t.done, tol)
+
+
+def lanczos_tridiagonal(operator, v0, steps: int, *, dot, scale, dim,
+                        reorthogonalize: bool) -> Tridiagonal:
+  """``steps`` Lanczos steps on a symmetric operator A for many independent
+  problems at once, matrix-free: the tridiagonal T = Q^T A Q of each.
 
   The vectors are any pytree (``v0``); ``dot(a, b)`` gives every problem's
   inner product (an array P of them) and ``scale(c, v)`` multiplies each
@@ -96,17 +134,17 @@ def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogon
   scalar) is each problem's dimension.
 
   With ``reorthogonalize`` every new vector is orthogonalized (twice)
-  against the basis, which is kept (steps vectors); without, no basis is
-  kept: floating point then produces duplicate Ritz values but leaves the
-  largest one accurate (Paige 1976; Golub & Van Loan, section 10.3).
+  against the basis, which is kept (steps vectors), and a problem stops once
+  its steps span its space; without, no basis is kept: floating point then
+  produces duplicate Ritz values but leaves the largest one accurate (Paige
+  1976; Golub & Van Loan, section 10.3).
 
   A breakdown (beta at rounding level: the Krylov space is invariant, as on
-  rank-deficient ReLU Jacobians, where J^T J has a large null space) ends a
-  problem's iteration there rather than normalising noise (which inflated
-  estimates 1e9-fold); its Ritz value is then exact for the component of
-  ``v0`` it holds. Returns (sigma, converged), each shaped P: converged when
-  the eigenvalue error bound of :func:`ritz_top` is within ``tol`` (relative),
-  at a breakdown, or (reorthogonalized) when the steps span the whole space.
+  rank-deficient ReLU Jacobians or Hessians, with their large null spaces)
+  ends a problem's iteration there rather than normalising noise (which
+  inflated estimates 1e9-fold); its Ritz values are then exact for the
+  component of ``v0`` it holds. Returns a :class:`Tridiagonal`, steps on
+  the last axis of alphas and betas.
   """
   leaves = jax.tree.leaves(v0)
   dtype = jnp.result_type(*leaves)
@@ -135,6 +173,8 @@ def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogon
     size = jnp.maximum(size, jnp.abs(alpha) + beta + beta_new)
     stopped = done
     done = done | (beta_new <= threshold * size) | ~jnp.isfinite(beta_new)
+    if reorthogonalize:  # the basis spans the whole space: what is left is noise
+      done = done | (i + 1 >= jnp.asarray(dim))
     alpha = jnp.where(stopped, 0, alpha)
     beta_new = jnp.where(done, 0, beta_new)
     inverse = jnp.where(done, 0, 1 / jnp.where(done, 1, beta_new))
@@ -146,9 +186,10 @@ def lanczos(operator, v0, steps: int, tol: float, *, dot, scale, dim, reorthogon
   coefficients = jnp.zeros((steps,) + zero.shape, dtype)
   init = (basis, coefficients, coefficients, v, jax.tree.map(jnp.zeros_like, v), zero, zero,
           jnp.zeros(zero.shape, bool))
-  _, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
+  basis, alphas, betas, _, _, _, _, done = jax.lax.fori_loop(0, steps, body, init)
   full = (jnp.asarray(dim) <= steps) & reorthogonalize  # the steps spanned the space
-  return ritz_top(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done | full, tol)
+  return Tridiagonal(jnp.moveaxis(alphas, 0, -1), jnp.moveaxis(betas, 0, -1), done | full,
+                     basis)
 
 
 def ritz_top(a, b, done, tol):
@@ -174,6 +215,83 @@ def ritz_top(a, b, done, tol):
   else:
     error = residual
   return jnp.sqrt(top), ((error <= tol * top) | done) & finite
+
+
+def ritz(t: Tridiagonal):
+  """Eigenpairs of each tridiagonal of ``t`` over the steps it took.
+
+  Returns (theta, vectors, taken, finite): theta (P..., steps) the Ritz
+  values ascending; vectors (P..., steps, steps) T's eigenvectors as columns;
+  taken (P..., steps) bool, which pairs are Ritz pairs (the steps after a
+  breakdown come first, each at a value below all the others, and are not
+  eigenvalue estimates); finite (P...) whether T was finite (otherwise theta
+  is NaN).
+  """
+  a, b = t.alphas, t.betas
+  steps = a.shape[-1]
+  b = jnp.concatenate([b[..., :-1], jnp.zeros_like(b[..., :1])], -1)  # the couplings in T
+  ones = jnp.ones_like(a[..., :1], bool)
+  took = jnp.cumprod(jnp.concatenate([ones, b[..., :-1] != 0], -1), -1).astype(bool)
+  radius = jnp.abs(b) + jnp.abs(jnp.concatenate([jnp.zeros_like(b[..., :1]), b[..., :-1]], -1))
+  lower = jnp.min(jnp.where(took, a - radius, jnp.inf), -1, keepdims=True)  # Gershgorin
+  upper = jnp.max(jnp.where(took, a + radius, -jnp.inf), -1, keepdims=True)
+  below = lower - 1 - jnp.abs(lower) - (upper - lower)  # apart from every Ritz value
+  a = jnp.where(took, a, below)
+  diag = lambda d, k: jnp.vectorize(lambda r: jnp.diag(r, k), signature="(n)->(m,m)")(d)
+  tri = diag(a, 0) + diag(b[..., :-1], 1) + diag(b[..., :-1], -1)
+  tri, finite = finite_matrices(tri)
+  theta, vectors = jnp.linalg.eigh(tri)
+  index = jnp.broadcast_to(jnp.arange(steps), a.shape)
+  taken = index >= steps - jnp.sum(took, -1, keepdims=True)
+  return jnp.where(finite[..., None], theta, jnp.nan), vectors, taken, finite
+
+
+def ritz_top_k(t: Tridiagonal, k: int, tol: float):
+  """The ``k`` largest algebraic Ritz values of each tridiagonal (negative
+  values allowed: Hessians are indefinite), descending, with their error
+  bounds.
+
+  The bound on |theta_j - lambda| is min(r_j, r_j^2 / gap_j), r_j = beta_m
+  |s_mj| the residual norm of the Ritz pair and gap_j the distance to the
+  nearest other Ritz value (Parlett, The Symmetric Eigenvalue Problem, thm
+  11.7.1; 0 after a breakdown). Returns (values, errors, converged, top):
+  each of the first three (P..., k), converged when the bound is within
+  ``tol`` times the largest Ritz value in magnitude (the operator's norm as
+  far as the Krylov space shows it); top (P..., steps) the largest Ritz
+  value's eigenvector of T (its Ritz vector's coordinates in the basis).
+  NaN, not converged, where T held NaN/Inf or the Krylov space held fewer
+  than k directions.
+  """
+  theta, vectors, taken, finite = ritz(t)
+  residual = jnp.abs(t.betas[..., -1:] * vectors[..., -1, :])
+  inf = jnp.full_like(theta[..., :1], jnp.inf)
+  spaced = jnp.where(taken, theta, -jnp.inf)
+  gap = jnp.minimum(jnp.concatenate([spaced[..., 1:], inf], -1) - spaced,
+                    spaced - jnp.concatenate([-inf, spaced[..., :-1]], -1))
+  error = jnp.minimum(residual, residual**2 / jnp.maximum(gap, jnp.finfo(theta.dtype).tiny))
+  norm = jnp.max(jnp.where(taken, jnp.abs(theta), 0), -1, keepdims=True)
+  ok = taken & finite[..., None]
+  converged = ok & (error <= tol * norm)
+  top = lambda x: x[..., ::-1][..., :k]
+  nan = lambda x: jnp.where(top(ok), top(x), jnp.nan)
+  return nan(theta), nan(error), top(converged), vectors[..., :, -1]
+
+
+def ritz_quadrature(t: Tridiagonal):
+  """Gauss quadrature of each problem's spectral measure from its
+  tridiagonal: nodes (P..., steps) the Ritz values, weights (P..., steps)
+  the squared first components of T's eigenvectors, summing to 1, so that
+  sum_j w_j f(theta_j) approximates q_1^T f(A) q_1, exactly for polynomials
+  of degree < 2 steps (Golub & Meurant, Matrices, Moments and Quadrature,
+  2010). Steps after a breakdown give node 0 with weight 0; NaN where T held
+  NaN/Inf.
+  """
+  theta, vectors, taken, finite = ritz(t)
+  w = jnp.where(taken, vectors[..., 0, :] ** 2, 0)
+  w = w / jnp.sum(w, -1, keepdims=True)
+  nodes = jnp.where(taken, theta, 0)
+  return (jnp.where(finite[..., None], nodes, jnp.nan),
+          jnp.where(finite[..., None], w, jnp.nan))
 
 
 def hutchinson(squares: Callable, probes: jax.Array):
