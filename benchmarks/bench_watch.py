@@ -177,7 +177,7 @@ def every_step_only(label, bare, every1, _every10, _static10, x, y):
         f"ratio {r:.3f} (target <= 1.10)")
 
 
-def recorded_steps(kind):
+def recorded_steps(kind, batch=64):
   """(bare, recorded) step functions ``f(x, y, step)``: the user's own step,
   and the same step also recording the ``norms`` tier in a flight recorder
   (NNX: the update is new minus old parameters, read around
@@ -206,8 +206,8 @@ def recorded_steps(kind):
         value, rec["state"] = step(model, opt, rec["state"], x, y, jnp.int32(i))
         return value
       return run
-    x = jax.random.normal(jax.random.key(1), (64, 128))
-    y = jax.random.randint(jax.random.key(2), (64,), 0, 10)
+    x = jax.random.normal(jax.random.key(1), (batch, 128))
+    y = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
     return make(False), make(True), x, y
   import linen_transformer
   module = linen_transformer.Transformer(depth=4, dim=64)
@@ -256,8 +256,12 @@ def norms_tier(label, bare, recorded, x, y, what="norms tier + flight recorder",
 
 
 def tiers():
-  """The forensics tiers, each against the bare step."""
-  norms_tier("NNX MLP 10x256, batch 64, nnx.Optimizer(adam)", *recorded_steps("nnx"))
+  """The forensics tiers, each against the bare step. The norms tier reads
+  the gradients, parameters and updates once more (three passes over the
+  weights, whatever the batch): its ratio falls as the batch grows."""
+  for batch in (64, 256, 1024):
+    norms_tier(f"NNX MLP 10x256, batch {batch}, nnx.Optimizer(adam)",
+               *recorded_steps("nnx", batch))
   transformer = "linen scan transformer 4x64, batch 16x8, adam"
   norms_tier(transformer, *recorded_steps("linen"))
   norms_tier(transformer, *recorded_steps("spectra"),
