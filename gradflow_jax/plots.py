@@ -13,8 +13,8 @@ and the user's backend is untouched.
 
 from __future__ import annotations
 
-from gradflow_jax.render import (_dashboard, _depth_plots, _forensics_plots, _model_plots,
-                                 _model_training_plots)
+from gradflow_jax.render import (_curvature_plots, _dashboard, _depth_plots, _eos_plots,
+                                 _forensics_plots, _model_plots, _model_training_plots)
 
 
 def dashboard(run, path=None):
@@ -24,6 +24,12 @@ def dashboard(run, path=None):
   if hasattr(run, "as_dict"):
     run = {"model": "model", "data": "data", **run.as_dict()}
   return _dashboard.plot_dashboard(run, path)
+
+
+def edge_of_stability(result, path=None):
+  """``train --experiment edge-of-stability``'s results: the full-batch loss
+  and the sharpness per learning rate, each against its 2 / lr."""
+  return _eos_plots.plot_edge_of_stability(result, path)
 
 
 def model_taps(analysis, path=None):
@@ -77,3 +83,12 @@ def forensics(analysis: dict, path=None):
   leaf's gradient and update norms over the recorder's window, the first
   movers named and their onsets marked."""
   return _forensics_plots.plot_forensics(analysis, path)
+
+
+def hessian_spectrum(result: dict, path=None):
+  """:func:`gradflow_jax.studies.curvature_study`'s result (or the
+  ``results.json`` of ``analyze.py curvature``): the Hessian's eigenvalue
+  density (SLQ, log scale) with the top eigenvalues marked (dotted grey
+  where not converged: a lower bound) and 2/lr where an lr was given, beside
+  the top eigenvalue of every parameter leaf's diagonal block."""
+  return _curvature_plots.plot_hessian_spectrum(result, path)

@@ -53,6 +53,7 @@ def files(tmp_path):
 
 def _cases(f):
   c = ["compare"]
+  cv = ["curvature", "--model", f"{EXAMPLES}/nnx_mlp.py:make"]
   return [
       (c + ["--seed", "99999999999999999999999"], "seed in [0, 2**32)"),
       (c + ["--seed", "-1"], "seed in [0, 2**32)"),
@@ -145,12 +146,13 @@ def _cases(f):
       (["train", "--every", "3"], "only with --model"),
       (["train", "--watch", "norms"], "only with --model"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", "norms,gradients"],
-       "expected tiers from norms,flow,spectra,optimizer, got gradients"),
+       "expected tiers from norms,flow,spectra,optimizer,curvature,noise, got gradients"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", ","], "got nothing"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--every", "flow=0"],
        "N a positive integer"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--every", "weights=3"],
-       "expected --every TIER=N with TIER in norms,flow,spectra,optimizer, got 'weights=3'"),
+       "expected --every TIER=N with TIER in norms,flow,spectra,optimizer,curvature,noise, "
+       "got 'weights=3'"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", "norms,optimizer",
         "--optimizer", "sgd"], "expected --optimizer adam for the optimizer tier"),
       (["train", "--tensorboard", str(f / "tb")], "only with --model"),
@@ -176,6 +178,17 @@ def _cases(f):
        "expected the model to run on the factory's batch with its params"),
       (["diagnose", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--output", str(f / "folder")],
        "the output folder is --out"),
+      (["curvature"], "required: --model"),
+      (cv + ["--probes", "0"], "positive integer"),
+      (cv + ["--examples", "0"], "positive integer"),
+      (cv + ["--top", "0"], "positive integer"),
+      (cv + ["--lr", "-1"], "finite number > 0"),
+      (cv + ["--top", "9", "--lanczos-steps", "8"],
+       "expected --top <= --lanczos-steps (each probe's Krylov space holds --lanczos-steps "
+       "directions), got --top 9 and --lanczos-steps 8"),
+      (cv + ["--probes", "100000000"], "expected the curvature measurement to fit in memory"),
+      (["curvature", "--model", str(f / "wrong_params.py") + ":make"],
+       "expected the model to run on the factory's batch with its params"),
   ]
 
 

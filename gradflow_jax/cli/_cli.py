@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 
-from gradflow_jax.cli import _sizes
+from gradflow_jax.cli import _curvature_parser, _sizes
 from gradflow_jax.cli._args import (_csv, _every, _floats, _gains, _nonneg_float,
                                     _positive_float, _positive_floats, _positive_int,
                                     _positive_ints, _seed, _watch)
@@ -207,7 +207,8 @@ def _train_parser(sub) -> None:
   p.add_argument("--loss", choices=["cross_entropy", "mse"], help="with --model: " + _LOSS_HELP)
   p.add_argument("--watch", type=_watch, help="with --model: what to log, from norms (per "
                  "leaf, every step), flow (tap statistics), spectra (weight sigma_max), "
-                 "optimizer (Adam's moments); default norms,flow (+optimizer with adam)")
+                 "optimizer (Adam's moments), curvature (sharpness against 2/lr or Adam's 38/lr), "
+                 "noise (gradient noise scale); default norms,flow (+optimizer with adam)")
   p.add_argument("--every", type=_every,
                  help="with --model: log flow and spectra every N-th step (default 10), or "
                       "per tier: TIER=N (e.g. 10,norms=5)")
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
   _report_parser(sub)
   _diagnose_parser(sub)
   _forensics_parser(sub)
+  _curvature_parser.add_parser(sub, add_common)
   parser.commands = tuple(sub.choices)  # the subcommands' names
   return parser
 

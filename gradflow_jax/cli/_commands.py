@@ -295,6 +295,9 @@ def train(args) -> int:
            if getattr(args, k) is not None]
   if given:
     raise ValueError(f"expected {', '.join(given)} only with --model")
+  if args.experiment == "edge-of-stability":
+    from gradflow_jax.cli import _experiment_commands
+    return _experiment_commands.edge_of_stability(args)
   activation = args.activation[-1] if args.activation else None
   if args.activation and (len(args.activation) > 1 or "=" in activation):
     raise ValueError("expected one --activation NAME for the built-in MLP (TAP=NAME is for "

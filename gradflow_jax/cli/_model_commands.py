@@ -82,7 +82,7 @@ def train_model(args) -> int:
   from gradflow_jax.measure import _model_stats
   from gradflow_jax.models import _activations, _flax, _loading
   from gradflow_jax.render import _model_training_plots, _render, _report
-  from gradflow_jax.studies import _model_findings, _model_train
+  from gradflow_jax.studies import _model_cost, _model_findings, _model_train
   from gradflow_jax.watch import _writers
   given = [f"--{k.replace('_', '-')}" for k in _MLP_ONLY if getattr(args, k, None) is not None]
   if given:
@@ -107,8 +107,8 @@ def train_model(args) -> int:
     _, shapes = _model_stats.discover(probed, jnp.asarray(data.x_train[:2]))
   examples = len(data.x_train[:2])
   _sizes.check_size(
-      args, _model_train.estimated_bytes(probed.params, shapes, examples, tc, data),
-      _model_train.estimated_seconds(probed.params, shapes, examples, tc, data), "training",
+      args, _model_cost.estimated_bytes(probed.params, shapes, examples, tc, data),
+      _model_cost.estimated_seconds(probed.params, shapes, examples, tc, data), "training",
       "--steps or --batch-size (or the factory's model and data)")
   loss = _model_stats.loss_fn(_model_loss(args, extras))
   batches = extras.get("batches")

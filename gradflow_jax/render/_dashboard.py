@@ -125,17 +125,87 @@ def _sigma(ax, run: dict) -> None:
   ax.legend(fontsize=6, ncol=2 if len(matrices) > 8 else 1)
 
 
+def _points(ax, steps, values, ok, colour, label, marker="o") -> None:
+  """Converged values solid, the others hollow and dotted (not a measurement)."""
+  steps, values, ok = np.asarray(steps), np.asarray(values, float), np.asarray(ok, bool)
+  ax.plot(steps, np.where(ok, values, np.nan), f"{marker}-", ms=3.5, lw=1.3, color=colour,
+          label=label)
+  if (~ok & np.isfinite(values)).any():
+    ax.plot(steps[~ok], values[~ok], marker, ms=5, mfc="none", color=colour)
+
+
+def _sharpness(ax, run: dict) -> None:
+  """The edge-of-stability picture: sharpness against the optimizer's threshold."""
+  c = run["watch"].get("curvature")
+  if not c or not c["steps"]:
+    _note(ax, "curvature not watched\n(train --model ... --watch norms,curvature)")
+    ax.set_title("sharpness against the stability threshold", fontsize=10)
+    return
+  steps = c["steps"]
+  threshold = _array([c["threshold"]])[0]
+  adam = np.isfinite(_array([c["preconditioned"]])[0]).any()
+  if adam:
+    _points(ax, steps, _array([c["preconditioned"]])[0], c["preconditioned_converged"], "C3",
+            "preconditioned sharpness, top eigenvalue of P^-1 H")
+    ax.plot(steps, threshold, "--", color="C3", lw=1, label="Adam's threshold 38 / lr")
+    _points(ax, steps, _array([c["sharpness"]])[0], c["converged"], "C0",
+            "sharpness, top eigenvalue of H (Adam: no threshold)", marker="s")
+  else:
+    _points(ax, steps, _array([c["sharpness"]])[0], c["converged"], "C0",
+            "sharpness, top eigenvalue of H")
+    ax.plot(steps, threshold, "--", color="C0", lw=1, label="stability threshold 2 / lr"
+            + ("" if (run.get("settings") or {}).get("optimizer") != "momentum"
+               else " x (1 + momentum)"))
+  ok = np.asarray(c["converged"], bool)
+  if not ok.all():
+    ax.plot([], [], "o", mfc="none", color="0.4", label="not converged: not a measurement")
+  values = _array([c["sharpness"], c["preconditioned"], threshold])
+  if np.nanmin(np.where(values > 0, values, np.nan)) > 0 and (values[np.isfinite(values)] > 0).all():
+    _set_log(ax)
+  _mark_triggers(ax, run)
+  ax.set_title("sharpness against the stability threshold (the step's batch)", fontsize=10)
+  ax.legend(fontsize=7)
+
+
+def _noise(ax, run: dict) -> None:
+  n = run["watch"].get("noise")
+  if not n or not n["steps"]:
+    _note(ax, "gradient noise not watched\n(train --model ... --watch norms,noise)")
+    ax.set_title("gradient noise scale B_simple", fontsize=10)
+    return
+  b, err = _array([n["b_simple"]])[0], _array([n["stderr"]])[0]
+  b = np.where(b > 0, b, np.nan)  # <= 0: noise swamps the signal, nothing resolved
+  steps = np.asarray(n["steps"])
+  ax.plot(steps, b, "o-", ms=3.5, color="C2", label="B_simple over the last 16 measurements")
+  ax.fill_between(steps, np.maximum(b - err, b / 10), b + err, color="C2", alpha=0.2, lw=0,
+                  label="+- one standard error (a lower bound)")
+  batch = (run.get("settings") or {}).get("batch_size")
+  if batch:
+    ax.axhline(batch, color="k", ls="--", lw=1, label=f"batch size {batch}")
+  if np.isfinite(b).any():
+    _set_log(ax)
+  ax.set_title("gradient noise scale: a batch larger than B_simple gains little", fontsize=10)
+  ax.legend(fontsize=7)
+
+
 def plot_dashboard(run: dict, path=None):
   """The dashboard of a --model run's results (``results.json``'s layout,
-  with the ``norms`` tier watched). ``path=None``: returns the Figure."""
+  with the ``norms`` tier watched); with the curvature or noise tier, a third
+  row: sharpness against its threshold, and B_simple beside the batch size.
+  ``path=None``: returns the Figure."""
   if not (run.get("watch") or {}).get("norms"):
     raise ValueError("expected a run that watched the norms tier (--watch norms,...), got "
                      f"tiers {(run.get('watch') or {}).get('tiers')}")
-  fig, axes = _subplots(2, 2, figsize=(14, 8.5), layout="constrained")
+  extra = any((run["watch"].get(t) or {}).get("steps") for t in ("curvature", "noise"))
+  fig, axes = _subplots(3 if extra else 2, 2, figsize=(14, 12.5 if extra else 8.5),
+                        layout="constrained")
   _loss(axes[0, 0], run)
   _grad_norm(axes[0, 1], run)
   _ratio_heatmap(fig, axes[1, 0], run)
   _sigma(axes[1, 1], run)
+  if extra:
+    _sharpness(axes[2, 0], run)
+    _noise(axes[2, 1], run)
   for ax in axes.flat:
     ax.set_xlabel("step")
     if ax is not axes[1, 0]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from gradflow_jax.models._config import MLPConfig
 from gradflow_jax.studies._train import TrainConfig
 
-EXPERIMENTS = ("residual", "activations", "normalization", "clipping", "dead-relu")
+EXPERIMENTS = ("residual", "activations", "normalization", "clipping", "dead-relu",
+               "edge-of-stability")  # the last: studies/_edge_of_stability.py
 
 # Defaults per experiment, chosen so the effect shows within about a minute on
 # a 2-core CPU; every one can be overridden from the command line.

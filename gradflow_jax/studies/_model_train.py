@@ -21,14 +21,15 @@ import numpy as np
 import optax
 
 from gradflow_jax.capture import _probed as _probe
-from gradflow_jax.watch import _monitor, _recorder, _spectra, _watch, _writers
+from gradflow_jax.watch import _curvature, _monitor, _recorder, _spectra, _watch, _writers
 from gradflow_jax.watch._optimizer import adam_health
 from gradflow_jax._data import Dataset
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 # what a run can watch: per-leaf norms and the flight recorder (every step),
 # the monitored step's flow statistics, weight spectra, Adam's health
-TIERS = ("norms", "flow", "spectra", "optimizer")
+TIERS = ("norms", "flow", "spectra", "optimizer", "curvature", "noise")
+NOISE_MICRO = 4  # micro-batches of the noise tier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ class ModelTrainConfig:
       if "optimizer" in self.watch and self.optimizer != "adam":
         raise ValueError(f"expected --optimizer adam for the optimizer tier (Adam's moments), "
                          f"got {self.optimizer}")
+      if "noise" in self.watch and self.batch_size % NOISE_MICRO:
+        raise ValueError(f"expected --batch-size a multiple of {NOISE_MICRO} for the noise tier "
+                         f"(its micro-batches), got {self.batch_size}")
     for tier, n in self.log_every:
       if tier not in TIERS or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected --every TIER=N with TIER in {', '.join(TIERS)} and N >= 1, "
@@ -79,11 +83,11 @@ def tiers(tc: ModelTrainConfig) -> tuple[str, ...]:
 
 
 def every(tc: ModelTrainConfig, tier: str) -> int:
-  """How often ``tier`` is logged: ``log_every``'s, else ``every`` for flow
-  and spectra (their statistics) and 1 for norms and optimizer (the recorder
-  holds them every step anyway)."""
+  """How often ``tier`` is logged: ``log_every``'s, else 1 for norms and
+  optimizer (the recorder holds them every step anyway) and ``every`` for
+  the others (curvature and noise are measured only then)."""
   given = dict(tc.log_every)
-  return given.get(tier, tc.every if tier in ("flow", "spectra") else 1)
+  return given.get(tier, 1 if tier in ("norms", "optimizer") else tc.every)
 
 
 def _optimizer(tc: ModelTrainConfig) -> optax.GradientTransformation:
@@ -196,44 +200,6 @@ def accuracy(model: _probe.ProbedModel, params, x, y) -> float | None:
   return float(np.mean(np.argmax(np.asarray(out), axis=-1) == np.asarray(y)))
 
 
-# The cost model of a --model run, measured on 2 CPU cores (jax 0.10):
-# `train --model examples/nnx_mlp.py:make` took 10.9 s for 50 steps and
-# 12.1 s for 450 (3 ms a step, the host loop's own cost at 43k parameters);
-# the arithmetic is counted at FLOPS_PER_SECOND.
-FIXED_SECONDS = 10.0
-STEP_SECONDS = 3e-3
-FLOPS_PER_SECOND = 2e10
-
-
-def estimated_bytes(params, tap_shapes: dict, examples: int, tc: ModelTrainConfig,
-                    data: Dataset) -> int:
-  """Peak memory of a run, about: parameters, gradients, optimizer moments and
-  the update (5x); a step's taps and their gradients with the statistics'
-  temporaries (6x) and the test set's forward pass; the data set; and what the
-  run keeps per step (the loss) and per logged step (every tap's statistics
-  and histograms). ``tap_shapes`` are the taps of ``examples`` examples."""
-  params_n = sum(int(np.size(a)) for a in jax.tree.leaves(params))
-  per_example = sum(int(np.prod(s.shape)) for s in tap_shapes.values()) / max(examples, 1)
-  batch = min(tc.batch_size, len(data.x_train))
-  n_data = sum(int(np.size(a)) for a in data[:4])
-  logged = -(-tc.steps // tc.every)
-  per_log = len(tap_shapes) * (2 * 64 + 32) + 4 * len(jax.tree.leaves(params))
-  return int(4 * (5 * params_n + per_example * (6 * batch + len(data.x_test)) + n_data)
-             + 128 * tc.steps + 4 * per_log * logged)
-
-
-def estimated_seconds(params, tap_shapes: dict, examples: int, tc: ModelTrainConfig,
-                      data: Dataset) -> float:
-  """Wall time of a run, roughly: a fixed cost (imports, compiling), then per
-  step the host loop's cost and the arithmetic (6 flops per parameter and
-  example, 20 per tapped value and example)."""
-  params_n = sum(int(np.size(a)) for a in jax.tree.leaves(params))
-  per_example = sum(int(np.prod(s.shape)) for s in tap_shapes.values()) / max(examples, 1)
-  batch = min(tc.batch_size, len(data.x_train))
-  flops = batch * (6 * params_n + 20 * per_example)
-  return FIXED_SECONDS + tc.steps * (STEP_SECONDS + flops / FLOPS_PER_SECOND)
-
-
 def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
                 tc: ModelTrainConfig, writers=(), on_log: Callable | None = None,
                 batches=None) -> ModelTrainResult:
@@ -243,15 +209,18 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
   mini-batches of ``data`` (which then only gives the test accuracy)."""
   watched = tiers(tc)
   tx, step = _compiled_step(model._replace(params=None), loss, dataclasses.replace(
-      tc, batch_size=1, window=1, seed=0, steps=tc.steps if tc.on_nonfinite == "skip" else 1))
+      tc, window=1, seed=0, steps=tc.steps if tc.on_nonfinite == "skip" else 1))
 
   # weakly typed leaves (jnp.full(shape, 0.5)) come back strong from the
   # first step and would compile the step a second time: make them strong now
   params = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.result_type(a)), model.params)
   names = _writers.leaf_names(params)
   opt_state = tx.init(params)
+  curvature, noise = _curvature_tiers(tc)
   carried = (RECORDER.init(params, adam="optimizer" in watched) if "norms" in watched else None,
-             SPECTRA.init(params, jax.random.key(tc.seed)) if "spectra" in watched else None)
+             SPECTRA.init(params, jax.random.key(tc.seed)) if "spectra" in watched else None,
+             curvature.init(params, jax.random.key(tc.seed)) if curvature else None,
+             noise.init(params) if noise else None)
   losses, steps, metrics, flows = [], [], [], []
   series = {t: {"steps": [], "values": []} for t in watched if t != "flow"}
   triggers = []
@@ -286,7 +255,8 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
       scalars.update(_writers.tier_metrics(
           names, norms=logged.get("norms"), health=logged.get("optimizer"),
           spectra=logged.get("spectra"), stable_rank=out["stable_rank"] if "spectra" in logged
-          else None, clip=tc.clip, spectra_tol=SPECTRA.tol))
+          else None, clip=tc.clip, spectra_tol=SPECTRA.tol, curvature=logged.get("curvature"),
+          noise=logged.get("noise")))
     if "flow" in watched and i % every(tc, "flow") == 0:
       flow = jax.device_get(flow)
       scalars.update(_writers.flat_metrics(flow, ratios))
@@ -327,7 +297,8 @@ def _stacked(series: dict) -> dict:
   for tier, s in series.items():
     values = s["values"]
     fields = {k: np.stack([np.asarray(getattr(v, k)) for v in values])
-              for k in (values[0]._fields if values else ()) if k != "vectors"}
+              for k in (values[0]._fields if values else ())
+              if k != "vectors" and getattr(values[0], k) is not None}
     out[tier] = {"steps": list(s["steps"]), **fields}
   return out
 
@@ -342,9 +313,12 @@ def _compiled_step(model: _probe.ProbedModel, loss: Callable, tc: ModelTrainConf
   monitored = _watch.model_value_and_grad(model, loss, every=every(tc, "flow"), histograms=True)
   flow_on = "flow" in watched
 
+  curvature, noise = _curvature_tiers(tc)
+  batch_loss = lambda p, batch: loss(model.forward(p, batch[0], None)[0], batch[1])
+
   @jax.jit
   def step(params, opt_state, carried, x, y, i):
-    rec, spectra = carried
+    rec, spectra, curv, noisy = carried
     value, grads, flow = (monitored(params, x, y, step=i) if flow_on
                           else monitored(params, x, y, measure=False))
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -359,12 +333,36 @@ def _compiled_step(model: _probe.ProbedModel, loss: Callable, tc: ModelTrainConf
       spectra = SPECTRA.update(spectra, new)
       out.update(spectra=spectra._replace(vectors=()),
                  stable_rank=_spectra.stable_ranks(new, spectra.sigma))
+    if curv is not None:  # the curvature the step's update saw: params before it
+      curv = curvature.update(curv, batch_loss, params, (x, y), i, lr=tc.lr,
+                              opt_state=opt_state)
+      out["curvature"] = curv._replace(vector=None, preconditioned_vector=None,
+                                       block_vector=None)
+    if noisy is not None:
+      noisy = noise.update(noisy, batch_loss, params, (x, y), i)
+      last = (noisy.count - 1) % noise.window  # this measurement's slot
+      out["noise"] = noisy._replace(grad_sq=noisy.grad_sq[last], trace=noisy.trace[last],
+                                    leaf_grad_sq=None, leaf_trace=None)
     ratios = _watch.update_ratios(params, new, when=flow.measured) if flow_on else None
-    return new, opt_state, value, flow, ratios, (rec, spectra), out
+    return new, opt_state, value, flow, ratios, (rec, spectra, curv, noisy), out
   return tx, step
 
 
 RECORDER = _recorder.FlightRecorder(window=64)  # the flight recorder of a --model run
+CURVATURE_STEPS = 20  # Lanczos steps of the curvature tier, warm-started
+
+
+def _curvature_tiers(tc: ModelTrainConfig):
+  """The run's Curvature (sharpness, each leaf's, and Adam's preconditioned
+  one) and GradientNoise tiers, or None where not watched."""
+  watched = tiers(tc)
+  curvature = _curvature.Curvature(
+      every=every(tc, "curvature"), steps=CURVATURE_STEPS, blocks=True,
+      adam=tc.optimizer == "adam", momentum=0.9 if tc.optimizer == "momentum" else 0.0
+  ) if "curvature" in watched else None
+  noise = _curvature.GradientNoise(every=every(tc, "noise"), micro=NOISE_MICRO) \
+      if "noise" in watched else None
+  return curvature, noise
 # one power-iteration pair per matrix and step; an estimate is settled once it
 # moved by at most 1% in its last step (the weights move too while training)
 SPECTRA = _spectra.WeightSpectra(tol=1e-2)

@@ -5,6 +5,8 @@ writers that log it, optimizer health and the flight recorder.
   gf.watch.log_step(gf.watch.JsonlWriter("log.jsonl"), step, flow)
 """
 
+from gradflow_jax.watch._curvature import (Curvature, CurvatureState, GradientNoise,
+                                           learning_rate, NoiseState)
 from gradflow_jax.watch._forensics import analyse as analyse_forensics
 from gradflow_jax.watch._flow_step import FlowStep, histogram, Histogram, HISTOGRAM_EDGES
 from gradflow_jax.watch._monitor import (find_monitor_state, gradient_flow_monitor,
@@ -28,6 +30,8 @@ __all__ = (
     "stopped", "adam_health", "AdamHealth", "find_adam_state",
     # weight spectra while training
     "WeightSpectra", "SpectraState", "stable_ranks",
+    # curvature and gradient noise while training
+    "Curvature", "CurvatureState", "GradientNoise", "NoiseState", "learning_rate",
     # the flight recorder and forensics
     "step_norms", "StepNorms", "FlightRecorder", "RecorderState", "analyse_forensics",
 )

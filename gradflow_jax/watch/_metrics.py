@@ -86,7 +86,7 @@ def flat_metrics(flow: FlowStep, update_ratios=None, prefix: str = "") -> dict[s
 
 def tier_metrics(params_or_names, *, norms=None, health=None, spectra=None,
                  stable_rank=None, clip: float | None = None,
-                 spectra_tol: float = 1e-3) -> dict[str, float]:
+                 spectra_tol: float = 1e-3, curvature=None, noise=None) -> dict[str, float]:
   """The flat ``{name: float}`` dict of the other tiers of a step (host code),
   per parameter leaf named as in :func:`flat_metrics`.
 
@@ -102,6 +102,15 @@ def tier_metrics(params_or_names, *, norms=None, health=None, spectra=None,
   ``stable_rank/<leaf>`` for those when ``stable_rank`` (from
   :func:`~gradflow_jax.watch.stable_ranks`) is given; ``spectra/unsettled``
   counts the matrices left out.
+  ``curvature`` (:class:`~gradflow_jax.watch.CurvatureState`, logged on a
+  step it measured): ``sharpness`` and ``sharpness/preconditioned`` (Adam)
+  where converged, ``sharpness/threshold`` (2 / lr, or Adam's 38 / lr),
+  ``sharpness/ratio`` (the optimizer's sharpness over it, when converged),
+  ``sharpness/block/<leaf>`` (each leaf's own, where converged) and
+  ``sharpness/unconverged`` (how many of these were left out);
+  ``noise`` (:class:`~gradflow_jax.watch.NoiseState`): ``noise/b_simple``
+  and ``noise/b_simple_stderr`` (the window's), ``noise/b_simple/<leaf>``,
+  each only where positive (``noise/unresolved`` counts the others).
   """
   names = (list(params_or_names) if isinstance(params_or_names, (list, tuple))
            and all(isinstance(n, str) for n in params_or_names) else leaf_names(params_or_names))
@@ -139,7 +148,43 @@ def tier_metrics(params_or_names, *, norms=None, health=None, spectra=None,
       per_leaf("stable_rank", np.where(settled, stable_rank, np.nan),
                keep=lambda v: not np.isnan(v))
     out["spectra/unsettled"] = float(np.sum(matrix & ~settled))
+  if curvature is not None and bool(curvature.measured):
+    _curvature_metrics(out, curvature, per_leaf)
+  if noise is not None and bool(noise.measured):
+    # a ratio <= 0 (the window's |G|^2 estimate at or below 0: noise swamps
+    # the signal) resolves nothing: left out, counted in noise/unresolved
+    resolved = lambda v: np.isfinite(v) and v > 0
+    if resolved(float(noise.b_simple)):
+      out["noise/b_simple"] = float(noise.b_simple)
+      out["noise/b_simple_stderr"] = float(noise.stderr)
+    leaves = np.asarray(noise.leaf_b_simple, float)
+    per_leaf("noise/b_simple", leaves, keep=resolved)
+    out["noise/unresolved"] = float(sum(not resolved(v) for v in
+                                        [float(noise.b_simple), *leaves]))
   return out
+
+
+def _curvature_metrics(out: dict, c, per_leaf) -> None:
+  missed = 0
+  for key, value, ok in (("sharpness", c.sharpness, c.converged),
+                         ("sharpness/preconditioned", c.preconditioned,
+                          c.preconditioned_converged)):
+    if np.isnan(float(value)):
+      continue
+    if bool(ok):
+      out[key] = float(value)
+    else:
+      missed += 1
+  out["sharpness/threshold"] = float(c.threshold)
+  adam = not np.isnan(float(c.preconditioned))
+  if bool(c.preconditioned_converged if adam else c.converged):
+    out["sharpness/ratio"] = float(c.ratio)
+  blocks = np.asarray(c.blocks, float)
+  if not np.isnan(blocks).all():
+    ok = np.asarray(c.blocks_converged, bool)
+    per_leaf("sharpness/block", np.where(ok, blocks, np.nan), keep=lambda v: not np.isnan(v))
+    missed += int(np.sum(~ok))
+  out["sharpness/unconverged"] = float(missed)
 
 
 def histograms(flow: FlowStep) -> dict[str, Histogram]:

@@ -43,7 +43,8 @@ def log_step(writer: MetricWriter, step: int, flow: FlowStep | None = None,
   """Writes a step's scalars (and histograms, where the writer takes them);
   returns the scalars. ``tiers``: the keyword arguments of :func:`tier_metrics`
   (``params=`` or ``names=`` for the leaf names, ``norms=``, ``health=``,
-  ``spectra=``, ``stable_rank=``, ``clip=``), logged beside the flow tier."""
+  ``spectra=``, ``stable_rank=``, ``clip=``, ``curvature=``, ``noise=``),
+  logged beside the flow tier."""
   return _write_step([writer], step, flow, update_ratios, tiers)
 
 
@@ -52,7 +53,7 @@ def _write_step(writers, step: int, flow: FlowStep | None, update_ratios=None,
   """One step to every writer, its numbers read from the device once."""
   tiers = dict(tiers or {})
   scalars = {}
-  if any(tiers.get(k) is not None for k in ("norms", "health", "spectra")):
+  if any(tiers.get(k) is not None for k in ("norms", "health", "spectra", "curvature", "noise")):
     names = tiers.pop("names", None)
     params = tiers.pop("params", None)
     if names is None and params is None:
