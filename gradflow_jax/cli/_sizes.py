@@ -60,7 +60,8 @@ SIZE_OPTIONS = {
     "depth": "--max-depth, --width, --seeds, --batch-size or --depths/--examples with --model",
     "width": "--widths or --seeds", "rnn": "--hidden, --steps or --batch-size",
     "train": "--width, --depth or --batch-size (or the --model factory's sizes)",
-    "diagnose": "the --model factory's batch or model size"}
+    "diagnose": "the --model factory's batch or model size",
+    "curvature": "--examples, --probes or --lanczos-steps (or the --model factory's size)"}
 
 
 def out_of_memory(e: BaseException) -> bool:
