@@ -1,5 +1,7 @@
 """Shared test helpers: tolerances per dtype (one place) and NumPy references."""
 
+import os
+
 import numpy as np
 
 # float32 arithmetic through a few matmuls of width <= 64: ~1e-6 per op, a few
@@ -110,3 +112,28 @@ def run_on_host_devices(args: list[str], devices: int = 4, timeout: int = 300):
                        timeout=timeout)
   assert run.returncode == 0, run.stderr[-3000:]
   return run.stdout
+
+
+# A --model factory small enough to compile fast: 64 -> 16 (tanh) -> 10, four
+# parameter leaves (two kernels, two biases); its inputs are digits-shaped
+TINY_FACTORY = """
+import jax, numpy as np
+from flax import linen as nn
+
+class Net(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(10)(nn.tanh(nn.Dense(16)(x)))
+
+def make():
+  x = np.zeros((4, 64), np.float32)
+  return Net(), Net().init(jax.random.key(0), x), (x, np.zeros(4, np.int32))
+"""
+
+
+def tiny_factory(folder) -> str:
+  """Writes :data:`TINY_FACTORY` into ``folder``; returns its ``file.py:make``."""
+  path = os.path.join(str(folder), "tiny_model.py")
+  with open(path, "w") as f:
+    f.write(TINY_FACTORY)
+  return f"{path}:make"

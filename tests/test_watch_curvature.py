@@ -15,6 +15,7 @@ from jax.flatten_util import ravel_pytree
 import gradflow_jax as gf
 from gradflow_jax.cli import _cli
 from gradflow_jax.studies import _edge_of_stability as eos
+from helpers import tiny_factory
 
 def loss_fn(params, batch):
   x, y = batch
@@ -137,25 +138,9 @@ def test_full_batch_gradient_descent_hovers_at_two_over_lr():
   assert len(fig.axes) == 2
 
 
-TINY = """
-import jax, numpy as np
-from flax import linen as nn
-
-class Net(nn.Module):
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(10)(nn.tanh(nn.Dense(16)(x)))
-
-def make():
-  x = np.zeros((4, 64), np.float32)
-  return Net(), Net().init(jax.random.key(0), x), (x, np.zeros(4, np.int32))
-"""
-
-
 def test_cli_curvature_and_noise_tiers_log_what_the_results_hold(tmp_path):
   out = tmp_path / "o"
-  (tmp_path / "tiny.py").write_text(TINY)
-  code = _cli.main(["train", "--model", f"{tmp_path}/tiny.py:make", "--steps", "5",
+  code = _cli.main(["train", "--model", tiny_factory(tmp_path), "--steps", "5",
                     "--watch", "norms,curvature,noise", "--every", "2", "--batch-size", "32",
                     "--quiet", "--out", str(out)])
   assert code == 0

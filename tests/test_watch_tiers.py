@@ -3,7 +3,6 @@ its own schedule, checked against another computation of the same number; the
 writers' flat names; a factory's own batch iterator; the dashboard."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +13,11 @@ import pytest
 
 import gradflow_jax as gf
 from gradflow_jax.cli import _cli
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
+from helpers import tiny_factory
 
 def test_every_tier_is_logged_on_its_own_schedule_and_agrees_with_the_flow_tier(tmp_path):
   out = tmp_path / "o"
-  code = _cli.main(["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--steps", "11",
+  code = _cli.main(["train", "--model", tiny_factory(tmp_path), "--steps", "11",
                     "--watch", "norms,flow,spectra,optimizer", "--every", "5,norms=2",
                     "--batch-size", "32", "--quiet", "--out", str(out)])
   assert code == 0
@@ -67,7 +64,7 @@ def test_every_tier_is_logged_on_its_own_schedule_and_agrees_with_the_flow_tier(
 
 def test_the_norms_tier_alone_logs_every_step_and_no_flow(tmp_path):
   out = tmp_path / "o"
-  code = _cli.main(["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--steps", "4",
+  code = _cli.main(["train", "--model", tiny_factory(tmp_path), "--steps", "4",
                     "--watch", "norms", "--batch-size", "16", "--quiet", "--no-plots",
                     "--out", str(out)])
   assert code == 0

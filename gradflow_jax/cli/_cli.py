@@ -312,14 +312,40 @@ def main(argv: list[str] | None = None) -> int:
   return status
 
 
+@contextlib.contextmanager
+def _interrupt_remembered():
+  """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: one
+  that lands in a callback whose exceptions Python ignores (XLA's garbage
+  collection hook) would otherwise let the run finish with status 0."""
+  import signal
+  import threading
+  hit = []
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield lambda: False
+    return
+
+  def on_sigint(signum, frame):
+    hit.append(signum)
+    raise KeyboardInterrupt
+  signal.signal(signal.SIGINT, on_sigint)
+  try:
+    yield lambda: bool(hit)
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _run(args) -> int:
   import warnings
   import matplotlib
   matplotlib.use("Agg")  # files only; the library itself leaves the backend alone
   try:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _interrupt_remembered() as interrupted:
       warnings.simplefilter("ignore")  # what matters is in the tables, findings and files
-      return int(args.run(args) or 0)
+      status = int(args.run(args) or 0)
+    if interrupted():  # the KeyboardInterrupt was swallowed (raised in a GC callback)
+      raise KeyboardInterrupt
+    return status
   except (ValueError, TypeError, OSError) as e:
     msg = " ".join(str(e).split())
     if "output=" in msg and getattr(args, "output", None) is not None:
