@@ -60,11 +60,40 @@ def _scaled_norm(x):
   return top * jnp.sqrt(jnp.sum((x / safe) ** 2))
 
 
+# float32 squares are exact enough between these norms; outside (entries
+# near 1e-19 underflow, near 1e19 overflow) the scaled second pass is taken
+_SAFE = (1e-15, 1e15)
+
+
+def _norm(x):
+  """||x|| in one pass where that is safe, else :func:`_scaled_norm`."""
+  x = x.astype(jnp.float32)
+  fast = jnp.sqrt(jnp.sum(x * x))
+  ok = (fast > _SAFE[0]) & (fast < _SAFE[1])
+  return jax.lax.cond(ok, lambda x: fast, _scaled_norm, x)
+
+
+def _cosine(m, g, m_norm, g_norm):
+  """cos(m, g) in one pass where the norms are safe, else scaled."""
+  m, g = m.astype(jnp.float32), g.astype(jnp.float32)
+  fast = jnp.sum(m * g) / (m_norm * g_norm)
+  ok = (jnp.minimum(m_norm, g_norm) > _SAFE[0]) & (jnp.maximum(m_norm, g_norm) < _SAFE[1])
+
+  def scaled(mg):
+    m, g = mg
+    m = m / jnp.maximum(jnp.max(jnp.abs(m)), 1e-38)
+    g = g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-38)
+    return jnp.sum(m * g) / (leaf_norm(m) * leaf_norm(g))
+  return jax.lax.cond(ok, lambda mg: fast, scaled, (m, g))
+
+
 def adam_health(opt_state, grads, *, b1: float = 0.9, b2: float = 0.999,
                 eps: float = 1e-8) -> AdamHealth:
   """The ``optimizer`` tier of a step, from the state ``tx.update`` returned
   for ``grads`` (its moments already hold them). ``b1, b2, eps`` are the
-  optimizer's own (optax's defaults here)."""
+  optimizer's own (optax's defaults here). About two passes over each of m,
+  v and g (a second, scaled pass only for a leaf whose norms near float32's
+  range ends)."""
   state = find_adam_state(opt_state)
   count = jnp.asarray(_values(state.count)[0], jnp.float32)
   mu, nu, g = _values(state.mu), _values(state.nu), _values(grads)
@@ -73,12 +102,9 @@ def adam_health(opt_state, grads, *, b1: float = 0.9, b2: float = 0.999,
                      "leaves")
   m_scale, v_scale = 1 / (1 - b1**count), 1 / (1 - b2**count)
   vec = lambda values: jnp.stack(values).astype(jnp.float32) if values else jnp.zeros((0,))
-
-  def cosine(m, g):
-    m, g = m.astype(jnp.float32), g.astype(jnp.float32)
-    m, g = m / jnp.maximum(jnp.max(jnp.abs(m)), 1e-38), g / jnp.maximum(jnp.max(jnp.abs(g)), 1e-38)
-    return jnp.sum(m * g) / (leaf_norm(m) * leaf_norm(g))
+  m_norms, g_norms = [_norm(m) for m in mu], [_norm(gi) for gi in g]
   return AdamHealth(
-      vec([m_scale * _scaled_norm(m) for m in mu]), vec([v_scale * _scaled_norm(v) for v in nu]),
-      vec([cosine(m, gi) for m, gi in zip(mu, g)]),
-      vec([jnp.mean(eps >= jnp.sqrt(v_scale * v.astype(jnp.float32))) for v in nu]))
+      vec([m_scale * n for n in m_norms]), vec([v_scale * _norm(v) for v in nu]),
+      vec([_cosine(m, gi, mn, gn) for m, gi, mn, gn in zip(mu, g, m_norms, g_norms)]),
+      # eps >= sqrt(v-hat), squared: no square root per coordinate
+      vec([jnp.mean(v_scale * v.astype(jnp.float32) <= jnp.square(eps)) for v in nu]))
