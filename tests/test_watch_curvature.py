@@ -117,6 +117,12 @@ def test_the_noise_tier_equals_the_estimators_called_directly():
   assert int(state.count) == 4 and state.leaf_b_simple.shape == (3,)
   with pytest.raises(ValueError, match="dividing the batch size 6"):
     noise.update(state, loss_fn, params, (batch[0][:6], batch[1][:6]), 0)
+  # per example: the 16 examples' own gradients against the estimator on them
+  exact = gf.watch.GradientNoise(every=1, window=2, per_example=True)
+  s = jax.jit(lambda s: exact.update(s, loss_fn, params, batch, 0))(exact.init(params))
+  grads = jax.vmap(lambda x, y: jax.grad(loss_fn)(params, (x[None], y[None])))(*batch)
+  direct = gf.measure.noise_scale_from_per_example(grads)
+  np.testing.assert_allclose(float(s.b_simple), float(direct.b_simple), rtol=1e-4)
 
 
 def test_full_batch_gradient_descent_hovers_at_two_over_lr():

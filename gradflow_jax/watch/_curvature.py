@@ -205,11 +205,14 @@ class NoiseState(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class GradientNoise:
   """B_simple (McCandlish et al. 2018) every ``every`` steps from ``micro``
-  micro-batches of the step's batch (``micro`` gradients, vmapped), averaged
+  micro-batches of the step's batch (``micro`` gradients, vmapped), or with
+  ``per_example=True`` from every example's own gradient (exactly unbiased,
+  B gradients: ``loss_fn`` must then take a batch of one example), averaged
   over the last ``window`` measurements."""
   every: int = 10
   micro: int = 4
   window: int = 16
+  per_example: bool = False
 
   def __post_init__(self):
     if not (isinstance(self.every, int) and self.every >= 1):
@@ -227,10 +230,14 @@ class GradientNoise:
 
   def update(self, state: NoiseState, loss_fn: Callable, params, batch, step) -> NoiseState:
     """Measures on every ``every``-th step (inside jit); ``batch``'s leading
-    axis must be a multiple of ``micro``."""
+    axis must be a multiple of ``micro`` (or at least 2, per example)."""
     def measure(state):
-      est = _noise_scale.noise_scale_from_microbatches(jax.grad(loss_fn), params, batch,
-                                                      self.micro)
+      if self.per_example:
+        one = lambda example: jax.grad(loss_fn)(params, jax.tree.map(lambda x: x[None], example))
+        est = _noise_scale.noise_scale_from_per_example(jax.vmap(one)(batch))
+      else:
+        est = _noise_scale.noise_scale_from_microbatches(jax.grad(loss_fn), params, batch,
+                                                        self.micro)
       slot = state.count % self.window
       put = lambda buf, v: buf.at[slot].set(jnp.asarray(v, jnp.float32))
       grad_sq, trace = put(state.grad_sq, est.grad_sq), put(state.trace, est.trace)
