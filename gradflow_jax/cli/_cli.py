@@ -314,25 +314,36 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def _interrupt_remembered():
-  """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered: one
-  that lands in a callback whose exceptions Python ignores (XLA's garbage
-  collection hook) would otherwise let the run finish with status 0."""
+  """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered and
+  sent again every half second until the run ends: one that lands in a
+  callback whose exceptions Python ignores (XLA's garbage-collection hook)
+  would otherwise let the run finish with status 0."""
   import signal
   import threading
-  hit = []
+  hit, done = [], threading.Event()
   if (threading.current_thread() is not threading.main_thread()
       or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
     yield lambda: False
     return
 
+  def resend():
+    for _ in range(40):
+      if done.wait(0.5):
+        return
+      os.kill(os.getpid(), signal.SIGINT)
+
   def on_sigint(signum, frame):
+    if not hit:
+      threading.Thread(target=resend, daemon=True).start()
     hit.append(signum)
     raise KeyboardInterrupt
   signal.signal(signal.SIGINT, on_sigint)
   try:
     yield lambda: bool(hit)
   finally:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    done.set()
+    # after an interrupt, a resent signal still in flight is dropped
+    signal.signal(signal.SIGINT, signal.SIG_IGN if hit else signal.default_int_handler)
 
 
 def _run(args) -> int:
