@@ -154,12 +154,13 @@ def _cases(f):
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", "noise", "--batch-size",
         "30"], "expected --batch-size a multiple of 4 for the noise tier"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", "norms,gradients"],
-       "expected tiers from norms,flow,spectra,optimizer,curvature,noise, got gradients"),
+       "expected tiers from norms,flow,spectra,optimizer,curvature,blocks,noise, got gradients"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", ","], "got nothing"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--every", "flow=0"],
        "N a positive integer"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--every", "weights=3"],
-       "expected --every TIER=N with TIER in norms,flow,spectra,optimizer,curvature,noise, "
+       "expected --every TIER=N with TIER in norms,flow,spectra,optimizer,curvature,blocks,"
+       "noise, "
        "got 'weights=3'"),
       (["train", "--model", f"{EXAMPLES}/nnx_mlp.py:make", "--watch", "norms,optimizer",
         "--optimizer", "sgd"], "expected --optimizer adam for the optimizer tier"),

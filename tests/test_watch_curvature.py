@@ -145,15 +145,17 @@ def test_full_batch_gradient_descent_hovers_at_two_over_lr():
 
 
 def test_cli_curvature_and_noise_tiers_log_what_the_results_hold(tmp_path):
-  """SGD (Adam's preconditioned sharpness is checked above): the logged
-  sharpness is the results' where converged, against 2 / lr."""
+  """SGD (Adam's preconditioned sharpness is checked above); blocks brings
+  curvature: the logged sharpness and each leaf's are the results' where
+  converged, against 2 / lr."""
   out = tmp_path / "o"
   code = _cli.main(["train", "--model", tiny_factory(tmp_path), "--steps", "5",
-                    "--watch", "norms,curvature,noise", "--every", "2", "--batch-size", "32",
+                    "--watch", "norms,blocks,noise", "--every", "2", "--batch-size", "32",
                     "--optimizer", "sgd", "--lr", "0.1", "--quiet", "--no-plots",
                     "--out", str(out)])
   assert code == 0
   data = json.loads((out / "results.json").read_text())
+  assert data["watch"]["tiers"] == ["norms", "curvature", "blocks", "noise"]
   curv, noise = data["watch"]["curvature"], data["watch"]["noise"]
   assert curv["steps"] == [0, 2, 4] and noise["steps"] == [0, 2, 4]
   assert all(v is None for v in curv["preconditioned"])  # no Adam: NaN, written as null

@@ -77,7 +77,7 @@ def _positive_float(text: str) -> float:
   return _number(text, float, lambda v: 0 < v < float("inf"), "a finite number > 0")
 
 
-WATCH_TIERS = ("norms", "flow", "spectra", "optimizer", "curvature", "noise")
+WATCH_TIERS = ("norms", "flow", "spectra", "optimizer", "curvature", "blocks", "noise")
 
 
 def _watch(text: str) -> tuple[str, ...]:

@@ -208,7 +208,8 @@ def _train_parser(sub) -> None:
   p.add_argument("--watch", type=_watch, help="with --model: what to log, from norms (per "
                  "leaf, every step), flow (tap statistics), spectra (weight sigma_max), "
                  "optimizer (Adam's moments), curvature (sharpness against 2/lr or Adam's 38/lr), "
-                 "noise (gradient noise scale); default norms,flow (+optimizer with adam)")
+                 "blocks (each leaf's sharpness too), noise (gradient noise scale); default "
+                 "norms,flow (+optimizer with adam)")
   p.add_argument("--every", type=_every,
                  help="with --model: log flow and spectra every N-th step (default 10), or "
                       "per tier: TIER=N (e.g. 10,norms=5)")

@@ -28,7 +28,7 @@ from gradflow_jax._data import Dataset
 OPTIMIZERS = ("sgd", "momentum", "adam")
 # what a run can watch: per-leaf norms and the flight recorder (every step),
 # the monitored step's flow statistics, weight spectra, Adam's health
-TIERS = ("norms", "flow", "spectra", "optimizer", "curvature", "noise")
+TIERS = ("norms", "flow", "spectra", "optimizer", "curvature", "blocks", "noise")
 NOISE_MICRO = 4  # micro-batches of the noise tier
 
 
@@ -60,6 +60,9 @@ class ModelTrainConfig:
         raise ValueError(f"expected --batch-size a multiple of {NOISE_MICRO} for the noise tier "
                          f"(its micro-batches), got {self.batch_size}")
     for tier, n in self.log_every:
+      if tier == "blocks":
+        raise ValueError("expected --every curvature=N (each leaf's sharpness is measured "
+                         "with the curvature tier), got blocks=N")
       if tier not in TIERS or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected --every TIER=N with TIER in {', '.join(TIERS)} and N >= 1, "
                          f"got {tier}={n}")
@@ -77,8 +80,9 @@ class ModelTrainConfig:
 
 def tiers(tc: ModelTrainConfig) -> tuple[str, ...]:
   """The tiers a run watches, in :data:`TIERS` order."""
-  if tc.watch is not None:
-    return tuple(t for t in TIERS if t in tc.watch)
+  if tc.watch is not None:  # blocks (each leaf's sharpness) comes with curvature
+    watch = set(tc.watch) | ({"curvature"} if "blocks" in tc.watch else set())
+    return tuple(t for t in TIERS if t in watch)
   return ("norms", "flow") + (("optimizer",) if tc.optimizer == "adam" else ())
 
 
@@ -222,7 +226,7 @@ def train_model(model: _probe.ProbedModel, data: Dataset, loss: Callable,
              curvature.init(params, jax.random.key(tc.seed)) if curvature else None,
              noise.init(params) if noise else None)
   losses, steps, metrics, flows = [], [], [], []
-  series = {t: {"steps": [], "values": []} for t in watched if t != "flow"}
+  series = {t: {"steps": [], "values": []} for t in watched if t not in ("flow", "blocks")}
   triggers = []
   stopped_at = first_bad = None
   skipped = 0
@@ -353,11 +357,12 @@ CURVATURE_STEPS = 20  # Lanczos steps of the curvature tier, warm-started
 
 
 def _curvature_tiers(tc: ModelTrainConfig):
-  """The run's Curvature (sharpness, each leaf's, and Adam's preconditioned
-  one) and GradientNoise tiers, or None where not watched."""
+  """The run's Curvature (sharpness and Adam's preconditioned one; each
+  leaf's too with the ``blocks`` tier: one Hessian-vector product per leaf
+  and Lanczos step) and GradientNoise tiers, or None where not watched."""
   watched = tiers(tc)
   curvature = _curvature.Curvature(
-      every=every(tc, "curvature"), steps=CURVATURE_STEPS, blocks=True,
+      every=every(tc, "curvature"), steps=CURVATURE_STEPS, blocks="blocks" in watched,
       adam=tc.optimizer == "adam", momentum=0.9 if tc.optimizer == "momentum" else 0.0
   ) if "curvature" in watched else None
   noise = _curvature.GradientNoise(every=every(tc, "noise"), micro=NOISE_MICRO) \
