@@ -142,7 +142,9 @@ def test_a_factorys_batch_iterator_is_trained_on_in_order(tmp_path, capsys):
 
 
 def test_the_writers_log_every_tier_under_flat_per_leaf_names(tmp_path):
-  params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+  # "scanned": a bias stacked over 3 layers by nn.scan, 2-D but not a matrix
+  params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+            "scanned": {"bias": jnp.ones((3, 2))}}
   grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
   updates = jax.tree.map(lambda p: -0.1 * jnp.ones_like(p), params)
   norms = gf.watch.step_norms(jnp.float32(1.5), grads, params, updates)
@@ -155,7 +157,7 @@ def test_the_writers_log_every_tier_under_flat_per_leaf_names(tmp_path):
   got = record["scalars"]
   assert record["step"] == 3 and got["loss"] == 1.5
   assert got["grad_norm/dense/kernel"] == pytest.approx(0.5 * np.sqrt(6))
-  assert got["grad_norm/global"] == pytest.approx(0.5 * np.sqrt(8))
+  assert got["grad_norm/global"] == pytest.approx(0.5 * np.sqrt(14))
   assert got["grad_norm/global_clipped"] == 1.0  # min(||g||, clip)
   assert got["update_ratio/dense/kernel"] == pytest.approx(0.1)
   assert np.isnan(got["update_ratio/dense/bias"])  # ||b|| = 0: no ratio
@@ -164,5 +166,6 @@ def test_the_writers_log_every_tier_under_flat_per_leaf_names(tmp_path):
   assert got["sigma_max/dense/kernel"] == pytest.approx(np.sqrt(6), rel=1e-5)
   assert got["stable_rank/dense/kernel"] == pytest.approx(1.0, rel=1e-4)
   assert "sigma_max/dense/bias" not in got and got["spectra/unsettled"] == 0
+  assert "sigma_max/scanned/bias" not in got and np.isnan(float(s.sigma[2]))
   with pytest.raises(ValueError, match="expected params= or names="):
     gf.watch.log_step(gf.watch.JsonlWriter(tmp_path / "x.jsonl"), 0, norms=norms)

@@ -175,6 +175,11 @@ def _noise(ax, run: dict) -> None:
     return
   b, err = _array([n["b_simple"]])[0], _array([n["stderr"]])[0]
   b = np.where(b > 0, b, np.nan)  # <= 0: noise swamps the signal, nothing resolved
+  if not np.isfinite(b).any():
+    _note(ax, "B_simple not resolved on any measured step: the window's |G|^2 estimate\n"
+              "was <= 0 (noise swamps the signal; a larger batch may resolve it)")
+    ax.set_title("gradient noise scale B_simple", fontsize=10)
+    return
   steps = np.asarray(n["steps"])
   ax.plot(steps, b, "o-", ms=3.5, color="C2", label="B_simple over the last 16 measurements")
   ax.fill_between(steps, np.maximum(b - err, b / 10), b + err, color="C2", alpha=0.2, lw=0,
@@ -207,6 +212,8 @@ def plot_dashboard(run: dict, path=None):
     _sharpness(axes[2, 0], run)
     _noise(axes[2, 1], run)
   for ax in axes.flat:
+    if not (ax.lines or ax.collections):  # a panel holding only a note
+      continue
     ax.set_xlabel("step")
     if ax is not axes[1, 0]:
       ax.grid(alpha=0.3, which="both")

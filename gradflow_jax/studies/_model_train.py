@@ -162,7 +162,7 @@ class ModelTrainResult(NamedTuple):
   def watch_dict(self) -> dict:
     """The tiers watched, the leaves' names and per tier but flow its logged
     steps and per field a (steps, leaves) list; every step a trigger fired."""
-    series = {tier: {k: (v if k == "steps" else np.asarray(v, float).tolist())
+    series = {tier: {k: (v if k == "steps" else np.asarray(v).tolist())
                      for k, v in s.items()} for tier, s in (self.series or {}).items()}
     return {"tiers": list(self.tiers), "leaves": self.params_names, **series,
             "triggers": list(self.triggers or []),

@@ -18,15 +18,27 @@ import jax
 import jax.numpy as jnp
 
 from gradflow_jax.measure._norms import leaf_norm
+from gradflow_jax.watch import _metrics
 
 
-def as_matrix(w: jax.Array) -> jax.Array | None:
+# Flax's names of parameters that are per-feature vectors, also when a scan
+# over layers stacks them into (layers, features) arrays
+VECTOR_NAMES = ("bias", "scale", "mean", "var")
+
+
+def as_matrix(w: jax.Array, name: str = "") -> jax.Array | None:
   """A weight leaf as the (fan_in, fan_out) matrix its layer applies (a
   convolution kernel (..., in, out) flattened over its window and inputs);
-  None for a vector or scalar (biases, scales)."""
-  if w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.inexact):
+  None for a vector or scalar, or a leaf whose last path key ``name`` is a
+  bias or scale (stacked per layer by ``nn.scan`` it is 2-D, not a matrix)."""
+  if (w.ndim < 2 or not jnp.issubdtype(w.dtype, jnp.inexact)
+      or name.rsplit("/", 1)[-1] in VECTOR_NAMES):
     return None
   return w.reshape(-1, w.shape[-1])
+
+
+def _named(params) -> list[tuple[str, jax.Array]]:
+  return [(name, jnp.asarray(v)) for name, v in _metrics._named_values(params)]
 
 
 class SpectraState(NamedTuple):
@@ -55,11 +67,11 @@ class WeightSpectra:
   tol: float = 1e-3
 
   def init(self, params, key) -> SpectraState:
-    leaves = [jnp.asarray(v) for v in jax.tree.leaves(params)]
+    leaves = _named(params)
     keys = jax.random.split(key, max(len(leaves), 1))
     vectors = []
-    for k, w in zip(keys, leaves):
-      m = as_matrix(w)
+    for k, (name, w) in zip(keys, leaves):
+      m = as_matrix(w, name)
       if m is None:
         vectors.append(jnp.zeros((0,), jnp.float32))
       else:
@@ -71,10 +83,10 @@ class WeightSpectra:
 
   def update(self, state: SpectraState, params) -> SpectraState:
     """``iterations`` power steps from the kept vectors on the current weights."""
-    leaves = [jnp.asarray(v) for v in jax.tree.leaves(params)]
+    leaves = _named(params)
     vectors, sigmas = [], []
-    for v, w in zip(state.vectors, leaves):
-      m = as_matrix(w)
+    for v, (name, w) in zip(state.vectors, leaves):
+      m = as_matrix(w, name)
       if m is None:
         vectors.append(v)
         sigmas.append(jnp.asarray(jnp.nan, jnp.float32))
